@@ -1,0 +1,74 @@
+# mlsched — one entry point for set-up, build, run and test.
+#   make run    set everything up, then the main job
+#   make test   set everything up, then the test suite
+# Set-up installs what is missing: Debian packages (as root, or through sudo),
+# a virtualenv in .venv with the package in editable mode and its extras.
+
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         := .venv
+PY           := $(VENV)/bin/python
+PIP          := $(PY) -m pip --disable-pip-version-check
+DEB_PACKAGES := clang-19 libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+EXT_SUFFIX    = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+BPF_EXT       = runtime/_bpf$(EXT_SUFFIX)
+DEFAULT_MODEL  := models/default/saved_model
+DEFAULT_BUNDLE := models/default/bundle
+PYTEST_ARGS  ?=
+
+.PHONY: all setup deb venv build bpf ext model bundle run test lint bench clean distclean
+
+all: build
+
+setup: deb venv
+
+deb: .stamp-deb
+.stamp-deb:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt -e '.[convert,dev]'
+	@touch $@
+
+build: setup bpf ext
+
+bpf: deb
+	$(MAKE) -C bpf
+
+ext: venv bpf
+	$(PY) cffi_build.py
+
+# Retrain the default model from its teacher (fixed seeds) and rebuild its bundle.
+model: venv
+	$(PY) -m mlsched.convert.train -o $(DEFAULT_MODEL) --force
+
+bundle: venv
+	$(VENV)/bin/mlsched-convert $(DEFAULT_MODEL) -o $(DEFAULT_BUNDLE) --cpus 8 --force
+
+run: build
+	$(VENV)/bin/mlsched-lite demo
+
+test: build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	$(MAKE) -C bpf clean
+	rm -rf build runtime/_bpf*.so runtime/_bpf.c runtime/_bpf.o .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) .stamp-deb dist

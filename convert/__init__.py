@@ -1,0 +1,1 @@
+"""mlsched-convert: SavedModel -> int8 TFLite + decision table bundle (build time, TensorFlow)."""

@@ -1,0 +1,75 @@
+"""``mlsched-convert``: a SavedModel or Keras model in, a bundle for mlsched-lite out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  mlsched-convert models/default/saved_model -o /tmp/bundle
+        convert for this host's CPU count, calibrating on synthesized features
+  mlsched-convert model/ -o bundle/ --cpus 64 --table-mode nearest --force
+        a 64-CPU table that never misses (nearest cell), replacing bundle/
+  mlsched-convert model.keras -o bundle/ --calibration features.csv
+        calibrate on recorded features (mlsched-lite run --record features.csv)
+  mlsched-convert model/ -o bundle/ --signature serve --min-agreement 0.995
+
+exit status: 0 done, 2 bad input (nothing written), 3 int8 agreement below
+--min-agreement (nothing written; --force accepts it)
+"""
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="mlsched-convert", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert a migration model (SavedModel directory or .keras/.h5) into an mlsched"
+                    " bundle: full-int8 TFLite, decision table, manifest with hashes, fidelity report.")
+    ap.add_argument("model", type=Path, help="SavedModel directory or .keras/.h5 file: [*, 10] float32 -> [*, 1]")
+    ap.add_argument("-o", "--output", type=Path, required=True, metavar="BUNDLE_DIR",
+                    help="bundle directory to create (refused if it exists, unless --force)")
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1,
+                    help="CPUs of the target host: table geometry and feature ranges (default: this host's, %(default)s)")
+    ap.add_argument("--calibration", type=Path, metavar="FILE",
+                    help="representative features: .npz with 'features' [n, 10] or CSV with a header")
+    ap.add_argument("--signature", help="SavedModel signature (default: serving_default, else the only one)")
+    ap.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
+                    help="refuse when int8 and float decisions agree on fewer held-out samples (default %(default)s)")
+    ap.add_argument("--table-mode", choices=("boundary", "nearest"), default="boundary",
+                    help="boundary: cells the model is not sure about are misses (default); nearest: never miss")
+    ap.add_argument("--no-normalize", dest="normalize", action="store_false",
+                    help="quantize raw features as they are (only for models that take inputs in [0, 1] already)")
+    ap.add_argument("--force", action="store_true", help="replace BUNDLE_DIR; accept low agreement")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging, TensorFlow's own output")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
+                        format="mlsched-convert: %(message)s")
+    from .converter import ConvertError, Options, convert
+
+    opt = Options(model=a.model, output=a.output, cpus=a.cpus, calibration=a.calibration,
+                  signature=a.signature, min_agreement=a.min_agreement, table_mode=a.table_mode,
+                  force=a.force, progress=True, normalize=a.normalize)
+    try:
+        report = convert(opt, verbose=a.verbose)
+    except ConvertError as e:
+        print(f"mlsched-convert: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("mlsched-convert: interrupted, nothing written", file=sys.stderr)
+        return 130
+    keys = ("cpus", "table_mode", "int8_vs_float_agreement", "table_vs_int8_agreement",
+            "table_hit_rate", "unsure_fraction", "tflite_bytes", "table_bytes", "seconds")
+    print(json.dumps({"bundle": str(a.output), **{k: report[k] for k in keys}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

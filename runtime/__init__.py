@@ -1,0 +1,1 @@
+"""mlsched-lite runtime: bundle reader, decision engine, kernel path. Never imports TensorFlow."""

@@ -1,0 +1,235 @@
+"""The bundle: everything the runtime needs, in one directory, checked before use.
+
+::
+
+    bundle/
+      manifest.json   format version, feature spec + normalization, table geometry,
+                      sha256 and size of every other file, tool versions, cpus
+      model.tflite    full-int8 model taking normalized features
+      table.bin       uint8 decision table [N, N+1, 11, 11] (see table.py)
+      report.json     fidelity report of the conversion
+      report.png      decision heatmaps (optional)
+
+``mlsched-convert`` writes bundles with ``write``; everything else reads them with
+``Bundle.load``, which refuses (``BundleError``, one line) a foreign or newer
+format, a manifest of the wrong shape, absurd geometry (checked before anything
+is allocated), any file whose size or sha256 differs from the manifest, and —
+when running as root — files other users could have replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .features import FEATURE_NAMES, FEATURE_WIDTH, LOAD_LEVELS, LOAD_STEPS, Normalization
+from .table import MODES, table_bytes, table_shape
+
+FORMAT = "mlsched-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.tflite"
+TABLE_FILE = "table.bin"
+#: Largest host a table may describe: 4096 CPUs is 2 GB of table, far past any sane bundle,
+#: but keeps a hostile manifest from asking for more.
+MAX_CPUS = 1024
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MODEL_BYTES = 64 << 20
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message is one line that names the problem."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    normalization: Normalization
+    table: np.ndarray
+    model_bytes: bytes
+
+    @property
+    def cpus(self) -> int:
+        return int(self.manifest["cpus"])
+
+    @property
+    def table_mode(self) -> str:
+        return self.manifest["table"]["mode"]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, allow_insecure: bool = False) -> Bundle:
+        path = Path(path)
+        if not path.exists():
+            raise BundleError(f"{path}: no such bundle directory")
+        if not path.is_dir():
+            raise BundleError(f"{path}: not a directory (a bundle is a directory made by mlsched-convert)")
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise BundleError(f"{path}: no {MANIFEST}: not a bundle made by mlsched-convert")
+        if not allow_insecure:
+            _check_ownership(path)
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mpath}: larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BundleError(f"{mpath}: not valid JSON ({e})") from None
+        norm = _check_manifest(manifest, mpath)
+        files = manifest["files"]
+        for name, meta in files.items():
+            fpath = path / name
+            if not fpath.is_file():
+                raise BundleError(f"{path}: {name} listed in the manifest is missing")
+            size = fpath.stat().st_size
+            if size != meta["bytes"]:
+                raise BundleError(f"{fpath}: {size} bytes, manifest says {meta['bytes']}"
+                                  " (truncated or replaced): rebuild it with mlsched-convert")
+            if sha256_file(fpath) != meta["sha256"]:
+                raise BundleError(f"{fpath}: sha256 differs from the manifest (modified):"
+                                  " rebuild it with mlsched-convert")
+        cpus = int(manifest["cpus"])
+        table = np.fromfile(path / TABLE_FILE, dtype=np.uint8).reshape(table_shape(cpus))
+        if table.max(initial=0) > 2:
+            raise BundleError(f"{path / TABLE_FILE}: cell values outside STAY/MIGRATE/UNSURE")
+        model_bytes = (path / MODEL_FILE).read_bytes()
+        return cls(path=path, manifest=manifest, normalization=norm, table=table,
+                   model_bytes=model_bytes)
+
+    def summary(self) -> str:
+        m, rep = self.manifest, self.manifest.get("report", {})
+        lines = [
+            f"bundle        {self.path}",
+            f"format        {m['format']} v{m['format_version']}",
+            f"created       {m.get('created', '?')} by mlsched {m.get('tool_versions', {}).get('mlsched', '?')}",
+            f"source model  {m.get('source', {}).get('model', '?')}",
+            f"cpus          {self.cpus}",
+            f"table         {self.table_mode}, {self.table.nbytes} bytes,"
+            f" {float((self.table == 2).mean()) * 100:.2f}% UNSURE",
+            f"normalization {'identity' if self.normalization.is_identity else 'per-feature scale ' + str([round(s, 4) for s in self.normalization.scale[:5]])}",
+        ]
+        for k in ("int8_vs_float_agreement", "table_vs_int8_agreement", "table_hit_rate"):
+            if k in rep:
+                lines.append(f"{k:<24}{rep[k]:.4f}")
+        for name, meta in m["files"].items():
+            lines.append(f"  {name:<14}{meta['bytes']:>9} B  sha256 {meta['sha256'][:16]}…")
+        return "\n".join(lines)
+
+
+def _check_ownership(path: Path) -> None:
+    """As root, refuse a bundle other users could have written to."""
+    if os.geteuid() != 0:
+        return
+    for p in [path, *sorted(path.iterdir())]:
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or st.st_uid != 0:
+            raise BundleError(f"{p}: writable by users other than root (mode {stat.S_IMODE(st.st_mode):o},"
+                              f" uid {st.st_uid}): chown root and chmod go-w it, or pass --allow-insecure-bundle")
+
+
+def _check_manifest(m, where: Path) -> Normalization:
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{where}: {what}")
+
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise bad(f"not an {FORMAT} manifest")
+    ver = m.get("format_version")
+    if not isinstance(ver, int) or isinstance(ver, bool):
+        raise bad("format_version is not an integer")
+    if ver != FORMAT_VERSION:
+        raise bad(f"format version {ver}, this mlsched reads {FORMAT_VERSION}: use a matching mlsched")
+    cpus = m.get("cpus")
+    if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= MAX_CPUS:
+        raise bad(f"cpus must be an integer in 1..{MAX_CPUS}, got {cpus!r}")
+    feats = m.get("features")
+    if not isinstance(feats, dict) or feats.get("width") != FEATURE_WIDTH \
+            or list(feats.get("names", []))[:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
+        raise bad(f"feature spec must name {', '.join(FEATURE_NAMES)} padded to {FEATURE_WIDTH}")
+    try:
+        norm = Normalization.from_json(feats["normalization"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad(f"bad feature normalization ({e})") from None
+    tab = m.get("table")
+    if not isinstance(tab, dict) or tab.get("file") != TABLE_FILE or tab.get("mode") not in MODES:
+        raise bad(f"table must be {{file: {TABLE_FILE}, mode: {'|'.join(MODES)}, ...}}")
+    if tab.get("shape") != list(table_shape(cpus)) or tab.get("load_steps") != LOAD_STEPS \
+            or tab.get("dtype") != "uint8":
+        raise bad(f"table geometry {tab.get('shape')!r} does not match cpus={cpus}"
+                  f" (expected uint8 {list(table_shape(cpus))}, load_steps {LOAD_STEPS})")
+    model = m.get("model")
+    if not isinstance(model, dict) or model.get("file") != MODEL_FILE:
+        raise bad(f"model must be {{file: {MODEL_FILE}, ...}}")
+    files = m.get("files")
+    if not isinstance(files, dict) or MODEL_FILE not in files or TABLE_FILE not in files:
+        raise bad(f"files must list {MODEL_FILE} and {TABLE_FILE} with sizes and hashes")
+    for name, meta in files.items():
+        if not isinstance(name, str) or "/" in name or name.startswith(".") or name == MANIFEST:
+            raise bad(f"file name {name!r} not allowed in a bundle")
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) \
+                or not isinstance(meta.get("bytes"), int) or meta["bytes"] < 0:
+            raise bad(f"files[{name!r}] needs sha256 (string) and bytes (integer)")
+    if files[TABLE_FILE]["bytes"] != table_bytes(cpus):
+        raise bad(f"table.bin listed as {files[TABLE_FILE]['bytes']} bytes, geometry needs {table_bytes(cpus)}")
+    if files[MODEL_FILE]["bytes"] > MAX_MODEL_BYTES:
+        raise bad(f"model.tflite listed as {files[MODEL_FILE]['bytes']} bytes: larger than {MAX_MODEL_BYTES}")
+    assert LOAD_LEVELS == LOAD_STEPS + 1
+    return norm
+
+
+def write(target: str | os.PathLike, files: dict[str, bytes], manifest: dict,
+          force: bool = False) -> Path:
+    """Write a bundle atomically: build it in a temporary directory beside ``target``, then rename.
+
+    ``files`` maps names to contents; the manifest gains ``files`` (size + sha256 of each).
+    An existing ``target`` is refused unless ``force``; then it is replaced only once the
+    new bundle is complete.
+    """
+    target = Path(target)
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} exists: pass --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        listing = {}
+        for name, data in files.items():
+            fp = tmp / name
+            fp.write_bytes(data)
+            os.chmod(fp, 0o644)
+            listing[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION, "files": listing}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp / MANIFEST, 0o644)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.rename(target, old / "b")
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,163 @@
+"""TFLite interpreter shim: the miss path of the request -> decision flow.
+
+Table misses (UNSURE cells, keys outside the table geometry) end here, batched:
+one ``invoke`` per batch, never one per row. Either interpreter package serves:
+``ai_edge_litert`` (LiteRT) or ``tflite_runtime``; ``auto`` takes LiteRT when it
+is installed. TensorFlow itself is never imported.
+
+The bundle's model is full-int8: the input tensor takes normalized features
+quantized with the model's own (scale, zero point), the output is an int8
+probability. Quantization of the input happens here, in numpy, so every caller
+(the table builder, the engine, the tests) feeds the interpreter identically.
+
+Interpreters are allocated once per batch-size bucket (``BUCKETS``) and reused;
+a batch is cut into bucket-sized chunks, the last one zero-padded, so a call
+never resizes or reallocates tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .features import FEATURE_WIDTH, THRESHOLD
+
+log = logging.getLogger(__name__)
+
+BACKENDS = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
+#: Batch sizes an interpreter is allocated for; larger batches are chunked by the last.
+BUCKETS = (1, 32, 1024, 8192)
+
+
+@contextlib.contextmanager
+def quiet_stderr(keep: bool = False):
+    """Silence what native code (TFLite's delegate banner, TensorFlow's C++ logging) writes to fd 2."""
+    if keep:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+class BackendError(RuntimeError):
+    """No usable TFLite interpreter package."""
+
+
+def available_backends() -> list[str]:
+    found = []
+    for name, module in BACKENDS.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        found.append(name)
+    return found
+
+
+def load_backend(backend: str = "auto"):
+    """Return (name, Interpreter class) for ``auto``, ``litert`` or ``tflite-runtime``."""
+    names = list(BACKENDS) if backend == "auto" else [backend]
+    if backend != "auto" and backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: use auto, litert or tflite-runtime")
+    errors = []
+    for name in names:
+        try:
+            module = importlib.import_module(BACKENDS[name])
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        return name, module.Interpreter
+    pkg = {"litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime"}
+    want = " or ".join(pkg[n] for n in names)
+    raise BackendError(f"no TFLite interpreter available ({'; '.join(errors)}): pip install {want}")
+
+
+class Model:
+    """An int8 TFLite migration model: normalized float features in, probabilities out."""
+
+    def __init__(self, model: str | Path | bytes, backend: str = "auto", threads: int = 1):
+        self.backend, self._cls = load_backend(backend)
+        self._content = model if isinstance(model, bytes) else Path(model).read_bytes()
+        self._threads = threads
+        self._interps: dict[int, tuple] = {}
+        probe = self._interpreter(1)[0]
+        inp, out = probe.get_input_details()[0], probe.get_output_details()[0]
+        if list(inp["shape"][1:]) != [FEATURE_WIDTH] or list(out["shape"][1:]) != [1]:
+            raise ValueError(f"model takes {list(inp['shape'])} -> {list(out['shape'])},"
+                             f" expected [n, {FEATURE_WIDTH}] -> [n, 1]")
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.output_dtype = np.dtype(out["dtype"])
+        self.in_scale, self.in_zero = inp["quantization"]
+        self.out_scale, self.out_zero = out["quantization"]
+        self.quantized = self.input_dtype == np.int8
+        if self.quantized:
+            info = np.iinfo(self.input_dtype)
+            self._qmin, self._qmax = info.min, info.max
+
+    def _interpreter(self, bucket: int):
+        entry = self._interps.get(bucket)
+        if entry is None:
+            with quiet_stderr(keep=log.isEnabledFor(logging.DEBUG)):
+                it = self._cls(model_content=self._content, num_threads=self._threads)
+                idx_in = it.get_input_details()[0]["index"]
+                idx_out = it.get_output_details()[0]["index"]
+                it.resize_tensor_input(idx_in, [bucket, FEATURE_WIDTH])
+                it.allocate_tensors()
+            entry = (it, idx_in, idx_out)
+            self._interps[bucket] = entry
+        return entry
+
+    def quantize_input(self, u: np.ndarray) -> np.ndarray:
+        """Normalized features -> the input tensor's dtype (int8: round half to even, saturate)."""
+        u = np.asarray(u, dtype=np.float32)
+        if not self.quantized:
+            return u
+        q = np.rint(u / np.float32(self.in_scale)) + self.in_zero
+        return np.clip(q, self._qmin, self._qmax).astype(self.input_dtype)
+
+    def raw(self, u: np.ndarray) -> np.ndarray:
+        """Run the interpreter over normalized features [n, 10]; returns the raw output [n]."""
+        x = self.quantize_input(u)
+        n = x.shape[0]
+        out = np.empty(n, dtype=self.output_dtype)
+        big = BUCKETS[-1]
+        start = 0
+        while start < n:
+            left = n - start
+            bucket = next((b for b in BUCKETS if b >= left), big)
+            take = min(left, bucket)
+            it, idx_in, idx_out = self._interpreter(bucket)
+            if take == bucket:
+                chunk = x[start:start + take]
+            else:
+                chunk = np.zeros((bucket, FEATURE_WIDTH), dtype=x.dtype)
+                chunk[:take] = x[start:start + take]
+            it.set_tensor(idx_in, np.ascontiguousarray(chunk))
+            it.invoke()
+            out[start:start + take] = it.get_tensor(idx_out)[:take, 0]
+            start += take
+        return out
+
+    def probability(self, u: np.ndarray) -> np.ndarray:
+        r = self.raw(u)
+        if self.output_dtype == np.int8:
+            return ((r.astype(np.float32) - self.out_zero) * np.float32(self.out_scale))
+        return r.astype(np.float32)
+
+    def decide(self, u: np.ndarray) -> np.ndarray:
+        """MIGRATE (1) where the probability exceeds THRESHOLD, else STAY (0); uint8 [n]."""
+        return (self.probability(u) > THRESHOLD).astype(np.uint8)
