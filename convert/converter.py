@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,7 +210,10 @@ def fold_normalization(m: LoadedModel, norm: Normalization, probe: np.ndarray) -
 
 def quantize(m: LoadedModel, calib_u: np.ndarray, verbose: bool) -> bytes:
     tf = _tf()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.fn], m.holder)
+    if isinstance(m.holder, tf.keras.Model):
+        conv = tf.lite.TFLiteConverter.from_keras_model(m.holder)
+    else:
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([m.fn], m.holder)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
@@ -222,7 +226,8 @@ def quantize(m: LoadedModel, calib_u: np.ndarray, verbose: bool) -> bytes:
 
     conv.representative_dataset = representative
     try:
-        with quiet_stderr(keep=verbose):
+        with quiet_stderr(keep=verbose), warnings.catch_warnings():
+            warnings.simplefilter("default" if verbose else "ignore")
             return conv.convert()
     except Exception as e:  # noqa: BLE001
         raise ConvertError(f"{m.description}: TFLite int8 conversion failed ({_first_line(e)})") from None
