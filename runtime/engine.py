@@ -1,0 +1,397 @@
+"""The decision engine: raw features in, MIGRATE/STAY out, table first, interpreter for the rest.
+
+Every path into a decision goes through here: the library API (``api.py``), the
+``mlsched-lite decide`` CLI and the kernel daemon (ring-buffer batches). Per batch,
+never per row:
+
+1. **hygiene** — a row with a NaN/±inf feature or a negative count is ``invalid``
+   and answered STAY; loads outside [0, 1] are clamped (``clamped``); padding
+   columns 5..9 are ignored (the model sees zeros there, as the table does);
+2. **key** — (cpu, idle, q(src), q(dst)) via ``table.lookup``; a key outside the
+   geometry (cpu >= N, idle + busy != N, fractional counts) is a miss;
+3. **hits** — sure cells (STAY/MIGRATE) are the answer;
+4. **misses** — UNSURE cells and off-grid keys go through ONE ``Model`` call with
+   their exact features, normalized as the bundle's manifest says.
+
+::
+
+    features [n, 5|10] --hygiene--> key --table--> sure? --------------------> decision
+                            |                        \\ UNSURE / off-grid ---> Model.decide (one call)
+                            \\ invalid -----------------------------------------> STAY
+
+The daemon's fast path (``decide_wire``) takes the wire format of ``bpf/mlsched.h``
+directly: integer counts and loads in fixed point (x = L / 1024, exact), through a
+flat copy of the table with a trailing UNSURE sentinel, so an all-hit batch costs a
+dozen numpy passes over a few thousand integers.
+
+Table for this host: a bundle's table describes the N CPUs it was converted for.
+``Engine(bundle, ncpus=M)`` with M < N derives an M-CPU table from ``model.tflite``
+at start-up (``table.build``, the bundle's mode) so a small host's requests hit;
+M > N is refused (the model never saw such hosts). ``ncpus=None`` keeps the
+bundle's table: right for features recorded anywhere (the CLI, the library API).
+
+Statistics (``Counters``): requests = hits + misses + invalid; ``off_grid`` is
+the part of the misses whose key lies outside the table; ``interpreter_rows``
+counts rows the interpreter evaluated (misses, plus every valid row when
+probabilities were asked for) in ``interpreter_calls`` invokes of the shim.
+
+The engine is not thread-safe: one engine per thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
+
+import numpy as np
+
+from . import table as table_mod
+from .bundle import Bundle
+from .features import (
+    COUNT_COLUMNS,
+    DECISION_NAMES,
+    LOAD_COLUMNS,
+    LOAD_FIXED_ONE,
+    LOAD_LEVELS,
+    LOAD_STEPS,
+    MIGRATE,
+    STAY,
+    THRESHOLD,
+    UNSURE,
+    pad,
+)
+from .interp import Model
+
+log = logging.getLogger(__name__)
+
+#: Per-row answer source codes (``BatchResult.source``).
+SOURCE_TABLE, SOURCE_INTERPRETER, SOURCE_INVALID = 0, 1, 2
+SOURCE_NAMES = ("table", "interpreter", "invalid")
+#: Raw feature columns the engine reads; columns past these are padding and ignored.
+RAW_COLUMNS = 5
+#: Field names of ``struct mlsched_features`` (bpf/mlsched.h), in order.
+WIRE_FIELDS = ("cpu", "idle", "busy", "src_load", "dst_load")
+
+
+class EngineError(ValueError):
+    """The engine cannot serve this bundle on this host; one line that names the fix."""
+
+
+@dataclass
+class Counters:
+    """What the engine has answered since it started (or since ``reset``)."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    off_grid: int = 0
+    interpreter_rows: int = 0
+    interpreter_calls: int = 0
+    invalid: int = 0
+    clamped: int = 0
+    batches: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """Table hits over the rows that reached the table (valid rows)."""
+        asked = self.hits + self.misses
+        return self.hits / asked if asked else 0.0
+
+    def snapshot(self) -> Counters:
+        return replace(self)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "hit_rate": self.hit_rate}
+
+
+@dataclass
+class BatchResult:
+    """Per-row answers of one batch."""
+
+    decisions: np.ndarray            # uint8 [n]: STAY (0) or MIGRATE (1)
+    source: np.ndarray               # uint8 [n]: SOURCE_TABLE / SOURCE_INTERPRETER / SOURCE_INVALID
+    probability: np.ndarray | None   # float32 [n] model probability at the exact features, NaN if invalid
+
+    def __len__(self) -> int:
+        return int(self.decisions.shape[0])
+
+
+class Decision(NamedTuple):
+    """One answer of ``Engine.decide_one``."""
+
+    decision: int                # STAY or MIGRATE
+    source: str                  # "table", "interpreter" or "invalid"
+    probability: float | None    # only when asked for; None for invalid features
+
+    @property
+    def name(self) -> str:
+        return DECISION_NAMES[self.decision]
+
+    @property
+    def migrate(self) -> bool:
+        return self.decision == MIGRATE
+
+
+def _safe_float(v) -> float:
+    """float(v), with NaN for what is not a number and ±inf for what overflows."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def as_features(features) -> np.ndarray:
+    """Anything row-like -> float64 [n, 5] (a copy). Wrong shapes raise ValueError; bad values don't.
+
+    Values that are not numbers (text, None, ints beyond float range) become NaN or
+    ±inf, which the engine then answers as invalid; only the shape is checked here.
+    """
+    try:
+        x = np.asarray(features, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        try:
+            obj = np.asarray(features, dtype=object)
+        except ValueError:
+            raise ValueError("features must be a rectangular [n, 5] or [n, 10] array") from None
+        x = np.frompyfunc(_safe_float, 1, 1)(obj).astype(np.float64) if obj.size else \
+            np.zeros(obj.shape, np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] not in (RAW_COLUMNS, 2 * RAW_COLUMNS):
+        raise ValueError(f"features must be [n, {RAW_COLUMNS}] or [n, {2 * RAW_COLUMNS}]"
+                         f" (cpu, cpu_idle, cpu_not_idle, src_dom_load, dst_dom_load[, padding]),"
+                         f" got shape {list(x.shape)}")
+    return np.array(x[:, :RAW_COLUMNS], dtype=np.float64)
+
+
+class Engine:
+    """Table-first migration decisions over one bundle. See the module doc."""
+
+    def __init__(self, bundle: Bundle, ncpus: int | None = None, backend: str = "auto",
+                 model: Model | None = None):
+        self.bundle = bundle
+        self.model = model if model is not None else Model(bundle.model_bytes, backend=backend)
+        self.backend = self.model.backend
+        self.normalization = bundle.normalization
+        self.mode = bundle.table_mode
+        self.derived = False
+        if ncpus is None or ncpus == bundle.cpus:
+            self.table = bundle.table
+        else:
+            if isinstance(ncpus, bool) or not isinstance(ncpus, int) or ncpus < 1:
+                raise EngineError(f"ncpus must be a positive integer, got {ncpus!r}")
+            if ncpus > bundle.cpus:
+                raise EngineError(
+                    f"this host has {ncpus} CPUs but bundle {bundle.path} was converted for"
+                    f" {bundle.cpus}: convert the model for this host"
+                    f" (mlsched-convert MODEL -o BUNDLE --cpus {ncpus})")
+            t0 = time.perf_counter()
+            self.table = table_mod.build(self._model_decide_raw, ncpus, self.mode)
+            self.derived = True
+            log.info("derived a %d-CPU %s table (%d bytes, %.1f%% UNSURE) from %s in %.2f s;"
+                     " the bundle's table is for %d CPUs", ncpus, self.mode, self.table.nbytes,
+                     100.0 * float((self.table == UNSURE).mean()), bundle.model_path,
+                     time.perf_counter() - t0, bundle.cpus)
+        self.ncpus = int(self.table.shape[0])
+        # Flat copy for the wire path: index = cpu*S_CPU + idle*S_IDLE + q(src)*LEVELS + q(dst);
+        # the extra last cell is UNSURE, where off-grid keys point.
+        self._flat = np.append(self.table.ravel(), np.uint8(UNSURE))
+        self._off_grid_index = self._flat.size - 1
+        self._s_idle = LOAD_LEVELS * LOAD_LEVELS
+        self._s_cpu = (self.ncpus + 1) * self._s_idle
+        self.counters = Counters()
+
+    # ---- interpreter --------------------------------------------------------------------
+    def _normalize(self, raw5: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.normalization.apply(pad(raw5))
+
+    def _model_decide_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Interpreter decisions on raw features [n, 5|10] (exactly what the converter tabulates)."""
+        return self.model.decide(self._normalize(np.asarray(raw)[:, :RAW_COLUMNS]))
+
+    def _interpret(self, raw5: np.ndarray, probabilities: bool) -> np.ndarray:
+        """One shim call over raw features [m, 5]: probabilities (float32) or decisions (uint8)."""
+        self.counters.interpreter_calls += 1
+        self.counters.interpreter_rows += len(raw5)
+        u = self._normalize(raw5)
+        return self.model.probability(u) if probabilities else self.model.decide(u)
+
+    # ---- batch API ----------------------------------------------------------------------
+    def decide(self, features, probabilities: bool = False) -> BatchResult:
+        """Decide a batch of raw features [n, 5] or [n, 10] (one row may be 1-D).
+
+        Never raises on feature values (see the module doc); a wrong shape raises ValueError.
+        With ``probabilities`` every valid row also gets the model's probability at its
+        exact features (one interpreter call over the batch); decisions are unchanged.
+        """
+        f = as_features(features)
+        n = f.shape[0]
+        c = self.counters
+        c.batches += 1
+        c.requests += n
+        with np.errstate(invalid="ignore"):
+            invalid = ~np.isfinite(f).all(axis=1)
+            invalid |= (f[:, list(COUNT_COLUMNS)] < 0).any(axis=1)
+            loads = f[:, list(LOAD_COLUMNS)]
+            clamped = ((loads < 0) | (loads > 1)).any(axis=1) & ~invalid
+        f[:, list(LOAD_COLUMNS)] = np.clip(loads, 0.0, 1.0)
+        f[invalid] = 0.0
+        vals, in_geometry = table_mod.lookup(self.table, f[:, 0], f[:, 1], f[:, 2], f[:, 3], f[:, 4])
+        hit = (vals != UNSURE) & ~invalid
+        miss = ~(hit | invalid)
+        decisions = np.where(hit, vals, STAY).astype(np.uint8)
+        source = np.where(hit, SOURCE_TABLE, SOURCE_INTERPRETER).astype(np.uint8)
+        source[invalid] = SOURCE_INVALID
+        prob = None
+        if probabilities:
+            prob = np.full(n, np.nan, dtype=np.float32)
+            valid = ~invalid
+            if valid.any():
+                prob[valid] = self._interpret(f[valid], probabilities=True)
+                decisions[miss] = prob[miss] > THRESHOLD
+        elif miss.any():
+            decisions[miss] = self._interpret(f[miss], probabilities=False)
+        n_invalid = int(invalid.sum())
+        n_hit = int(hit.sum())
+        c.invalid += n_invalid
+        c.clamped += int(clamped.sum())
+        c.hits += n_hit
+        c.misses += n - n_hit - n_invalid
+        c.off_grid += int((~in_geometry & ~invalid).sum())
+        return BatchResult(decisions, source, prob)
+
+    def decide_one(self, cpu, idle, busy, src_load, dst_load,
+                   probability: bool = False) -> Decision:
+        """One decision on raw features; bad values give STAY with source ``invalid``."""
+        row = [[_safe_float(v) for v in (cpu, idle, busy, src_load, dst_load)]]
+        r = self.decide(row, probabilities=probability)
+        p = None
+        if probability and not math.isnan(r.probability[0]):
+            p = float(r.probability[0])
+        return Decision(int(r.decisions[0]), SOURCE_NAMES[r.source[0]], p)
+
+    # ---- daemon fast path ---------------------------------------------------------------
+    def decide_wire(self, features, out: np.ndarray | None = None,
+                    source: np.ndarray | None = None) -> np.ndarray:
+        """Decide a batch in the wire format of ``struct mlsched_features`` (bpf/mlsched.h).
+
+        ``features``: a structured array with fields cpu, idle, busy, src_load, dst_load
+        (e.g. ``records["f"]`` of a ring batch, strided views are fine) or an integer
+        array [n, 5] in that column order. Loads are fixed point, x = L / 1024; loads
+        above 1024 are clamped (``clamped``). Unsigned input cannot be invalid; signed
+        input with a negative count or load is answered STAY and counted ``invalid``.
+
+        Writes decisions (uint8) into ``out`` when given (length n), else a new array,
+        and returns it; ``source``, when given, receives the per-row SOURCE_* codes.
+        """
+        cpu, idle, busy, src, dst = _wire_columns(features)
+        n = cpu.shape[0]
+        c = self.counters
+        c.batches += 1
+        c.requests += n
+        if out is None:
+            out = np.empty(n, dtype=np.uint8)
+        if n == 0:
+            return out
+        ncpus = self.ncpus
+        signed = any(a.dtype.kind == "i" for a in (cpu, idle, busy, src, dst))
+        if signed:
+            invalid = (cpu < 0) | (idle < 0) | (busy < 0) | (src < 0) | (dst < 0)
+        # key = cpu * S_CPU + idle * S_IDLE + q(src) * LEVELS + q(dst), int64 throughout
+        ok = cpu < ncpus                    # compared in the input's own integer type
+        ok &= idle <= ncpus
+        key = cpu.astype(np.int64)
+        key *= self._s_cpu                  # garbage where not ok: replaced below
+        t = idle.astype(np.int64)
+        ok &= np.add(t, busy, dtype=np.int64, casting="unsafe") == ncpus
+        t *= self._s_idle
+        key += t
+        big_src = src > LOAD_FIXED_ONE
+        big_dst = dst > LOAD_FIXED_ONE
+        big_src |= big_dst
+        n_clamped = int(np.count_nonzero(big_src))
+        for col, mult in ((src, LOAD_LEVELS), (dst, 1)):
+            np.minimum(col, LOAD_FIXED_ONE, out=t, casting="unsafe")
+            t *= LOAD_STEPS
+            t += LOAD_FIXED_ONE // 2
+            t >>= 10                        # LOAD_FIXED_ONE == 1 << 10
+            if mult != 1:
+                t *= mult
+            key += t
+        if signed:
+            ok &= ~invalid
+        key[~ok] = self._off_grid_index
+        np.take(self._flat, key, out=out)
+        missing = out == UNSURE
+        n_miss = int(np.count_nonzero(missing))
+        n_off = n - int(np.count_nonzero(ok))
+        if signed:
+            n_invalid = int(np.count_nonzero(invalid))
+            missing &= ~invalid
+            n_miss -= n_invalid
+            n_off -= n_invalid
+            out[invalid] = STAY
+            c.invalid += n_invalid
+            n_clamped = int(np.count_nonzero(big_src & ~invalid))
+        if source is not None:
+            source[:n] = SOURCE_TABLE
+            source[missing] = SOURCE_INTERPRETER
+            if signed:
+                source[invalid] = SOURCE_INVALID
+        if n_miss:
+            idx = np.flatnonzero(missing)
+            raw = np.empty((idx.size, RAW_COLUMNS), dtype=np.float64)
+            raw[:, 0] = cpu[idx]
+            raw[:, 1] = idle[idx]
+            raw[:, 2] = busy[idx]
+            raw[:, 3] = np.minimum(src[idx], LOAD_FIXED_ONE)
+            raw[:, 4] = np.minimum(dst[idx], LOAD_FIXED_ONE)
+            raw[:, 3:] /= LOAD_FIXED_ONE
+            out[idx] = self._interpret(raw, probabilities=False)
+        c.hits += n - n_miss - (n_invalid if signed else 0)
+        c.misses += n_miss
+        c.off_grid += n_off
+        c.clamped += n_clamped
+        return out
+
+    def wire_features(self, features) -> np.ndarray:
+        """Wire-format records -> the raw float features [n, 5] the engine decides on (x = L/1024)."""
+        cols = _wire_columns(features)
+        raw = np.stack([np.asarray(a, dtype=np.float64) for a in cols], axis=1)
+        raw[:, 3:] = np.minimum(raw[:, 3:], LOAD_FIXED_ONE) / LOAD_FIXED_ONE
+        return raw
+
+    # ---- misc ---------------------------------------------------------------------------
+    def reset_counters(self) -> Counters:
+        """Return the counters so far and start from zero."""
+        old, self.counters = self.counters, Counters()
+        return old
+
+    def describe(self) -> str:
+        how = "derived from model.tflite" if self.derived else "from the bundle"
+        return (f"{self.ncpus}-CPU {self.mode} table {how}, backend {self.backend},"
+                f" bundle {self.bundle.path}")
+
+
+def _wire_columns(features) -> tuple[np.ndarray, ...]:
+    a = np.asarray(features)
+    if a.dtype.names:
+        missing = [k for k in WIRE_FIELDS if k not in a.dtype.names]
+        if missing:
+            raise ValueError(f"wire records lack fields {', '.join(missing)}")
+        cols = tuple(a[k].reshape(-1) for k in WIRE_FIELDS)
+    else:
+        if a.ndim != 2 or a.shape[1] != len(WIRE_FIELDS):
+            raise ValueError(f"wire features must be [n, {len(WIRE_FIELDS)}] integers"
+                             f" ({', '.join(WIRE_FIELDS)}), got shape {list(a.shape)}")
+        cols = tuple(a[:, k] for k in range(len(WIRE_FIELDS)))
+    for col in cols:
+        if col.dtype.kind not in "ui":
+            raise ValueError(f"wire features must be integers, got {col.dtype}")
+    return cols
