@@ -187,8 +187,8 @@ class Engine:
                 raise EngineError(f"ncpus must be a positive integer, got {ncpus!r}")
             if ncpus > bundle.cpus:
                 raise EngineError(
-                    f"this host has {ncpus} CPUs but bundle {bundle.path} was converted for"
-                    f" {bundle.cpus}: convert the model for this host"
+                    f"cannot serve a {ncpus}-CPU host: bundle {bundle.path} was converted for"
+                    f" {bundle.cpus} CPUs; convert the model for {ncpus}"
                     f" (mlsched-convert MODEL -o BUNDLE --cpus {ncpus})")
             t0 = time.perf_counter()
             self.table = table_mod.build(self._model_decide_raw, ncpus, self.mode)
