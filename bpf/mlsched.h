@@ -1,0 +1,254 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * mlsched.h - the one wire contract between the kernel side (bpf/) and
+ * mlsched-lite (runtime/).
+ *
+ * The BPF C includes this file; cffi_build.py reads it for the cdef. Nobody
+ * copies the layouts below. Rules that keep it readable by cffi: fixed-width
+ * __u8/__u16/__u32/__u64 only, constants as `#define NAME <integer>`, enums
+ * with plain values, and anything BPF-only inside `#ifdef __bpf__`.
+ *
+ * Request -> decision path:
+ *
+ *   producer (collector tracepoint / injector / a balancer)
+ *     mlsched_decide(): q(src), q(dst) -> `table` row (cpu * (N + 1) + idle)
+ *        sure cell            -> decision now (kernel hit)
+ *        UNSURE / off-grid    -> struct mlsched_request on `requests` ring,
+ *                                return STAY for now
+ *   mlsched-lite polls the ring, decides, writes
+ *        decisions[seq & (slots - 1)] = MLSCHED_ANSWER(seq, decision)
+ *   through mmap (no syscall per decision); the kernel side reads the slot
+ *   and trusts it only when the seq in it is the seq it asked about.
+ */
+#ifndef MLSCHED_H
+#define MLSCHED_H
+
+/* Bumped on any layout change below; every record and argument block carries it. */
+#define MLSCHED_ABI_VERSION 1
+
+/* ---- decisions ----------------------------------------------------------- */
+enum mlsched_decision {
+	MLSCHED_STAY = 0,
+	MLSCHED_MIGRATE = 1,
+	MLSCHED_UNSURE = 2,	/* table cells only: "ask user space" */
+};
+/* "no decision / no CFS action" in the u8 fields of a request. */
+#define MLSCHED_NONE 255
+/* "no CPU" in u32 CPU fields. */
+#define MLSCHED_CPU_NONE 4294967295
+
+/* ---- features and quantization -------------------------------------------- */
+/* Loads travel in fixed point: MLSCHED_LOAD_ONE == 1.0 (SCHED_CAPACITY_SCALE). */
+#define MLSCHED_LOAD_SHIFT 10
+#define MLSCHED_LOAD_ONE 1024
+/* q(L) = (MLSCHED_LOAD_STEPS * min(L, ONE) + ONE / 2) >> SHIFT, in 0..STEPS. */
+#define MLSCHED_LOAD_STEPS 10
+#define MLSCHED_LOAD_LEVELS 11
+
+struct mlsched_features {
+	__u32 cpu;		/* CPU id the decision is about (the task's CPU) */
+	__u32 idle;		/* CPUs running their idle task */
+	__u32 busy;		/* CPUs running a task */
+	__u32 src_load;		/* source domain load, 1/1024 */
+	__u32 dst_load;		/* destination domain load, 1/1024 */
+};
+
+/* ---- table ------------------------------------------------------------------
+ * Array map, key = cpu * (N + 1) + idle, N = control.table_ncpus; the value
+ * is one row: cell[q(src) * LEVELS + q(dst)] in {STAY, MIGRATE, UNSURE}.
+ * A key is valid iff cpu < N and idle + busy == N; anything else misses.
+ */
+#define MLSCHED_ROW_CELLS 121
+#define MLSCHED_ROW_BYTES 128
+/* Largest table the loader accepts (64 CPUs: 4160 rows, 520 KiB). */
+#define MLSCHED_MAX_TABLE_CPUS 256
+
+struct mlsched_row {
+	__u8 cell[128];		/* MLSCHED_ROW_BYTES; cells past ROW_CELLS unused */
+};
+
+/* ---- requests (ring buffer records) ------------------------------------------ */
+/* request.source */
+enum mlsched_source {
+	MLSCHED_SRC_INJECT = 0,		/* SEC("syscall") injector */
+	MLSCHED_SRC_MIGRATE = 1,	/* collector: CFS migrated the task */
+	MLSCHED_SRC_WAKEUP = 2,		/* collector: CFS woke the task where it was */
+	MLSCHED_SRC_BALANCER = 3,	/* a scheduler's balancer calling mlsched_decide() */
+};
+
+/* request.reason: why the record is on the ring */
+enum mlsched_reason {
+	MLSCHED_REASON_UNSURE = 0,	/* table cell UNSURE */
+	MLSCHED_REASON_OFF_GRID = 1,	/* key outside the table (or no table) */
+	MLSCHED_REASON_BYPASS = 2,	/* table bypassed on request */
+	MLSCHED_REASON_HIT = 3,		/* kernel answered; record is informational */
+};
+
+struct mlsched_request {
+	__u16 version;		/* MLSCHED_ABI_VERSION */
+	__u16 size;		/* sizeof(struct mlsched_request) */
+	__u8 source;		/* enum mlsched_source */
+	__u8 reason;		/* enum mlsched_reason */
+	__u8 cfs_action;	/* STAY / MIGRATE for collector records, else MLSCHED_NONE */
+	__u8 kernel_decision;	/* STAY / MIGRATE when reason == HIT, else MLSCHED_NONE */
+	__u64 seq;		/* unique, from one counter, starts at 1 */
+	__u64 ts_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 pid;		/* task the decision is about (0: none) */
+	__u32 dst_cpu;		/* CPU CFS moved the task to, or MLSCHED_CPU_NONE */
+	struct mlsched_features f;
+	__u32 _pad;
+};
+/* A request needs an answer from user space iff reason != MLSCHED_REASON_HIT. */
+
+/* ---- decisions (answers) -----------------------------------------------------
+ * `decisions` is a BPF_F_MMAPABLE array of __u64 words, `slots` entries (a
+ * power of two). User space answers seq S by one aligned 8-byte store of
+ * MLSCHED_ANSWER(S, d) into slot S & (slots - 1): seq and decision can never be
+ * seen torn apart, and a slot holding any other seq means "not answered".
+ */
+#define MLSCHED_ANSWER_SHIFT 8
+#define MLSCHED_ANSWER_DECISION_MASK 255
+#define MLSCHED_ANSWER(seq, d) (((seq) << MLSCHED_ANSWER_SHIFT) | (d))
+#define MLSCHED_MIN_DECISION_SLOTS 64
+
+/* ---- control: user space -> kernel (1-entry BPF_F_MMAPABLE array) ------------ */
+/* control.flags */
+#define MLSCHED_CTL_BYPASS_TABLE 1	/* every decide() goes to the ring */
+#define MLSCHED_CTL_REPORT_HITS 2	/* collector: also emit kernel hits (shadow mode) */
+
+struct mlsched_control {
+	__u32 abi_version;		/* set by the loader */
+	__u32 flags;			/* MLSCHED_CTL_* */
+	__u32 table_ncpus;		/* N of the loaded table; 0: no table, all miss */
+	__u32 decision_slots;		/* entries of `decisions`, power of two */
+	__u32 ndomains;			/* domains in use (collector) */
+	__u32 _pad;
+	__u64 heartbeat_ns;		/* consumer's last poll (CLOCK_MONOTONIC); 0: none yet */
+	__u64 consumer_timeout_ns;	/* heartbeat older than this: no consumer; 0: never */
+	__u64 stale_after_ns;		/* unanswered this long after the request: stale */
+};
+
+/* ---- host state: kernel -> user space (1-entry BPF_F_MMAPABLE array) ---------- */
+struct mlsched_host {
+	__u64 seq;			/* last sequence number handed out */
+	__u32 idle_cpus;		/* CPUs last seen switching to idle */
+	__u32 busy_cpus;		/* CPUs last seen switching to a task */
+	__u64 transitions;		/* CPU idle <-> busy changes seen */
+};
+
+/* ---- domains (collector) ------------------------------------------------------- */
+#define MLSCHED_MAX_CPUS 1024
+#define MLSCHED_MAX_DOMAINS 64
+/* Domain load: time-averaged busy fraction with this time constant. */
+#define MLSCHED_LOAD_TAU_NS 32000000
+
+struct mlsched_domain {
+	__u32 ncpus;			/* user space: CPUs in the domain */
+	__u32 nr_busy;			/* kernel: domain CPUs running a task now */
+	__u32 load_avg;			/* kernel: 1/1024, as of last_update_ns */
+	__u32 _pad;
+	__u64 last_update_ns;
+};
+
+/* ---- statistics: per-CPU array, one entry of MLSCHED_STAT_COUNT __u64 ---------- */
+enum mlsched_stat {
+	MLSCHED_STAT_PRODUCED = 0,	/* records committed to the ring (any reason) */
+	MLSCHED_STAT_DROPPED = 1,	/* records lost: ring full */
+	MLSCHED_STAT_KERNEL_HITS = 2,	/* decisions answered by the kernel table */
+	MLSCHED_STAT_MISSES_SENT = 3,	/* records committed that need an answer */
+	MLSCHED_STAT_ANSWERED = 4,	/* answers the kernel side read back in time */
+	MLSCHED_STAT_STALE = 5,		/* answers the kernel side found missing / too late */
+	MLSCHED_STAT_NO_CONSUMER = 6,	/* misses answered STAY: consumer heartbeat too old */
+	MLSCHED_STAT_CLAMPED = 7,	/* loads above 1.0 clamped before quantization */
+	MLSCHED_STAT_INVALID = 8,	/* keys outside the table geometry */
+	MLSCHED_STAT_COUNT = 9,
+};
+
+struct mlsched_stats {
+	__u64 v[9];			/* indexed by enum mlsched_stat (MLSCHED_STAT_COUNT) */
+};
+
+/* ---- injector: SEC("syscall") inject, ctx = struct mlsched_inject_args -------- */
+/* Batch records come from the `inject` array (BPF_F_MMAPABLE, one slot each). */
+#define MLSCHED_INJECT_SLOTS 65536
+
+/* inject_args.flags */
+#define MLSCHED_INJ_GENERATE 1		/* generate `count` records from `seed` */
+#define MLSCHED_INJ_BYPASS_TABLE 2	/* every record goes to the ring */
+#define MLSCHED_INJ_BAD_VERSION 4	/* stamp a wrong version on records (tests) */
+#define MLSCHED_INJ_BAD_SIZE 8		/* stamp a wrong size on records (tests) */
+#define MLSCHED_INJ_NO_CONSUMER_CHECK 16 /* ignore the consumer heartbeat */
+
+/* What became of one decide() call (inject_slot.fate). */
+enum mlsched_fate {
+	MLSCHED_FATE_HIT = 0,		/* kernel table answered */
+	MLSCHED_FATE_SENT = 1,		/* request committed to the ring */
+	MLSCHED_FATE_DROPPED = 2,	/* ring full: answered STAY */
+	MLSCHED_FATE_NO_CONSUMER = 3,	/* no consumer heartbeat: answered STAY */
+};
+
+struct mlsched_inject_slot {
+	struct mlsched_features f;	/* in */
+	__u8 result;			/* out: what decide() returned */
+	__u8 reason;			/* out: enum mlsched_reason (HIT for hits) */
+	__u8 fate;			/* out: enum mlsched_fate */
+	__u8 _pad;
+	__u64 seq;			/* out: seq of the record sent, 0 if none */
+};
+
+struct mlsched_inject_args {
+	__u32 version;		/* in: MLSCHED_ABI_VERSION */
+	__u32 flags;		/* in: MLSCHED_INJ_* */
+	__u32 count;		/* in: records (batch mode: <= MLSCHED_INJECT_SLOTS) */
+	__u32 gen_ncpus;	/* in (GENERATE): host size of generated records */
+	__u64 seed;		/* in (GENERATE): splitmix64 seed */
+	__u32 pid;		/* in: pid stamped on the records */
+	__u32 gen_invalid_pct;	/* in (GENERATE): percent of off-grid records */
+	/* out */
+	__u64 elapsed_ns;	/* time spent in the record loop */
+	__u64 first_seq;	/* first seq sent by this call, 0 if none */
+	__u64 last_seq;		/* last seq sent by this call */
+	__u32 hits;		/* answered from the table */
+	__u32 sent;		/* committed to the ring */
+	__u32 dropped;		/* ring full */
+	__u32 no_consumer;	/* not sent: no consumer */
+	__u32 migrate;		/* decide() returned MIGRATE */
+	__u32 done;		/* records processed */
+};
+
+/* ---- reader: SEC("syscall") read_decisions, ctx = struct mlsched_read_args ----- */
+#define MLSCHED_READBACK_SLOTS 65536
+
+/* readback.status */
+enum mlsched_answer_status {
+	MLSCHED_ANS_ANSWERED = 0,	/* slot holds this seq */
+	MLSCHED_ANS_MISSING = 1,	/* slot holds an older seq or nothing */
+	MLSCHED_ANS_OVERWRITTEN = 2,	/* slot holds a newer seq: answer lost to aliasing */
+};
+
+struct mlsched_readback {
+	__u8 decision;		/* the answer; STAY unless status == ANSWERED */
+	__u8 status;		/* enum mlsched_answer_status */
+	__u8 _pad[6];
+};
+
+struct mlsched_read_args {
+	__u32 version;		/* in: MLSCHED_ABI_VERSION */
+	__u32 count;		/* in: seqs first_seq .. first_seq + count - 1 */
+	__u64 first_seq;	/* in */
+	/* out; per-seq results in the `readback` array, index i = seq - first_seq */
+	__u32 answered;
+	__u32 missing;
+	__u32 overwritten;
+	__u32 migrate;
+};
+
+#ifdef __bpf__
+_Static_assert(sizeof(struct mlsched_request) == 56, "request layout");
+_Static_assert(sizeof(struct mlsched_row) == MLSCHED_ROW_BYTES, "row layout");
+_Static_assert(MLSCHED_ROW_CELLS == MLSCHED_LOAD_LEVELS * MLSCHED_LOAD_LEVELS, "row cells");
+_Static_assert(sizeof(struct mlsched_stats) == 8 * MLSCHED_STAT_COUNT, "stats layout");
+_Static_assert(MLSCHED_LOAD_ONE == 1 << MLSCHED_LOAD_SHIFT, "load scale");
+#endif
+
+#endif /* MLSCHED_H */

@@ -1,0 +1,291 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * mlsched_decide.h - the decision helper any BPF program can call.
+ *
+ * Include it (after vmlinux.h and bpf_helpers.h) in the one BPF object that
+ * mlsched-lite loads; it brings the maps the helper needs, under the names the
+ * loader expects:
+ *
+ *   requests   ringbuf      misses go here (size set at load)
+ *   table      array        one struct mlsched_row per (cpu, idle)
+ *   decisions  array, mmap  answers written by user space, one __u64 per slot
+ *   control    array, mmap  user space -> kernel settings and heartbeat
+ *   host       array, mmap  kernel -> user space: seq counter, idle/busy CPUs
+ *   stats      percpu array counters, enum mlsched_stat
+ *
+ * Workflow of mlsched_decide():
+ *
+ *   1. clamp both loads to [0, 1024] (count `clamped`), q = (10 L + 512) >> 10
+ *   2. cpu < N and idle + busy == N ?  row = table[cpu * (N + 1) + idle]
+ *        cell sure            -> count kernel_hits, return it
+ *        cell UNSURE          -> miss
+ *      else                   -> count invalid, miss
+ *   3. miss: consumer heartbeat too old -> count no_consumer, return STAY
+ *            ring full                  -> count dropped, return STAY
+ *            else commit a request (count produced, misses_sent), return STAY
+ *
+ * The caller learns the request's seq through *seq_out and may later ask
+ * mlsched_answer() whether user space answered it.
+ */
+#ifndef MLSCHED_DECIDE_H
+#define MLSCHED_DECIDE_H
+
+#include "mlsched.h"
+
+/* mlsched_decide() flags */
+#define MLSCHED_DECIDE_BYPASS_TABLE	1	/* skip the table: always a request */
+#define MLSCHED_DECIDE_REPORT_HITS	2	/* also emit an informational record on hits */
+#define MLSCHED_DECIDE_NO_CONSUMER_CHECK 4	/* send even without a consumer heartbeat */
+
+/* Placeholder sizes; the loader sets the real ones before load. */
+#define MLSCHED_DEFAULT_RING_BYTES	(1 << 20)
+#define MLSCHED_DEFAULT_SLOTS		(1 << 16)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MLSCHED_DEFAULT_RING_BYTES);
+} requests SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct mlsched_row);
+	__uint(max_entries, 1);
+} table SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, MLSCHED_DEFAULT_SLOTS);
+} decisions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct mlsched_control);
+	__uint(max_entries, 1);
+} control SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct mlsched_host);
+	__uint(max_entries, 1);
+} host SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mlsched_stats);
+	__uint(max_entries, 1);
+} stats SEC(".maps");
+
+static __always_inline struct mlsched_control *mlsched_ctl(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&control, &zero);
+}
+
+static __always_inline struct mlsched_host *mlsched_host_state(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&host, &zero);
+}
+
+/* Per-CPU counters: plain increments, each CPU owns its copy. */
+static __always_inline void mlsched_count(enum mlsched_stat which)
+{
+	__u32 zero = 0;
+	struct mlsched_stats *s = bpf_map_lookup_elem(&stats, &zero);
+
+	if (s && which < MLSCHED_STAT_COUNT)
+		s->v[which]++;
+}
+
+/* Quantize a fixed-point load to a table level; must equal features.load_key(). */
+static __always_inline __u32 mlsched_quantize(__u32 load)
+{
+	if (load > MLSCHED_LOAD_ONE) {
+		mlsched_count(MLSCHED_STAT_CLAMPED);
+		load = MLSCHED_LOAD_ONE;
+	}
+	return (MLSCHED_LOAD_STEPS * load + MLSCHED_LOAD_ONE / 2) >> MLSCHED_LOAD_SHIFT;
+}
+
+/* Table cell for the features: STAY/MIGRATE, UNSURE, or MLSCHED_NONE when off-grid. */
+static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
+					   const struct mlsched_features *f)
+{
+	__u32 n = ctl->table_ncpus;
+	__u32 qs = mlsched_quantize(f->src_load);
+	__u32 qd = mlsched_quantize(f->dst_load);
+	struct mlsched_row *row;
+	__u32 key, cell;
+	__u8 d;
+
+	if (n == 0 || f->cpu >= n || f->idle > n || f->busy != n - f->idle)
+		return MLSCHED_NONE;
+	key = f->cpu * (n + 1) + f->idle;
+	row = bpf_map_lookup_elem(&table, &key);
+	if (!row)
+		return MLSCHED_NONE;
+	cell = qs * MLSCHED_LOAD_LEVELS + qd;
+	barrier_var(cell);		/* keep the bound check below for the verifier */
+	if (cell >= MLSCHED_ROW_CELLS)
+		return MLSCHED_UNSURE;
+	d = row->cell[cell];
+	return d <= MLSCHED_MIGRATE ? d : MLSCHED_UNSURE;
+}
+
+static __always_inline bool mlsched_consumer_alive(const struct mlsched_control *ctl, __u64 now)
+{
+	__u64 beat = ctl->heartbeat_ns;
+
+	if (ctl->consumer_timeout_ns == 0)
+		return true;
+	return beat != 0 && now - beat <= ctl->consumer_timeout_ns;
+}
+
+/*
+ * Commit one record to `requests`. Returns its seq, 0 when the ring was full.
+ * source/cfs_action/dst_cpu describe the event; kernel_decision is MLSCHED_NONE
+ * unless the record only reports a kernel hit.
+ */
+static __always_inline __u64 mlsched_emit(const struct mlsched_features *f, __u32 pid,
+					  __u8 source, __u8 reason, __u8 cfs_action,
+					  __u8 kernel_decision, __u32 dst_cpu, __u64 now)
+{
+	struct mlsched_host *h = mlsched_host_state();
+	struct mlsched_request *r;
+	__u64 seq;
+
+	if (!h)
+		return 0;
+	r = bpf_ringbuf_reserve(&requests, sizeof(*r), 0);
+	if (!r) {
+		mlsched_count(MLSCHED_STAT_DROPPED);
+		return 0;
+	}
+	seq = __sync_fetch_and_add(&h->seq, 1) + 1;
+	r->version = MLSCHED_ABI_VERSION;
+	r->size = sizeof(*r);
+	r->source = source;
+	r->reason = reason;
+	r->cfs_action = cfs_action;
+	r->kernel_decision = kernel_decision;
+	r->seq = seq;
+	r->ts_ns = now;
+	r->pid = pid;
+	r->dst_cpu = dst_cpu;
+	r->f = *f;
+	r->_pad = 0;
+	bpf_ringbuf_submit(r, 0);
+	mlsched_count(MLSCHED_STAT_PRODUCED);
+	if (reason != MLSCHED_REASON_HIT)
+		mlsched_count(MLSCHED_STAT_MISSES_SENT);
+	return seq;
+}
+
+/* What mlsched_decide_ex() did besides returning a decision. */
+struct mlsched_outcome {
+	__u64 seq;	/* seq of the record committed, 0 if none */
+	__u8 reason;	/* enum mlsched_reason (HIT for a table hit) */
+	__u8 fate;	/* enum mlsched_fate */
+};
+
+/*
+ * Decide for one request. Returns STAY or MIGRATE; STAY whenever the answer
+ * has to come from user space. source/cfs_action/dst_cpu go into the record.
+ */
+static __always_inline __u8 mlsched_decide_ex(const struct mlsched_features *f, __u32 pid,
+					      __u8 source, __u8 cfs_action, __u32 dst_cpu,
+					      __u32 flags, struct mlsched_outcome *out)
+{
+	struct mlsched_control *ctl = mlsched_ctl();
+	__u8 reason = MLSCHED_REASON_BYPASS;
+	__u64 now;
+	__u8 d;
+
+	out->seq = 0;
+	out->reason = MLSCHED_REASON_BYPASS;
+	out->fate = MLSCHED_FATE_NO_CONSUMER;
+	if (!ctl)
+		return MLSCHED_STAY;
+	if (!(flags & MLSCHED_DECIDE_BYPASS_TABLE) && !(ctl->flags & MLSCHED_CTL_BYPASS_TABLE)) {
+		d = mlsched_lookup(ctl, f);
+		if (d <= MLSCHED_MIGRATE) {
+			mlsched_count(MLSCHED_STAT_KERNEL_HITS);
+			out->reason = MLSCHED_REASON_HIT;
+			out->fate = MLSCHED_FATE_HIT;
+			if (flags & MLSCHED_DECIDE_REPORT_HITS)
+				out->seq = mlsched_emit(f, pid, source, MLSCHED_REASON_HIT, cfs_action,
+							d, dst_cpu, bpf_ktime_get_ns());
+			return d;
+		}
+		if (d == MLSCHED_NONE) {
+			mlsched_count(MLSCHED_STAT_INVALID);
+			reason = MLSCHED_REASON_OFF_GRID;
+		} else {
+			reason = MLSCHED_REASON_UNSURE;
+		}
+	}
+	out->reason = reason;
+
+	now = bpf_ktime_get_ns();
+	if (!(flags & MLSCHED_DECIDE_NO_CONSUMER_CHECK) && !mlsched_consumer_alive(ctl, now)) {
+		mlsched_count(MLSCHED_STAT_NO_CONSUMER);
+		return MLSCHED_STAY;
+	}
+	out->seq = mlsched_emit(f, pid, source, reason, cfs_action, MLSCHED_NONE, dst_cpu, now);
+	out->fate = out->seq ? MLSCHED_FATE_SENT : MLSCHED_FATE_DROPPED;
+	return MLSCHED_STAY;
+}
+
+/* The short form a balancer calls: features in, decision out, seq (0: none) for later. */
+static __always_inline __u8 mlsched_decide(const struct mlsched_features *f, __u32 pid,
+					   __u64 *seq_out)
+{
+	struct mlsched_outcome out;
+	__u8 d = mlsched_decide_ex(f, pid, MLSCHED_SRC_BALANCER, MLSCHED_NONE, MLSCHED_CPU_NONE,
+				   0, &out);
+
+	*seq_out = out.fate == MLSCHED_FATE_SENT ? out.seq : 0;
+	return d;
+}
+
+/*
+ * Read user space's answer to `seq`: ANSWERED (*decision set), MISSING (no
+ * answer yet, *decision = STAY) or OVERWRITTEN (the slot moved on to a newer
+ * seq: the answer is lost, *decision = STAY). Counts nothing.
+ */
+static __always_inline __u8 mlsched_answer(__u64 seq, __u8 *decision)
+{
+	struct mlsched_control *ctl = mlsched_ctl();
+	__u32 key;
+	__u64 *slot, word, got;
+
+	*decision = MLSCHED_STAY;
+	if (!ctl || ctl->decision_slots == 0)
+		return MLSCHED_ANS_MISSING;
+	key = (__u32)seq & (ctl->decision_slots - 1);
+	slot = bpf_map_lookup_elem(&decisions, &key);
+	if (!slot)
+		return MLSCHED_ANS_MISSING;
+	word = *(volatile __u64 *)slot;
+	got = word >> MLSCHED_ANSWER_SHIFT;
+	if (got == seq) {
+		*decision = (word & MLSCHED_ANSWER_DECISION_MASK) == MLSCHED_MIGRATE ?
+			    MLSCHED_MIGRATE : MLSCHED_STAY;
+		return MLSCHED_ANS_ANSWERED;
+	}
+	return got > seq ? MLSCHED_ANS_OVERWRITTEN : MLSCHED_ANS_MISSING;
+}
+
+#endif /* MLSCHED_DECIDE_H */
