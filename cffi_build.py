@@ -1,0 +1,99 @@
+"""Build ``mlsched.runtime._bpf``: the libbpf-backed kernel path, in cffi API mode.
+
+The cdef is read from the two headers that define the interface, never retyped:
+``bpf/mlsched.h`` (the wire contract) and ``runtime/_native/mlsched_native.h``
+(the C entry points). libbpf is linked statically when ``libbpf.a`` exists, so
+the extension needs only libelf and zlib at run time.
+
+    python cffi_build.py        # -> runtime/_bpf<EXT_SUFFIX>
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+from cffi import FFI, VerificationError
+
+ROOT = Path(__file__).resolve().parent
+WIRE_H = ROOT / "bpf" / "mlsched.h"
+NATIVE = ROOT / "runtime" / "_native"
+NATIVE_H = NATIVE / "mlsched_native.h"
+LIBBPF_A_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+
+# The kernel's own definitions (asm-generic/int-ll64.h).
+CDEF_PRELUDE = """
+typedef unsigned char __u8; typedef unsigned short __u16;
+typedef unsigned int __u32; typedef unsigned long long __u64;
+"""
+# Blocks the cdef must not see: BPF-only asserts, the C implementation's includes.
+_SKIP_BLOCK = re.compile(r"^#ifn?def (__bpf__|MLSCHED_NATIVE_IMPL)\b")
+_INT_DEFINE = re.compile(r"^#define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*(/\*.*\*/)?\s*$")
+
+
+def header_cdef(path: Path) -> str:
+    """The header minus preprocessor lines, keeping ``#define NAME <integer>``."""
+    out, depth = [], 0
+    for line in path.read_text().splitlines():
+        s = line.strip()
+        if depth:
+            depth += s.startswith("#if") - (s == "#endif" or s.startswith("#endif "))
+            continue
+        if _SKIP_BLOCK.match(s):
+            depth = 1
+        elif s.startswith("#"):
+            if _INT_DEFINE.match(s):
+                out.append(re.sub(r"/\*.*\*/", "", s))
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def libbpf_static() -> str | None:
+    """libbpf.a if it can go into a shared object (Debian's is built without -fPIC)."""
+    for d in LIBBPF_A_DIRS:
+        path = os.path.join(d, "libbpf.a")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def make_ffi(static: bool) -> FFI:
+    ffi = FFI()
+    ffi.cdef(CDEF_PRELUDE + header_cdef(WIRE_H) + header_cdef(NATIVE_H))
+    link = ({"extra_objects": [libbpf_static()], "libraries": ["elf", "z"]} if static
+            else {"libraries": ["bpf", "elf", "z"]})
+    ffi.set_source(
+        "mlsched.runtime._bpf",
+        '#include "mlsched_native.h"\n',
+        sources=[str(NATIVE / "mlsched_native.c")],
+        include_dirs=[str(NATIVE), str(ROOT / "bpf")],
+        define_macros=[("MLSCHED_NATIVE_IMPL", "1")],
+        extra_compile_args=["-O2", "-Wall"],
+        **link,
+    )
+    return ffi
+
+
+def build(verbose: bool = False) -> Path:
+    build_dir = str(ROOT / "build" / "cffi")
+    built = None
+    if libbpf_static():
+        try:
+            built = make_ffi(static=True).compile(tmpdir=build_dir, verbose=verbose)
+        except VerificationError:
+            print("libbpf.a is not position-independent: linking libbpf.so instead",
+                  file=sys.stderr)
+    if built is None:
+        built = make_ffi(static=False).compile(tmpdir=build_dir, verbose=verbose)
+    target = ROOT / "runtime" / ("_bpf" + sysconfig.get_config_var("EXT_SUFFIX"))
+    shutil.copy2(built, target)
+    return target
+
+
+if __name__ == "__main__":
+    print(f"built {build(verbose='-v' in sys.argv).relative_to(ROOT)}")

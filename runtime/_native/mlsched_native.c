@@ -1,0 +1,752 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * mlsched_native.c - load bpf/mlsched.bpf.o with libbpf (no skeleton), move
+ * requests from the ring buffer into caller-owned batches, and write decisions
+ * back through mmap. Compiled into mlsched.runtime._bpf by cffi_build.py.
+ *
+ * Role in the request -> decision path:
+ *
+ *   ring `requests` --mls_poll()--> struct mlsched_request batch[] (numpy)
+ *                                    engine decides, vectorized, in Python
+ *   mmap `decisions` <--mls_answer_batch()-- uint8 decisions[]
+ *
+ * Threading: one thread polls and answers; mls_drain() uses its own ring
+ * object and may run while another thread injects. libbpf's print callback is
+ * process-wide and guarded by a mutex.
+ */
+#define _GNU_SOURCE
+#ifndef MLSCHED_NATIVE_IMPL
+#define MLSCHED_NATIVE_IMPL
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/magic.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "mlsched_native.h"
+
+#define ERR_LEN		512
+#define LOG_CAP		(1u << 20)	/* libbpf log kept: last 1 MiB */
+#define NSEC_PER_SEC	1000000000ull
+#define NSEC_PER_USEC	1000ull
+/* bpf_loop() runs at most this many iterations per call (kernel limit 1 << 23). */
+#define INJECT_CHUNK	(1u << 22)
+#define SPLITMIX_GAMMA	0x9e3779b97f4a7c15ull
+
+/* Maps user space reads or writes through mmap. */
+static const char *const MMAP_MAPS[] = {
+	"decisions", "control", "host", "table", "inject_buf", "readback", "domains",
+};
+#define N_MMAP (sizeof(MMAP_MAPS) / sizeof(MMAP_MAPS[0]))
+/* Programs attached by mls_attach_collector(). */
+static const char *const COLLECTOR_PROGS[] = {
+	"on_sched_switch", "on_sched_migrate", "on_sched_wakeup",
+};
+#define N_COLLECTOR (sizeof(COLLECTOR_PROGS) / sizeof(COLLECTOR_PROGS[0]))
+
+struct mls_kernel {
+	struct bpf_object *obj;
+	struct ring_buffer *rb;		/* copies into the current batch */
+	struct ring_buffer *drain_rb;	/* discards (benchmark ceiling) */
+	int epoll_fd;
+	int inject_fd, read_fd;		/* SEC("syscall") programs */
+	struct bpf_link *links[N_COLLECTOR];
+	void *mm[N_MMAP];
+	size_t mm_size[N_MMAP];
+	volatile uint64_t *slots;	/* mmapped `decisions` */
+	uint64_t slot_mask;
+	struct mlsched_control *ctl;	/* mmapped `control` */
+	uint32_t table_capacity;	/* rows in `table` */
+	char pin_dir[PATH_MAX];
+
+	/* current batch, filled by on_record() */
+	struct mlsched_request *batch;
+	uint32_t n, max;
+	struct mls_consumer_stats cs;
+};
+
+/* ---- errors and the captured libbpf log ------------------------------------ */
+
+static __thread char err_msg[ERR_LEN];
+
+static int fail(int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err_msg, sizeof(err_msg), fmt, ap);
+	va_end(ap);
+	return rc < 0 ? rc : -rc;
+}
+
+const char *mls_last_error(void)
+{
+	return err_msg;
+}
+
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *log_buf;
+static size_t log_len;
+
+static int capture_print(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	char *line = NULL;
+	int len;
+
+	if (level == LIBBPF_DEBUG)
+		return 0;
+	len = vasprintf(&line, fmt, ap);	/* the verifier log arrives as one string */
+	if (len <= 0) {
+		free(line);
+		return 0;
+	}
+	pthread_mutex_lock(&log_lock);
+	if (!log_buf)
+		log_buf = malloc(LOG_CAP);
+	if (log_buf) {
+		const char *src = line;
+		size_t n = len;
+
+		if (n > LOG_CAP) {			/* keep the tail: the error is last */
+			src += n - LOG_CAP;
+			n = LOG_CAP;
+		}
+		if (log_len + n > LOG_CAP) {		/* drop the oldest text */
+			size_t keep = LOG_CAP - n;
+
+			memmove(log_buf, log_buf + log_len - keep, keep);
+			log_len = keep;
+		}
+		memcpy(log_buf + log_len, src, n);
+		log_len += n;
+	}
+	pthread_mutex_unlock(&log_lock);
+	free(line);
+	return len;
+}
+
+size_t mls_log_take(char *buf, size_t len)
+{
+	size_t n;
+
+	pthread_mutex_lock(&log_lock);
+	n = log_len < len ? log_len : len;
+	if (buf && n)
+		memcpy(buf, log_buf + (log_len - n), n);	/* the newest part */
+	log_len = 0;
+	pthread_mutex_unlock(&log_lock);
+	return n;
+}
+
+uint64_t mls_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * NSEC_PER_SEC + ts.tv_nsec;
+}
+
+/* ---- ring callbacks ------------------------------------------------------------ */
+
+/* Returned by on_record() to stop libbpf's loop once the batch is full. */
+#define BATCH_FULL (-ENOSPC)
+
+static int on_record(void *ctx, void *data, size_t len)
+{
+	struct mls_kernel *k = ctx;
+	const struct mlsched_request *r = data;
+
+	if (len != sizeof(*r) || r->version != MLSCHED_ABI_VERSION || r->size != sizeof(*r)) {
+		k->cs.rejected++;
+		return 0;
+	}
+	k->batch[k->n++] = *r;
+	return k->n >= k->max ? BATCH_FULL : 0;
+}
+
+static int on_discard(void *ctx, void *data, size_t len)
+{
+	(void)data;
+	(void)len;
+	((struct mls_kernel *)ctx)->cs.drained++;
+	return 0;
+}
+
+/* ---- open / close ---------------------------------------------------------- */
+
+static bool is_pow2(uint64_t v)
+{
+	return v && !(v & (v - 1));
+}
+
+static int map_index(const char *name)
+{
+	for (size_t i = 0; i < N_MMAP; i++)
+		if (!strcmp(MMAP_MAPS[i], name))
+			return (int)i;
+	return -1;
+}
+
+static int prepare_pin_dir(const char *dir)
+{
+	char parent[PATH_MAX];
+	struct statfs st;
+	char *slash;
+
+	snprintf(parent, sizeof(parent), "%s", dir);
+	slash = strrchr(parent, '/');
+	if (slash && slash != parent)
+		*slash = '\0';
+	if (statfs(parent, &st) || st.f_type != BPF_FS_MAGIC)
+		return fail(-ENODEV, "%s is not on a BPF filesystem: mount -t bpf bpf %s", dir,
+			    parent);
+	if (mkdir(dir, 0700) && errno != EEXIST)
+		return fail(-errno, "cannot create %s: %s", dir, strerror(errno));
+	return 0;
+}
+
+static int set_pins(struct mls_kernel *k)
+{
+	struct bpf_map *map;
+	char path[PATH_MAX];
+	int err;
+
+	bpf_object__for_each_map(map, k->obj) {
+		if (bpf_map__is_internal(map))
+			continue;
+		if (snprintf(path, sizeof(path), "%s/%s", k->pin_dir, bpf_map__name(map)) >=
+		    (int)sizeof(path))
+			return fail(-ENAMETOOLONG, "pin path too long: %s", k->pin_dir);
+		err = bpf_map__set_pin_path(map, path);
+		if (err)
+			return fail(err, "cannot pin %s: %s", path, strerror(-err));
+	}
+	return 0;
+}
+
+static int mmap_maps(struct mls_kernel *k)
+{
+	long page = sysconf(_SC_PAGESIZE);
+
+	for (size_t i = 0; i < N_MMAP; i++) {
+		struct bpf_map *map = bpf_object__find_map_by_name(k->obj, MMAP_MAPS[i]);
+		size_t sz;
+		void *p;
+
+		if (!map)
+			return fail(-ENOENT, "map %s missing from the BPF object", MMAP_MAPS[i]);
+		sz = (size_t)((bpf_map__value_size(map) + 7) & ~7u) * bpf_map__max_entries(map);
+		sz = (sz + page - 1) & ~(size_t)(page - 1);
+		p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
+		if (p == MAP_FAILED)
+			return fail(-errno, "mmap of map %s: %s", MMAP_MAPS[i], strerror(errno));
+		k->mm[i] = p;
+		k->mm_size[i] = sz;
+	}
+	return 0;
+}
+
+static int set_size(struct bpf_object *obj, const char *name, uint32_t entries)
+{
+	struct bpf_map *map = bpf_object__find_map_by_name(obj, name);
+	int err;
+
+	if (!map)
+		return fail(-ENOENT, "map %s missing from the BPF object", name);
+	err = bpf_map__set_max_entries(map, entries);
+	return err ? fail(err, "cannot size map %s to %u", name, entries) : 0;
+}
+
+static int prog_fd(struct bpf_object *obj, const char *name)
+{
+	struct bpf_program *p = bpf_object__find_program_by_name(obj, name);
+
+	return p ? bpf_program__fd(p) : fail(-ENOENT, "program %s missing", name);
+}
+
+int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	struct mls_kernel *k;
+	uint32_t rows;
+	int err;
+
+	*out = NULL;
+	libbpf_set_print(capture_print);
+	if (!o->obj_path || !*o->obj_path)
+		return fail(-EINVAL, "no BPF object path");
+	if (!is_pow2(o->ring_bytes) || o->ring_bytes < (uint32_t)page)
+		return fail(-EINVAL, "ring size %u: must be a power of two >= %ld", o->ring_bytes,
+			    page);
+	if (!is_pow2(o->decision_slots) || o->decision_slots < MLSCHED_MIN_DECISION_SLOTS)
+		return fail(-EINVAL, "decision slots %u: must be a power of two >= %d",
+			    o->decision_slots, MLSCHED_MIN_DECISION_SLOTS);
+	if (o->table_ncpus > MLSCHED_MAX_TABLE_CPUS)
+		return fail(-E2BIG, "table for %u CPUs: at most %d", o->table_ncpus,
+			    MLSCHED_MAX_TABLE_CPUS);
+
+	k = calloc(1, sizeof(*k));
+	if (!k)
+		return fail(-ENOMEM, "out of memory");
+	k->epoll_fd = -1;
+	k->obj = bpf_object__open_file(o->obj_path, NULL);
+	if (!k->obj) {
+		err = fail(-errno, "cannot open BPF object %s: %s", o->obj_path, strerror(errno));
+		free(k);
+		return err;
+	}
+	rows = o->table_ncpus ? o->table_ncpus * (o->table_ncpus + 1) : 1;
+	if ((err = set_size(k->obj, "requests", o->ring_bytes)) ||
+	    (err = set_size(k->obj, "decisions", o->decision_slots)) ||
+	    (err = set_size(k->obj, "table", rows)))
+		goto fail;
+	k->table_capacity = rows;
+	if (o->pin_dir && *o->pin_dir) {
+		snprintf(k->pin_dir, sizeof(k->pin_dir), "%s", o->pin_dir);
+		if ((err = prepare_pin_dir(k->pin_dir)) || (err = set_pins(k)))
+			goto fail;
+	}
+
+	err = bpf_object__load(k->obj);
+	if (err) {
+		if (err == -EPERM || err == -EACCES)
+			fail(err, "loading the BPF object was refused (%s)", strerror(-err));
+		else
+			fail(err, "loading %s failed: %s", o->obj_path, strerror(-err));
+		goto fail;
+	}
+	if ((err = mmap_maps(k)))
+		goto fail;
+	k->slots = k->mm[map_index("decisions")];
+	k->slot_mask = o->decision_slots - 1;
+	k->ctl = k->mm[map_index("control")];
+
+	k->ctl->abi_version = MLSCHED_ABI_VERSION;
+	k->ctl->decision_slots = o->decision_slots;
+	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
+	if (!k->ctl->stale_after_ns)
+		k->ctl->stale_after_ns = 10 * 1000 * 1000;
+
+	if ((err = k->inject_fd = prog_fd(k->obj, "inject")) < 0 ||
+	    (err = k->read_fd = prog_fd(k->obj, "read_decisions")) < 0)
+		goto fail;
+	k->rb = ring_buffer__new(bpf_object__find_map_fd_by_name(k->obj, "requests"), on_record, k,
+				 NULL);
+	k->drain_rb = ring_buffer__new(bpf_object__find_map_fd_by_name(k->obj, "requests"),
+				       on_discard, k, NULL);
+	if (!k->rb || !k->drain_rb) {
+		err = fail(-errno, "cannot map the request ring: %s", strerror(errno));
+		goto fail;
+	}
+	k->epoll_fd = ring_buffer__epoll_fd(k->rb);
+	*out = k;
+	return 0;
+fail:
+	mls_close(k);
+	return err;
+}
+
+void mls_close(struct mls_kernel *k)
+{
+	if (!k)
+		return;
+	mls_detach_collector(k);
+	ring_buffer__free(k->rb);
+	ring_buffer__free(k->drain_rb);
+	for (size_t i = 0; i < N_MMAP; i++)
+		if (k->mm[i])
+			munmap(k->mm[i], k->mm_size[i]);
+	bpf_object__close(k->obj);
+	free(k);
+}
+
+int mls_unpin(struct mls_kernel *k)
+{
+	struct bpf_map *map;
+	int err, first = 0;
+
+	if (!k->pin_dir[0])
+		return 0;
+	bpf_object__for_each_map(map, k->obj) {
+		if (!bpf_map__is_pinned(map))
+			continue;
+		err = bpf_map__unpin(map, NULL);
+		if (err && !first)
+			first = fail(err, "cannot unpin %s: %s", bpf_map__name(map), strerror(-err));
+	}
+	if (rmdir(k->pin_dir) && errno != ENOENT && !first)
+		first = fail(-errno, "cannot remove %s: %s", k->pin_dir, strerror(errno));
+	return first;
+}
+
+/* ---- configuration ------------------------------------------------------------ */
+
+int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
+{
+	uint8_t *dst = k->mm[map_index("table")];
+	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
+
+	if (nrows > k->table_capacity)
+		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
+			    ncpus, (unsigned long long)nrows, k->table_capacity);
+	k->ctl->table_ncpus = 0;	/* no lookups into a half-written table */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	memcpy(dst, rows, nrows * MLSCHED_ROW_BYTES);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	__atomic_store_n(&k->ctl->table_ncpus, ncpus, __ATOMIC_RELEASE);
+	return 0;
+}
+
+int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t ncpus,
+		    uint32_t ndomains)
+{
+	struct mlsched_domain *doms = k->mm[map_index("domains")];
+	int fd = bpf_object__find_map_fd_by_name(k->obj, "cpu_domain");
+
+	if (k->links[0])
+		return fail(-EBUSY, "domains cannot change while the collector is attached");
+	if (ncpus > MLSCHED_MAX_CPUS || ndomains > MLSCHED_MAX_DOMAINS || ndomains == 0)
+		return fail(-EINVAL, "%u CPUs in %u domains: at most %d CPUs, 1..%d domains",
+			    ncpus, ndomains, MLSCHED_MAX_CPUS, MLSCHED_MAX_DOMAINS);
+	memset(doms, 0, sizeof(*doms) * MLSCHED_MAX_DOMAINS);
+	for (uint32_t cpu = 0; cpu < ncpus; cpu++) {
+		uint32_t d = cpu_domain[cpu];
+
+		if (d >= ndomains)
+			return fail(-EINVAL, "CPU %u in domain %u of %u", cpu, d, ndomains);
+		if (bpf_map_update_elem(fd, &cpu, &d, BPF_ANY))
+			return fail(-errno, "cpu_domain update: %s", strerror(errno));
+		doms[d].ncpus++;
+	}
+	k->ctl->ndomains = ndomains;
+	return 0;
+}
+
+int mls_attach_collector(struct mls_kernel *k)
+{
+	for (size_t i = 0; i < N_COLLECTOR; i++) {
+		struct bpf_program *p = bpf_object__find_program_by_name(k->obj, COLLECTOR_PROGS[i]);
+		int err;
+
+		if (k->links[i])
+			continue;
+		if (!p) {
+			mls_detach_collector(k);
+			return fail(-ENOENT, "program %s missing", COLLECTOR_PROGS[i]);
+		}
+		k->links[i] = bpf_program__attach(p);
+		if (!k->links[i]) {
+			err = -errno;
+			k->links[i] = NULL;
+			mls_detach_collector(k);
+			return fail(err, "cannot attach %s: %s", COLLECTOR_PROGS[i], strerror(-err));
+		}
+	}
+	return 0;
+}
+
+int mls_detach_collector(struct mls_kernel *k)
+{
+	for (size_t i = 0; i < N_COLLECTOR; i++) {
+		bpf_link__destroy(k->links[i]);
+		k->links[i] = NULL;
+	}
+	return 0;
+}
+
+/* ---- hot path -------------------------------------------------------------------- */
+
+void mls_heartbeat(struct mls_kernel *k)
+{
+	__atomic_store_n(&k->ctl->heartbeat_ns, mls_now_ns(), __ATOMIC_RELAXED);
+}
+
+static int consume(struct mls_kernel *k)
+{
+	int err = ring_buffer__consume(k->rb);
+
+	return err == BATCH_FULL ? 0 : err;
+}
+
+static int wait_ready(struct mls_kernel *k, uint64_t timeout_ns)
+{
+	struct epoll_event ev;
+	struct timespec ts = {
+		.tv_sec = timeout_ns / NSEC_PER_SEC,
+		.tv_nsec = timeout_ns % NSEC_PER_SEC,
+	};
+	int n = epoll_pwait2(k->epoll_fd, &ev, 1, &ts, NULL);
+
+	return n < 0 && errno != EINTR ? -errno : 0;
+}
+
+int mls_poll(struct mls_kernel *k, struct mlsched_request *batch, uint32_t max_records,
+	     int timeout_ms, uint32_t linger_us)
+{
+	uint64_t deadline, now;
+	int err;
+
+	if (!max_records)
+		return fail(-EINVAL, "batch of 0 records");
+	k->batch = batch;
+	k->n = 0;
+	k->max = max_records;
+	mls_heartbeat(k);
+
+	if ((err = consume(k)) < 0)
+		return fail(err, "ring buffer: %s", strerror(-err));
+	if (k->n == 0 && timeout_ms != 0) {
+		struct epoll_event ev;
+		int n = epoll_wait(k->epoll_fd, &ev, 1, timeout_ms);
+
+		if (n < 0 && errno != EINTR)
+			return fail(-errno, "epoll_wait: %s", strerror(errno));
+		if ((err = consume(k)) < 0)
+			return fail(err, "ring buffer: %s", strerror(-err));
+	}
+	if (linger_us && k->n && k->n < k->max) {
+		/* the batch closes at max_records or linger_us after its first record */
+		deadline = mls_now_ns() + linger_us * NSEC_PER_USEC;
+		while (k->n < k->max && (now = mls_now_ns()) < deadline) {
+			if ((err = wait_ready(k, deadline - now)) < 0)
+				return fail(err, "epoll_pwait2: %s", strerror(-err));
+			if ((err = consume(k)) < 0)
+				return fail(err, "ring buffer: %s", strerror(-err));
+		}
+	}
+	if (k->n) {
+		k->cs.batches++;
+		k->cs.records += k->n;
+	}
+	return (int)k->n;
+}
+
+/* Store one answer; refuses to overwrite an answer for the same or a newer seq. */
+static inline void answer(struct mls_kernel *k, uint64_t seq, uint8_t d)
+{
+	volatile uint64_t *slot = &k->slots[seq & k->slot_mask];
+	uint64_t held = *slot >> MLSCHED_ANSWER_SHIFT;
+
+	if (d > MLSCHED_MIGRATE) {
+		k->cs.bad_decisions++;
+	} else if (held == seq) {
+		k->cs.double_answers++;
+	} else if (held > seq) {
+		k->cs.late_answers++;
+	} else {
+		__atomic_store_n(slot, (seq << MLSCHED_ANSWER_SHIFT) | d, __ATOMIC_RELEASE);
+		k->cs.written++;
+	}
+}
+
+int mls_answer_batch(struct mls_kernel *k, const struct mlsched_request *batch,
+		     const uint8_t *decisions, uint32_t n)
+{
+	uint64_t before = k->cs.written;
+
+	for (uint32_t i = 0; i < n; i++)
+		if (batch[i].kernel_decision == MLSCHED_NONE)	/* hits need no answer */
+			answer(k, batch[i].seq, decisions[i]);
+	return (int)(k->cs.written - before);
+}
+
+int mls_write_back(struct mls_kernel *k, const uint64_t *seqs, const uint8_t *decisions,
+		   uint32_t n)
+{
+	uint64_t before = k->cs.written;
+
+	for (uint32_t i = 0; i < n; i++)
+		answer(k, seqs[i], decisions[i]);
+	return (int)(k->cs.written - before);
+}
+
+int mls_drain(struct mls_kernel *k, uint64_t target, int idle_timeout_ms, uint64_t *drained)
+{
+	uint64_t start = k->cs.drained;
+	struct epoll_event ev;
+	int err, n;
+
+	*drained = 0;
+	for (;;) {
+		mls_heartbeat(k);
+		err = ring_buffer__consume(k->drain_rb);
+		if (err < 0)
+			return fail(err, "ring buffer: %s", strerror(-err));
+		*drained = k->cs.drained - start;
+		if (target && *drained >= target)
+			return 0;
+		n = epoll_wait(ring_buffer__epoll_fd(k->drain_rb), &ev, 1, idle_timeout_ms);
+		if (n < 0 && errno != EINTR)
+			return fail(-errno, "epoll_wait: %s", strerror(errno));
+		if (n == 0) {	/* idle: one last sweep, then stop */
+			ring_buffer__consume(k->drain_rb);
+			*drained = k->cs.drained - start;
+			return 0;
+		}
+	}
+}
+
+/* ---- test-run programs ---------------------------------------------------------- */
+
+static int test_run(int fd, void *ctx, size_t size, const char *what)
+{
+	LIBBPF_OPTS(bpf_test_run_opts, o, .ctx_in = ctx, .ctx_size_in = size);
+	int err = bpf_prog_test_run_opts(fd, &o);
+
+	if (err)
+		return fail(-errno, "running %s: %s", what, strerror(errno));
+	if ((int)o.retval < 0)
+		return fail((int)o.retval, "%s refused its arguments: %s", what,
+			    strerror(-(int)o.retval));
+	return 0;
+}
+
+int mls_inject(struct mls_kernel *k, struct mlsched_inject_args *a)
+{
+	struct mlsched_inject_args part;
+	uint32_t left = a->count;
+	uint64_t seed = a->seed;
+	int err;
+
+	a->version = MLSCHED_ABI_VERSION;
+	if (!(a->flags & MLSCHED_INJ_GENERATE))
+		return test_run(k->inject_fd, a, sizeof(*a), "the injector");
+	/* generated traffic: chunks of INJECT_CHUNK continuing the same splitmix64 stream */
+	a->elapsed_ns = a->first_seq = a->last_seq = 0;
+	a->hits = a->sent = a->dropped = a->no_consumer = a->migrate = a->done = 0;
+	while (left) {
+		part = *a;
+		part.count = left < INJECT_CHUNK ? left : INJECT_CHUNK;
+		part.seed = seed;
+		if ((err = test_run(k->inject_fd, &part, sizeof(part), "the injector")))
+			return err;
+		seed += (uint64_t)part.count * SPLITMIX_GAMMA;
+		left -= part.count;
+		a->elapsed_ns += part.elapsed_ns;
+		if (!a->first_seq)
+			a->first_seq = part.first_seq;
+		if (part.last_seq)
+			a->last_seq = part.last_seq;
+		a->hits += part.hits;
+		a->sent += part.sent;
+		a->dropped += part.dropped;
+		a->no_consumer += part.no_consumer;
+		a->migrate += part.migrate;
+		a->done += part.done;
+	}
+	return 0;
+}
+
+int mls_read_decisions(struct mls_kernel *k, struct mlsched_read_args *a)
+{
+	a->version = MLSCHED_ABI_VERSION;
+	return test_run(k->read_fd, a, sizeof(*a), "the decision reader");
+}
+
+/* ---- state ------------------------------------------------------------------------ */
+
+int mls_read_stats(struct mls_kernel *k, uint64_t *out, uint32_t n)
+{
+	int ncpu = libbpf_num_possible_cpus(), fd;
+	struct mlsched_stats *per_cpu;
+	uint32_t zero = 0;
+
+	if (ncpu <= 0)
+		return fail(ncpu ? ncpu : -EINVAL, "cannot count possible CPUs");
+	if (n > MLSCHED_STAT_COUNT)
+		n = MLSCHED_STAT_COUNT;
+	per_cpu = calloc(ncpu, sizeof(*per_cpu));
+	if (!per_cpu)
+		return fail(-ENOMEM, "out of memory");
+	fd = bpf_object__find_map_fd_by_name(k->obj, "stats");
+	if (bpf_map_lookup_elem(fd, &zero, per_cpu)) {
+		int err = fail(-errno, "reading stats: %s", strerror(errno));
+
+		free(per_cpu);
+		return err;
+	}
+	memset(out, 0, n * sizeof(*out));
+	for (int c = 0; c < ncpu; c++)
+		for (uint32_t i = 0; i < n; i++)
+			out[i] += per_cpu[c].v[i];
+	free(per_cpu);
+	return (int)n;
+}
+
+void mls_consumer_stats(struct mls_kernel *k, struct mls_consumer_stats *out)
+{
+	*out = k->cs;
+}
+
+void *mls_map_mmap(struct mls_kernel *k, const char *map_name, size_t *size)
+{
+	int i = map_index(map_name);
+
+	if (i < 0) {
+		fail(-ENOENT, "map %s is not memory-mapped", map_name);
+		*size = 0;
+		return NULL;
+	}
+	*size = k->mm_size[i];
+	return k->mm[i];
+}
+
+int mls_map_fd(struct mls_kernel *k, const char *map_name)
+{
+	int fd = bpf_object__find_map_fd_by_name(k->obj, map_name);
+
+	return fd < 0 ? fail(fd, "no map %s", map_name) : fd;
+}
+
+/* Kernel ids of what this handle owns, so tests can check nothing outlives close(). */
+#define INFO_ID(type, fd) ({						\
+	struct type info = {};						\
+	__u32 len = sizeof(info);					\
+	bpf_obj_get_info_by_fd((fd), &info, &len) ? 0u : info.id;	\
+})
+
+int mls_prog_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n)
+{
+	struct bpf_program *p;
+	uint32_t got = 0;
+
+	bpf_object__for_each_program(p, k->obj)
+		if (got < n && bpf_program__fd(p) >= 0)
+			ids[got++] = INFO_ID(bpf_prog_info, bpf_program__fd(p));
+	return (int)got;
+}
+
+int mls_map_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n)
+{
+	struct bpf_map *m;
+	uint32_t got = 0;
+
+	bpf_object__for_each_map(m, k->obj)
+		if (got < n && bpf_map__fd(m) >= 0)
+			ids[got++] = INFO_ID(bpf_map_info, bpf_map__fd(m));
+	return (int)got;
+}
+
+int mls_link_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n)
+{
+	uint32_t got = 0;
+
+	for (size_t i = 0; i < N_COLLECTOR && got < n; i++)
+		if (k->links[i])
+			ids[got++] = INFO_ID(bpf_link_info, bpf_link__fd(k->links[i]));
+	return (int)got;
+}

@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * mlsched_native.h - the C that sits between mlsched-lite and libbpf.
+ *
+ * cffi_build.py reads this file (and bpf/mlsched.h) for the cdef, so it keeps
+ * to plain declarations; the includes live behind MLSCHED_NATIVE_IMPL.
+ *
+ * Conventions: every int-returning function returns >= 0 on success and a
+ * negative errno on failure, with a one-line reason in mls_last_error()
+ * (per thread). libbpf's own messages (verifier log included) are captured
+ * process-wide; mls_log_take() hands them over.
+ *
+ * Hot path, per batch and never per record:
+ *   mls_poll()        epoll wait, then copy ring records into the caller's
+ *                     array of struct mlsched_request (a C callback, no Python)
+ *   mls_answer_batch()/mls_write_back()
+ *                     one aligned 8-byte store per decision into the mmapped
+ *                     `decisions` map (no syscall)
+ */
+#ifndef MLSCHED_NATIVE_H
+#define MLSCHED_NATIVE_H
+
+#ifdef MLSCHED_NATIVE_IMPL
+#include <stddef.h>
+#include <stdint.h>
+#include <linux/types.h>
+#include "mlsched.h"
+#endif
+
+struct mls_kernel;	/* one loaded BPF object with its maps, rings and links */
+
+struct mls_load_opts {
+	const char *obj_path;		/* mlsched.bpf.o */
+	uint32_t ring_bytes;		/* `requests` size: power of two, >= page size */
+	uint32_t decision_slots;	/* `decisions` entries: power of two */
+	uint32_t table_ncpus;		/* capacity of `table` (N of the table to load) */
+	uint32_t _pad;
+	uint64_t consumer_timeout_ns;	/* control.consumer_timeout_ns (0: never) */
+	const char *pin_dir;		/* NULL/"": nothing pinned; else maps live there */
+};
+
+/* Counters kept by the consumer side (user space), per handle. */
+struct mls_consumer_stats {
+	uint64_t records;		/* well-formed records copied into batches */
+	uint64_t batches;		/* non-empty batches returned by mls_poll() */
+	uint64_t rejected;		/* records of the wrong size/version, skipped */
+	uint64_t written;		/* answers stored */
+	uint64_t double_answers;	/* answers for a seq already answered (skipped) */
+	uint64_t late_answers;		/* slot already reused by a newer seq (skipped) */
+	uint64_t bad_decisions;		/* decision values other than STAY/MIGRATE (skipped) */
+	uint64_t drained;		/* records discarded by mls_drain() */
+};
+
+/* life cycle */
+int mls_open(const struct mls_load_opts *opts, struct mls_kernel **out);
+void mls_close(struct mls_kernel *k);
+int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus);
+int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t ncpus,
+		    uint32_t ndomains);
+int mls_attach_collector(struct mls_kernel *k);
+int mls_detach_collector(struct mls_kernel *k);
+int mls_unpin(struct mls_kernel *k);
+
+/* hot path */
+int mls_poll(struct mls_kernel *k, struct mlsched_request *batch, uint32_t max_records,
+	     int timeout_ms, uint32_t linger_us);
+int mls_answer_batch(struct mls_kernel *k, const struct mlsched_request *batch,
+		     const uint8_t *decisions, uint32_t n);
+int mls_write_back(struct mls_kernel *k, const uint64_t *seqs, const uint8_t *decisions,
+		   uint32_t n);
+void mls_heartbeat(struct mls_kernel *k);
+int mls_drain(struct mls_kernel *k, uint64_t target, int idle_timeout_ms, uint64_t *drained);
+
+/* test-run programs */
+int mls_inject(struct mls_kernel *k, struct mlsched_inject_args *args);
+int mls_read_decisions(struct mls_kernel *k, struct mlsched_read_args *args);
+
+/* state */
+int mls_read_stats(struct mls_kernel *k, uint64_t *out, uint32_t n);
+void mls_consumer_stats(struct mls_kernel *k, struct mls_consumer_stats *out);
+void *mls_map_mmap(struct mls_kernel *k, const char *map_name, size_t *size);
+int mls_map_fd(struct mls_kernel *k, const char *map_name);
+int mls_prog_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
+int mls_map_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
+int mls_link_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
+uint64_t mls_now_ns(void);
+
+/* diagnostics */
+const char *mls_last_error(void);
+size_t mls_log_take(char *buf, size_t len);
+
+#endif /* MLSCHED_NATIVE_H */
