@@ -475,7 +475,7 @@ def _check_table(engine) -> tuple[int, int]:
         return 0, 0
     n = t.shape[0]
     feats = host_features(n, cpu, idle, qs / 10.0, qd / 10.0)
-    expected = engine._model_decide_raw(feats)
+    expected = engine.interpreter_decide(feats)
     return int(cpu.size), int((expected != t[cpu, idle, qs, qd]).sum())
 
 

@@ -161,7 +161,7 @@ def as_features(features) -> np.ndarray:
         x = np.frompyfunc(_safe_float, 1, 1)(obj).astype(np.float64) if obj.size else \
             np.zeros(obj.shape, np.float64)
     if x.ndim == 1:
-        x = x[None, :]
+        x = x[None, :] if x.size else np.zeros((0, RAW_COLUMNS))
     if x.ndim != 2 or x.shape[1] not in (RAW_COLUMNS, 2 * RAW_COLUMNS):
         raise ValueError(f"features must be [n, {RAW_COLUMNS}] or [n, {2 * RAW_COLUMNS}]"
                          f" (cpu, cpu_idle, cpu_not_idle, src_dom_load, dst_dom_load[, padding]),"
@@ -191,7 +191,7 @@ class Engine:
                     f" {bundle.cpus} CPUs; convert the model for {ncpus}"
                     f" (mlsched-convert MODEL -o BUNDLE --cpus {ncpus})")
             t0 = time.perf_counter()
-            self.table = table_mod.build(self._model_decide_raw, ncpus, self.mode)
+            self.table = table_mod.build(self.interpreter_decide, ncpus, self.mode)
             self.derived = True
             log.info("derived a %d-CPU %s table (%d bytes, %.1f%% UNSURE) from %s in %.2f s;"
                      " the bundle's table is for %d CPUs", ncpus, self.mode, self.table.nbytes,
@@ -207,20 +207,22 @@ class Engine:
         self.counters = Counters()
 
     # ---- interpreter --------------------------------------------------------------------
-    def _normalize(self, raw5: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore", invalid="ignore"):
-            return self.normalization.apply(pad(raw5))
+    def interpreter_decide(self, raw) -> np.ndarray:
+        """The interpreter alone on raw features [n, 5|10], no table, not counted.
 
-    def _model_decide_raw(self, raw: np.ndarray) -> np.ndarray:
-        """Interpreter decisions on raw features [n, 5|10] (exactly what the converter tabulates)."""
-        return self.model.decide(self._normalize(np.asarray(raw)[:, :RAW_COLUMNS]))
+        Exactly the function the converter tabulates (and ``table.build`` derives from).
+        """
+        raw = np.asarray(raw, dtype=np.float64)[:, :RAW_COLUMNS]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.model.decide(self.normalization.apply(pad(raw)))
 
     def _interpret(self, raw5: np.ndarray, probabilities: bool) -> np.ndarray:
         """One shim call over raw features [m, 5]: probabilities (float32) or decisions (uint8)."""
         self.counters.interpreter_calls += 1
         self.counters.interpreter_rows += len(raw5)
-        u = self._normalize(raw5)
-        return self.model.probability(u) if probabilities else self.model.decide(u)
+        with np.errstate(over="ignore", invalid="ignore"):   # huge finite counts saturate int8
+            u = self.normalization.apply(pad(raw5))
+            return self.model.probability(u) if probabilities else self.model.decide(u)
 
     # ---- batch API ----------------------------------------------------------------------
     def decide(self, features, probabilities: bool = False) -> BatchResult:
@@ -242,7 +244,8 @@ class Engine:
             clamped = ((loads < 0) | (loads > 1)).any(axis=1) & ~invalid
         f[:, list(LOAD_COLUMNS)] = np.clip(loads, 0.0, 1.0)
         f[invalid] = 0.0
-        vals, in_geometry = table_mod.lookup(self.table, f[:, 0], f[:, 1], f[:, 2], f[:, 3], f[:, 4])
+        with np.errstate(over="ignore"):                     # idle + busy of huge counts
+            vals, in_geometry = table_mod.lookup(self.table, *f.T)
         hit = (vals != UNSURE) & ~invalid
         miss = ~(hit | invalid)
         decisions = np.where(hit, vals, STAY).astype(np.uint8)

@@ -8,6 +8,7 @@ extension or BPF object not built) they skip with the reason, except when
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,47 @@ def kernel_path(require_bpf):
     yield load
     for kp in opened:
         kp.close()
+
+
+# ---- bundles and engines (runtime tests) -------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = ROOT / "models" / "default" / "bundle"
+#: The seed's scenarios on an 8-CPU host: (cpu, idle, busy, src_load, dst_load).
+SEED_SCENARIOS = [
+    (4, 2, 6, 0.9, 0.2),
+    (2, 4, 4, 0.5, 0.5),
+    (1, 7, 1, 0.1, 0.1),
+]
+
+
+def teacher_decisions(rows) -> list[int]:
+    """Independent expectation for seed-like rows: the documented rule the default model learns."""
+    import numpy as np
+    from mlsched.convert import teacher  # numpy only, no TensorFlow
+
+    return [int(d) for d in teacher.decide(np.asarray(rows, dtype=np.float64))]
+
+
+@pytest.fixture(scope="session")
+def bundle8_path() -> Path:
+    """The shipped 8-CPU default bundle (read-only: copy it before tampering)."""
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        pytest.fail(f"{DEFAULT_BUNDLE} missing: run `make bundle`")
+    return DEFAULT_BUNDLE
+
+
+@pytest.fixture(scope="session")
+def bundle8(bundle8_path):
+    from mlsched.runtime.bundle import Bundle
+
+    return Bundle.load(bundle8_path)
+
+
+@pytest.fixture
+def bundle_copy(bundle8_path, tmp_path) -> Path:
+    """A private copy of the 8-CPU bundle, files 0644 in a 0755 directory, to tamper with."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundle8_path, dst)
+    return dst
