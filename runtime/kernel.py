@@ -659,7 +659,7 @@ class KernelPath:
         n = lib.MLSCHED_STAT_COUNT
         out = ffi.new("uint64_t[]", n)
         _check(lib.mls_read_stats(k, out, n), "reading stats")
-        result = dict(zip(stat_names(), (int(v) for v in out)))
+        result = dict(zip(stat_names(), (int(v) for v in out), strict=True))
         cs = ffi.new("struct mls_consumer_stats *")
         lib.mls_consumer_stats(k, cs)
         for name, _ in ffi.typeof("struct mls_consumer_stats").fields:

@@ -6,8 +6,7 @@ import time
 
 import numpy as np
 import pytest
-
-from test_bpf_decide import N, STAY, synthetic_table
+from test_bpf_decide import STAY, N, synthetic_table
 
 pytestmark = pytest.mark.bpf
 
