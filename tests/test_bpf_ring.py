@@ -162,7 +162,7 @@ def test_engine_answers_reach_the_kernel(kernel_path):
     kp.answer(batch, d)
     raw = np.stack([batch["f"][c].astype(np.float64) for c in ("cpu", "idle", "busy")]
                    + [batch["f"][c] / 1024.0 for c in ("src_load", "dst_load")], axis=1)
-    np.testing.assert_array_equal(d, engine._model_decide_raw(raw))
+    np.testing.assert_array_equal(d, engine.interpreter_decide(raw))
 
     read = kp.read_decisions(res.first_seq, res.last_seq - res.first_seq + 1)
     assert read.answered == res.sent
