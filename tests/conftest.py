@@ -99,3 +99,14 @@ def bundle_copy(bundle8_path, tmp_path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(bundle8_path, dst)
     return dst
+
+
+# ---- ordering ------------------------------------------------------------------------------------
+#: Modules that import TensorFlow in the test process. TensorFlow carries its own copy of the
+#: TFLite runtime; once it is loaded, tflite_runtime's interpreter in the same process fails
+#: (std::bad_alloc / vector::reserve in GetSignatureDefs). Those modules run last.
+TENSORFLOW_MODULES = {"test_convert.py"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name in TENSORFLOW_MODULES)

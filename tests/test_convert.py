@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -12,7 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow", reason="the convert extra (tensorflow-cpu) is not installed")
+if importlib.util.find_spec("tensorflow") is None:
+    pytest.skip("the convert extra (tensorflow-cpu) is not installed", allow_module_level=True)
+
+
+class _LazyTensorFlow:
+    """TensorFlow, imported on first use rather than at collection: once loaded it breaks
+    tflite_runtime in the same process, so this module runs last (see conftest.py)."""
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # collection probes attributes (_mock_name, ...)
+            raise AttributeError(name)
+        import tensorflow
+
+        return getattr(tensorflow, name)
+
+
+tf = _LazyTensorFlow()
 
 from mlsched.convert import calibration, teacher  # noqa: E402
 from mlsched.convert.cli import main as convert_main  # noqa: E402
