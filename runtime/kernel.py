@@ -52,8 +52,10 @@ else:
 
 log = logging.getLogger(__name__)
 
-#: Default size of the request ring (4 MiB = 65536 records of 64 bytes).
-DEFAULT_RING_BYTES = 4 << 20
+#: Default size of the request ring: 1 MiB = 16384 records of 64 bytes, 8 ms of traffic at
+#: 2 M requests/s. The consumer maps the ring's data twice (wrap-around), so it costs 2 MiB of
+#: resident memory; larger rings (--ring-size) absorb longer bursts at that price.
+DEFAULT_RING_BYTES = 1 << 20
 #: Ring records per decision slot at least: an answer must not alias a request in flight.
 SLOTS_PER_RING_RECORD = 4
 #: A consumer that has not polled for this long is gone: misses are answered STAY at once.
@@ -451,34 +453,44 @@ class KernelPath:
             raise KernelPathError("the kernel path is not loaded")
         return self._k
 
-    def _map_views(self) -> None:
+    #: Value layouts of the memory-mapped maps.
+    MMAP_LAYOUTS = {
+        "decisions": lambda: np.dtype(np.uint64),
+        "control": lambda: dtype_of("struct mlsched_control"),
+        "host": lambda: dtype_of("struct mlsched_host"),
+        "table": lambda: np.dtype((np.uint8, (lib.MLSCHED_ROW_BYTES,))),
+        "inject_buf": lambda: dtype_of("struct mlsched_inject_slot"),
+        "readback": lambda: dtype_of("struct mlsched_readback"),
+        "domains": lambda: dtype_of("struct mlsched_domain"),
+    }
+
+    def _view(self, name: str) -> np.ndarray:
+        """numpy view of a memory-mapped map, mapped on first use (mapped pages count in RSS)."""
+        v = self._views.get(name)
+        if v is not None:
+            return v
+        dt = self.MMAP_LAYOUTS[name]()
         size = ffi.new("size_t *")
-        layouts = {
-            "decisions": np.dtype(np.uint64),
-            "control": dtype_of("struct mlsched_control"),
-            "host": dtype_of("struct mlsched_host"),
-            "table": np.dtype((np.uint8, (lib.MLSCHED_ROW_BYTES,))),
-            "inject_buf": dtype_of("struct mlsched_inject_slot"),
-            "readback": dtype_of("struct mlsched_readback"),
-            "domains": dtype_of("struct mlsched_domain"),
-        }
-        for name, dt in layouts.items():
-            ptr = lib.mls_map_mmap(self._k, name.encode(), size)
-            if ptr == ffi.NULL:
-                _raise(-errno_mod.ENOENT, f"mapping {name}")
-            if dt.itemsize % 8:     # array map values sit at 8-byte strides
-                raise KernelPathError(f"map {name}: value size {dt.itemsize} is not a "
-                                      "multiple of 8; fix bpf/mlsched.h")
-            count = size[0] // dt.itemsize
-            stride = dt.itemsize
-            self._views[name] = np.frombuffer(ffi.buffer(ptr, count * stride), dtype=dt)
+        ptr = lib.mls_map_mmap(self._handle(), name.encode(), size)
+        if ptr == ffi.NULL:
+            _raise(-errno_mod.ENOENT, f"mapping {name}")
+        if dt.itemsize % 8:     # array map values sit at 8-byte strides
+            raise KernelPathError(f"map {name}: value size {dt.itemsize} is not a "
+                                  "multiple of 8; fix bpf/mlsched.h")
+        v = np.frombuffer(ffi.buffer(ptr, size[0] // dt.itemsize * dt.itemsize), dtype=dt)
+        self._views[name] = v
+        return v
+
+    def _map_views(self) -> None:
+        for name in ("decisions", "control", "host"):
+            self._view(name)
 
     # -- configuration --
 
     @property
     def control(self) -> np.ndarray:
         """The mmapped struct mlsched_control (a 1-element structured array, writable)."""
-        return self._views["control"][0:1]
+        return self._view("control")[0:1]
 
     def set_table(self, table: np.ndarray, _rows: np.ndarray | None = None) -> None:
         rows = table_rows(table) if _rows is None else _rows
@@ -605,7 +617,7 @@ class KernelPath:
             _check(lib.mls_inject(k, args), "injecting")
             return _inject_result(args)
         feats = _as_wire(features)
-        slots = self._views["inject_buf"]
+        slots = self._view("inject_buf")
         total = InjectResult(0, 0, 0, 0, 0, 0, 0, 0, 0)
         parts = []
         for start in range(0, len(feats), len(slots)):
@@ -635,7 +647,7 @@ class KernelPath:
         """Read the answers to seqs first_seq .. first_seq + count - 1 through the kernel's
         own check (mlsched_answer()); counts answered/stale in the kernel stats."""
         k = self._handle()
-        view = self._views["readback"]
+        view = self._view("readback")
         args = ffi.new("struct mlsched_read_args *")
         res = ReadResult(first_seq, 0, 0, 0, 0, np.zeros(count, np.uint8),
                          np.zeros(count, np.uint8))
@@ -668,12 +680,12 @@ class KernelPath:
 
     def host(self) -> dict[str, int]:
         """Kernel-maintained host state: last seq, idle/busy CPUs, idle<->busy transitions."""
-        h = self._views["host"][0]
+        h = self._view("host")[0]
         return {name: int(h[name]) for name in h.dtype.names}
 
     def domain_loads(self) -> np.ndarray:
         """Current load_avg of each domain (1/1024), as last settled by the kernel."""
-        return self._views["domains"]["load_avg"][:len(self.domains)].copy()
+        return self._view("domains")["load_avg"][:len(self.domains)].copy()
 
     def ids(self) -> dict[str, list[int]]:
         """Kernel ids of our programs, maps and links (for leak checks)."""

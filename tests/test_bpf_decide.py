@@ -138,7 +138,7 @@ def test_bypass_sends_every_record_with_exact_features(kernel_path):
     from mlsched.runtime.kernel import generated_features
 
     table = synthetic_table()
-    kp = kernel_path(table, consumer_timeout_ns=0)
+    kp = kernel_path(table, ring_size=4 << 20, consumer_timeout_ns=0)
     res = kp.inject(generate=20000, seed=123456789, gen_ncpus=N, invalid_pct=10,
                     bypass_table=True)
     assert res.sent == 20000 and res.hits == 0 and res.migrate == 0

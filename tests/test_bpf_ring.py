@@ -25,7 +25,7 @@ def poll_all(kp, max_records=4096):
 
 
 def test_written_decisions_are_what_the_kernel_reads(kernel_path):
-    kp = kernel_path(synthetic_table(), consumer_timeout_ns=0)
+    kp = kernel_path(synthetic_table(), ring_size=4 << 20, consumer_timeout_ns=0)
     res = kp.inject(generate=30000, seed=5, gen_ncpus=N, bypass_table=True)
     assert res.sent == 30000
 

@@ -238,26 +238,37 @@ static int set_pins(struct mls_kernel *k)
 	return 0;
 }
 
-static int mmap_maps(struct mls_kernel *k)
+/*
+ * Map one of MMAP_MAPS into memory on first use. Pages of a BPF map mapped here count
+ * in the process's RSS, so maps only tests and replay touch (inject_buf, readback) are
+ * mapped when asked for, not at open.
+ */
+static void *map_mm(struct mls_kernel *k, int i)
 {
 	long page = sysconf(_SC_PAGESIZE);
+	struct bpf_map *map;
+	size_t sz;
+	void *p;
 
-	for (size_t i = 0; i < N_MMAP; i++) {
-		struct bpf_map *map = bpf_object__find_map_by_name(k->obj, MMAP_MAPS[i]);
-		size_t sz;
-		void *p;
-
-		if (!map)
-			return fail(-ENOENT, "map %s missing from the BPF object", MMAP_MAPS[i]);
-		sz = (size_t)((bpf_map__value_size(map) + 7) & ~7u) * bpf_map__max_entries(map);
-		sz = (sz + page - 1) & ~(size_t)(page - 1);
-		p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
-		if (p == MAP_FAILED)
-			return fail(-errno, "mmap of map %s: %s", MMAP_MAPS[i], strerror(errno));
-		k->mm[i] = p;
-		k->mm_size[i] = sz;
+	if (i < 0)
+		return NULL;
+	if (k->mm[i])
+		return k->mm[i];
+	map = bpf_object__find_map_by_name(k->obj, MMAP_MAPS[i]);
+	if (!map) {
+		fail(-ENOENT, "map %s missing from the BPF object", MMAP_MAPS[i]);
+		return NULL;
 	}
-	return 0;
+	sz = (size_t)((bpf_map__value_size(map) + 7) & ~7u) * bpf_map__max_entries(map);
+	sz = (sz + page - 1) & ~(size_t)(page - 1);
+	p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
+	if (p == MAP_FAILED) {
+		fail(-errno, "mmap of map %s: %s", MMAP_MAPS[i], strerror(errno));
+		return NULL;
+	}
+	k->mm[i] = p;
+	k->mm_size[i] = sz;
+	return p;
 }
 
 static int set_size(struct bpf_object *obj, const char *name, uint32_t entries)
@@ -329,11 +340,13 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 			fail(err, "loading %s failed: %s", o->obj_path, strerror(-err));
 		goto fail;
 	}
-	if ((err = mmap_maps(k)))
+	k->slots = map_mm(k, map_index("decisions"));
+	k->ctl = map_mm(k, map_index("control"));
+	if (!k->slots || !k->ctl) {
+		err = -ENOMEM;
 		goto fail;
-	k->slots = k->mm[map_index("decisions")];
+	}
 	k->slot_mask = o->decision_slots - 1;
-	k->ctl = k->mm[map_index("control")];
 
 	k->ctl->abi_version = MLSCHED_ABI_VERSION;
 	k->ctl->decision_slots = o->decision_slots;
@@ -346,9 +359,7 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 		goto fail;
 	k->rb = ring_buffer__new(bpf_object__find_map_fd_by_name(k->obj, "requests"), on_record, k,
 				 NULL);
-	k->drain_rb = ring_buffer__new(bpf_object__find_map_fd_by_name(k->obj, "requests"),
-				       on_discard, k, NULL);
-	if (!k->rb || !k->drain_rb) {
+	if (!k->rb) {
 		err = fail(-errno, "cannot map the request ring: %s", strerror(errno));
 		goto fail;
 	}
@@ -397,9 +408,11 @@ int mls_unpin(struct mls_kernel *k)
 
 int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
 {
-	uint8_t *dst = k->mm[map_index("table")];
+	uint8_t *dst = map_mm(k, map_index("table"));
 	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
 
+	if (!dst)
+		return -ENOMEM;
 	if (nrows > k->table_capacity)
 		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
 			    ncpus, (unsigned long long)nrows, k->table_capacity);
@@ -414,9 +427,11 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
 int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t ncpus,
 		    uint32_t ndomains)
 {
-	struct mlsched_domain *doms = k->mm[map_index("domains")];
+	struct mlsched_domain *doms = map_mm(k, map_index("domains"));
 	int fd = bpf_object__find_map_fd_by_name(k->obj, "cpu_domain");
 
+	if (!doms)
+		return -ENOMEM;
 	if (k->links[0])
 		return fail(-EBUSY, "domains cannot change while the collector is attached");
 	if (ncpus > MLSCHED_MAX_CPUS || ndomains > MLSCHED_MAX_DOMAINS || ndomains == 0)
@@ -581,6 +596,12 @@ int mls_drain(struct mls_kernel *k, uint64_t target, int idle_timeout_ms, uint64
 	int err, n;
 
 	*drained = 0;
+	if (!k->drain_rb) {	/* mapped on first use: the ring's pages count in RSS again */
+		k->drain_rb = ring_buffer__new(bpf_object__find_map_fd_by_name(k->obj, "requests"),
+					       on_discard, k, NULL);
+		if (!k->drain_rb)
+			return fail(-errno, "cannot map the request ring: %s", strerror(errno));
+	}
 	for (;;) {
 		mls_heartbeat(k);
 		err = ring_buffer__consume(k->drain_rb);
@@ -698,6 +719,10 @@ void *mls_map_mmap(struct mls_kernel *k, const char *map_name, size_t *size)
 
 	if (i < 0) {
 		fail(-ENOENT, "map %s is not memory-mapped", map_name);
+		*size = 0;
+		return NULL;
+	}
+	if (!map_mm(k, i)) {
 		*size = 0;
 		return NULL;
 	}
