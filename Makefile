@@ -17,7 +17,7 @@ DEFAULT_MODEL  := models/default/saved_model
 DEFAULT_BUNDLE := models/default/bundle
 PYTEST_ARGS  ?=
 
-.PHONY: all setup deb venv build bpf ext model bundle run test lint bench clean distclean
+.PHONY: all setup deb venv build bpf ext model bundle run test lint bench dist guest-kernel guest-bench clean distclean
 
 all: build
 
@@ -57,11 +57,25 @@ model: venv
 bundle: venv
 	$(VENV)/bin/mlsched-convert $(DEFAULT_MODEL) -o $(DEFAULT_BUNDLE) --cpus 8 --force
 
+# The live daemon in shadow mode beside CFS for 15 s, with a small CPU load to migrate.
 run: build
-	$(VENV)/bin/mlsched-lite demo
+	$(VENV)/bin/mlsched-lite run --duration 15 --interval 3 --load 3
+
+# A sched_ext scheduler of ours in a guest kernel (the host kernel has no sched_ext).
+guest-kernel: build
+	$(MAKE) -C guest kernel
+
+guest-bench: build
+	$(MAKE) -C guest bench
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: build
+	$(PY) -m bench.run
+
+dist: build
+	$(PY) packaging/build_dist.py --out dist
 
 lint: venv
 	$(VENV)/bin/ruff check .

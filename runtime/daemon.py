@@ -130,6 +130,15 @@ def _ring_bytes(text: str) -> int:
     return v
 
 
+def _domains(text: str) -> list[list[int]]:
+    from .kernel import parse_domains
+
+    try:
+        return parse_domains(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parser(subparsers) -> None:
     from .kernel import DEFAULT_RING_BYTES, PIN_DIR
 
@@ -153,13 +162,16 @@ def add_parser(subparsers) -> None:
                    help="keep a batch open this long after its first record (default %(default)s)")
     p.add_argument("--ring-size", type=_ring_bytes, default=DEFAULT_RING_BYTES, metavar="BYTES",
                    help="request ring size, a power of two (default %(default)s)")
-    p.add_argument("--domains", metavar="SPEC",
+    p.add_argument("--domains", type=_domains, metavar="SPEC",
                    help="CPU domains, e.g. 0-3,4-7 (default: LLC groups; one per CPU if one LLC)")
     p.add_argument("--cpus", type=_positive_int, metavar="N",
                    help="host CPUs the table covers (default: online CPUs with the collector,"
                         " the bundle's without)")
     p.add_argument("--no-collector", action="store_true",
                    help="do not attach the tracepoint collector; serve other producers only")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="also start N worker processes that alternate spinning and sleeping,"
+                        " so CFS has tasks to migrate (demonstration; stopped at exit)")
     p.add_argument("--pin", action="store_true",
                    help="keep the maps pinned under --pin-dir (reused and kept after exit)")
     p.add_argument("--pin-dir", default=PIN_DIR, metavar="DIR",
@@ -248,11 +260,12 @@ class Window:
     cfs_seen: int = 0
     cfs_agree: int = 0
     cfs_migrate: int = 0
+    cfs_migrate_agree: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def merge(self, o: Window) -> None:
         for name in ("records", "table", "interpreter", "invalid", "answered", "migrate",
-                     "cfs_seen", "cfs_agree", "cfs_migrate"):
+                     "cfs_seen", "cfs_agree", "cfs_migrate", "cfs_migrate_agree"):
             setattr(self, name, getattr(self, name) + getattr(o, name))
         self.latency.merge(o.latency)
 
@@ -446,7 +459,9 @@ class Daemon:
         if seen.any():
             w.cfs_seen += int(np.count_nonzero(seen))
             w.cfs_agree += int(np.count_nonzero(seen & (cfs == model)))
-            w.cfs_migrate += int(np.count_nonzero(cfs[seen] == MIGRATE))
+            cfs_moved = cfs == MIGRATE
+            w.cfs_migrate += int(np.count_nonzero(cfs_moved))
+            w.cfs_migrate_agree += int(np.count_nonzero(cfs_moved & (model == MIGRATE)))
             if self.recorder:
                 self.recorder.add(batch[seen], model[seen])
 
@@ -461,7 +476,7 @@ class Daemon:
             "misses_sent": k["misses_sent"], "stale": k["stale"],
             "no_consumer": k["no_consumer"], "rejected": k["rejected"],
             "cfs_seen": window.cfs_seen, "cfs_agree": window.cfs_agree,
-            "cfs_migrate": window.cfs_migrate,
+            "cfs_migrate": window.cfs_migrate, "cfs_migrate_agree": window.cfs_migrate_agree,
             "agreement": window.agreement,
             "requests_per_s": window.records / seconds if seconds > 0 else 0.0,
             "decisions_per_s": window.answered / seconds if seconds > 0 else 0.0,
@@ -524,6 +539,7 @@ class Daemon:
                     self.recorder.flush()
                 last_kernel, last_t = k, now
                 next_report = now + interval
+        self.bpf_ids = kp.ids()
         kp.detach_collector()
         # answer what is already on the ring before going
         while True:
@@ -542,6 +558,8 @@ class Daemon:
         summary["table_cpus"] = self.engine.ncpus
         summary["backend"] = self.engine.backend
         summary["recorded"] = self.recorder.rows if self.recorder else 0
+        summary["bpf_ids"] = self.bpf_ids       # for leak checks: all gone after exit
+        summary["pinned"] = self.args.pin
         if args.stats_file:
             self.write_stats_file(summary, summary)
         return summary
@@ -567,7 +585,38 @@ def _check_writable(path: str | None, flag: str) -> None:
         raise DaemonError(f"{flag} {path}: directory {parent} is not writable")
 
 
+#: A --load worker: spin a few ms, sleep a little, exit when its parent is gone.
+WORKER = """
+import os, time
+parent = os.getppid()
+while os.getppid() == parent:
+    end = time.perf_counter() + 0.004
+    while time.perf_counter() < end:
+        pass
+    time.sleep(0.001)
+"""
+MAX_LOAD_WORKERS = 64
+
+
+def start_load(n: int) -> list:
+    import subprocess
+
+    return [subprocess.Popen([sys.executable, "-I", "-S", "-c", WORKER],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            for _ in range(n)]
+
+
+def stop_load(workers: list) -> None:
+    for w in workers:
+        with contextlib.suppress(OSError):
+            w.kill()
+    for w in workers:
+        w.wait()
+
+
 def run_daemon(args) -> int:
+    if not 0 <= args.load <= MAX_LOAD_WORKERS:
+        raise DaemonError(f"--load {args.load}: expected 0..{MAX_LOAD_WORKERS} workers")
     for path, flag in ((args.stats_file, "--stats-file"), (args.summary_json, "--summary-json"),
                        (args.record, "--record")):
         _check_writable(path, flag)
@@ -581,9 +630,12 @@ def run_daemon(args) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, on_signal)
+    workers = []
     try:
+        workers = start_load(args.load)
         summary = daemon.serve()
     finally:
+        stop_load(workers)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         daemon.close()
@@ -596,7 +648,8 @@ def run_daemon(args) -> int:
 def summary_text(s: dict) -> str:
     agree = ("n/a (no CFS migrations seen)" if s["agreement"] is None else
              f"{s['agreement']:.1%} of {s['cfs_seen']} (CFS migrated {s['cfs_migrate']},"
-             f" model said MIGRATE {s['migrate']})")
+             f" the model agreed on {s['cfs_migrate_agree']} of those;"
+             f" the model said MIGRATE {s['migrate']} times)")
     lat = ("-" if s["latency_p50_us"] is None else
            f"p50 {s['latency_p50_us']:.0f} us, p99 {s['latency_p99_us']:.0f} us"
            f" over {s['latency_samples']} answers")
@@ -679,6 +732,20 @@ def run_replay(args) -> int:
     return 0
 
 
+def _fs_type(path: Path) -> str | None:
+    """File system type of the mount holding ``path`` (from /proc/self/mountinfo)."""
+    target = str(path.resolve())
+    best, fstype = "", None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            sep = fields.index("-")
+            mnt = fields[4].replace("\\040", " ")
+            if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, fstype = mnt, fields[sep + 1]
+    return fstype
+
+
 def run_unpin(args) -> int:
     import shutil
 
@@ -686,8 +753,8 @@ def run_unpin(args) -> int:
     if not d.exists():
         print(f"{PROG}: nothing pinned at {d}", file=sys.stderr)
         return 0
-    if not str(d.resolve()).startswith("/sys/fs/bpf/"):
-        raise DaemonError(f"--pin-dir {d}: not under /sys/fs/bpf")
+    if _fs_type(d) != "bpf":
+        raise DaemonError(f"--pin-dir {d}: not on a BPF filesystem; refusing to remove it")
     shutil.rmtree(d)
     print(f"{PROG}: removed {d}", file=sys.stderr)
     return 0

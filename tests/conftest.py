@@ -8,6 +8,7 @@ extension or BPF object not built) they skip with the reason, except when
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,17 @@ def kernel_path(require_bpf):
     yield load
     for kp in opened:
         kp.close()
+
+
+@pytest.fixture
+def bpffs(tmp_path, require_bpf):
+    """A private BPF filesystem for pinning tests (the host may have none at /sys/fs/bpf)."""
+    mnt = tmp_path / "bpffs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "bpf", "bpf", str(mnt)]).returncode:
+        pytest.skip("cannot mount a private BPF filesystem")
+    yield mnt
+    subprocess.run(["umount", str(mnt)])
 
 
 # ---- bundles and engines (runtime tests) -------------------------------------------------------

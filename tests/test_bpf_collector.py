@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bpf_leaks import bpf_ids, eventually_gone
 
 pytestmark = pytest.mark.bpf
 
@@ -33,32 +34,6 @@ def _busy_worker(stop) -> None:
         for _ in range(20000):
             x += 1
         time.sleep(0.0005)
-
-
-def _ids(kind: str) -> set[int]:
-    out = subprocess.run(["bpftool", "-j", kind, "show"], check=True, capture_output=True,
-                         text=True).stdout
-    return {item["id"] for item in json.loads(out or "[]")}
-
-
-def _eventually_gone(ids: dict[str, list[int]]) -> set[tuple[str, int]]:
-    """Our ids still listed by bpftool after the kernel's deferred frees had time to run
-    (tracing programs are released after an RCU grace period, not at close())."""
-    left: set[tuple[str, int]] = set()
-    for _ in range(100):
-        left = {(kind, i) for kind, key in (("prog", "progs"), ("map", "maps"), ("link", "links"))
-                for i in set(ids[key]) & _ids(kind)}
-        left |= {("link->prog", i) for i in set(ids["progs"]) & _link_prog_ids()}
-        if not left:
-            break
-        time.sleep(0.1)
-    return left
-
-
-def _link_prog_ids() -> set[int]:
-    out = subprocess.run(["bpftool", "-j", "link", "show"], check=True, capture_output=True,
-                         text=True).stdout
-    return {item.get("prog_id") for item in json.loads(out or "[]")}
 
 
 def test_collector_produces_requests_under_load(kernel_path):
@@ -119,10 +94,10 @@ def test_close_leaves_no_program_map_or_link(kernel_path):
     kp.attach_collector()
     ids = kp.ids()
     assert ids["progs"] and ids["maps"] and len(ids["links"]) == 3
-    assert set(ids["progs"]) <= _ids("prog")
+    assert set(ids["progs"]) <= bpf_ids("prog")
     kp.close()
     assert not kp.loaded
-    assert _eventually_gone(ids) == set()
+    assert eventually_gone(ids) == set()
 
 
 def test_killed_process_leaves_nothing_attached(require_bpf):
@@ -138,21 +113,11 @@ def test_killed_process_leaves_nothing_attached(require_bpf):
                          cwd=ROOT)
     try:
         ids = json.loads(p.stdout.readline())
-        assert set(ids["links"]) <= _ids("link")
+        assert set(ids["links"]) <= bpf_ids("link")
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    assert _eventually_gone(ids) == set()
-
-
-@pytest.fixture
-def bpffs(tmp_path, require_bpf):
-    mnt = tmp_path / "bpffs"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "bpf", "bpf", str(mnt)]).returncode:
-        pytest.skip("cannot mount a private BPF filesystem")
-    yield mnt
-    subprocess.run(["umount", str(mnt)])
+    assert eventually_gone(ids) == set()
 
 
 def test_pinned_maps_keep_counters_across_restarts(kernel_path, bpffs):
