@@ -2,28 +2,31 @@
 
 The cdef is read from the two headers that define the interface, never retyped:
 ``bpf/mlsched.h`` (the wire contract) and ``runtime/_native/mlsched_native.h``
-(the C entry points). libbpf is linked statically when ``libbpf.a`` exists, so
-the extension needs only libelf and zlib at run time.
+(the C entry points).
+
+libbpf is linked as a shared library with a run path of ``$ORIGIN``: the
+extension uses a ``libbpf.so.1`` placed beside it when there is one (the tarball
+ships the build host's copy there, see packaging/build_dist.py) and the system's
+otherwise. Linking it statically would need a position-independent ``libbpf.a``,
+and Debian's is not (the link fails with R_X86_64_PC32 relocations).
 
     python cffi_build.py        # -> runtime/_bpf<EXT_SUFFIX>
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import sys
 import sysconfig
 from pathlib import Path
 
-from cffi import FFI, VerificationError
+from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent
 WIRE_H = ROOT / "bpf" / "mlsched.h"
 NATIVE = ROOT / "runtime" / "_native"
 NATIVE_H = NATIVE / "mlsched_native.h"
-LIBBPF_A_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 
 # The kernel's own definitions (asm-generic/int-ll64.h).
 CDEF_PRELUDE = """
@@ -53,20 +56,9 @@ def header_cdef(path: Path) -> str:
     return "\n".join(out)
 
 
-def libbpf_static() -> str | None:
-    """libbpf.a if it can go into a shared object (Debian's is built without -fPIC)."""
-    for d in LIBBPF_A_DIRS:
-        path = os.path.join(d, "libbpf.a")
-        if os.path.exists(path):
-            return path
-    return None
-
-
-def make_ffi(static: bool) -> FFI:
+def make_ffi() -> FFI:
     ffi = FFI()
     ffi.cdef(CDEF_PRELUDE + header_cdef(WIRE_H) + header_cdef(NATIVE_H))
-    link = ({"extra_objects": [libbpf_static()], "libraries": ["elf", "z"]} if static
-            else {"libraries": ["bpf", "elf", "z"]})
     ffi.set_source(
         "mlsched.runtime._bpf",
         '#include "mlsched_native.h"\n',
@@ -74,22 +66,16 @@ def make_ffi(static: bool) -> FFI:
         include_dirs=[str(NATIVE), str(ROOT / "bpf")],
         define_macros=[("MLSCHED_NATIVE_IMPL", "1")],
         extra_compile_args=["-O2", "-Wall"],
-        **link,
+        libraries=["bpf", "elf", "z"],
+        # DT_RUNPATH (not RPATH): a libbpf.so.1 beside the extension first, LD_LIBRARY_PATH wins.
+        extra_link_args=["-Wl,-rpath,$ORIGIN", "-Wl,--enable-new-dtags"],
     )
     return ffi
 
 
 def build(verbose: bool = False) -> Path:
     build_dir = str(ROOT / "build" / "cffi")
-    built = None
-    if libbpf_static():
-        try:
-            built = make_ffi(static=True).compile(tmpdir=build_dir, verbose=verbose)
-        except VerificationError:
-            print("libbpf.a is not position-independent: linking libbpf.so instead",
-                  file=sys.stderr)
-    if built is None:
-        built = make_ffi(static=False).compile(tmpdir=build_dir, verbose=verbose)
+    built = make_ffi().compile(tmpdir=build_dir, verbose=verbose)
     target = ROOT / "runtime" / ("_bpf" + sysconfig.get_config_var("EXT_SUFFIX"))
     shutil.copy2(built, target)
     return target
