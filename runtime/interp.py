@@ -39,8 +39,10 @@ from .features import FEATURE_WIDTH, THRESHOLD
 log = logging.getLogger(__name__)
 
 BACKENDS = {"litert": "ai_edge_litert.interpreter", "tflite-runtime": "tflite_runtime.interpreter"}
-#: Batch sizes an interpreter is allocated for; larger batches are chunked by the last.
-BUCKETS = (1, 32, 1024, 8192)
+#: Batch sizes an interpreter is allocated for (powers of 4 up to the daemon's batch of 4096).
+#: A chunk runs in the smallest bucket that holds it when at least half of that bucket is
+#: used, else in the largest bucket it fills: padding never doubles the work.
+BUCKETS = (1, 4, 16, 64, 256, 1024, 4096)
 #: Kernel set both backends use (see the module doc): builtin kernels, no default delegates.
 OP_RESOLVER = "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
 
@@ -95,6 +97,14 @@ def load_backend(backend: str = "auto"):
     raise BackendError(f"no TFLite interpreter available ({'; '.join(errors)}): pip install {want}")
 
 
+def pick_bucket(rows: int) -> int:
+    """The interpreter bucket for the next chunk of ``rows`` rows (see BUCKETS)."""
+    for b in BUCKETS:
+        if b >= rows:
+            return b if 2 * rows >= b else max(c for c in BUCKETS if c <= rows)
+    return BUCKETS[-1]
+
+
 class Model:
     """An int8 TFLite migration model: normalized float features in, probabilities out."""
 
@@ -147,12 +157,10 @@ class Model:
         x = self.quantize_input(u)
         n = x.shape[0]
         out = np.empty(n, dtype=self.output_dtype)
-        big = BUCKETS[-1]
         start = 0
         while start < n:
-            left = n - start
-            bucket = next((b for b in BUCKETS if b >= left), big)
-            take = min(left, bucket)
+            bucket = pick_bucket(n - start)
+            take = min(n - start, bucket)
             it, idx_in, idx_out = self._interpreter(bucket)
             if take == bucket:
                 chunk = x[start:start + take]
