@@ -57,8 +57,16 @@ model: venv
 bundle: venv
 	$(VENV)/bin/mlsched-convert $(DEFAULT_MODEL) -o $(DEFAULT_BUNDLE) --cpus 8 --force
 
-# The live daemon in shadow mode beside CFS for 15 s, with a small CPU load to migrate.
+SEED_SCENARIOS := "4 2 6 0.9 0.2" "2 4 4 0.5 0.5" "1 7 1 0.1 0.1"
+
+# The seed's three scenarios from the default bundle, then the live daemon in shadow
+# mode beside CFS for 15 s with a small CPU load to migrate.
 run: build
+	@echo "seed scenarios (8-CPU host), default bundle:"
+	@for s in $(SEED_SCENARIOS); do set -- $$s; \
+	    printf '  cpu=%s idle=%s busy=%s src_load=%s dst_load=%s -> ' "$$@"; \
+	    $(VENV)/bin/mlsched-lite decide --cpu $$1 --idle $$2 --busy $$3 --src-load $$4 --dst-load $$5; \
+	done
 	$(VENV)/bin/mlsched-lite run --duration 15 --interval 3 --load 3
 
 # A sched_ext scheduler of ours in a guest kernel (the host kernel has no sched_ext).
