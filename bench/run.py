@@ -89,7 +89,7 @@ class Profile:
 
 PROFILES = {
     "full": Profile(reps=5, min_seconds=0.2, tf_calls=1000, engine_batch=4096,
-                    kernel_records=1_000_000, ring_records=4_000_000, ring_bytes=4 << 20,
+                    kernel_records=1_000_000, ring_records=4_000_000, ring_bytes=1 << 20,
                     pipeline_hit_records=2_000_000, pipeline_miss_records=1_000_000,
                     latency_seconds=1.0),
     "tiny": Profile(reps=2, min_seconds=0.01, tf_calls=20, engine_batch=1024,
@@ -189,14 +189,25 @@ def step_pipeline(p: Profile, engine, out: dict, use_daemon: bool) -> dict:
                           records_per_rep=records, traffic=f"all {kind}s, every record"
                           " through the ring (bypass_table)",
                           dropped_by_full_ring=sum(r["dropped"] for r in reps))
+    # the consumer as shipped (its default batch linger), then with the linger off
+    for label, args in (("no_linger", ["--max-wait-us", "0"]),):
+        lat = []
+        for _ in range(p.reps):
+            with Session(BUNDLE, engine.table, p.ring_bytes, args, duration_s=600,
+                         use_daemon=use_daemon) as s:
+                s.paced(feats["hit"], LATENCY_RATE_PER_S, p.latency_seconds,
+                        LATENCY_INJECT_BATCH)
+            lat.append((s.summary.get("latency_p50_us"), s.summary.get("latency_p99_us")))
+        info[f"latency_{label}"] = {"args": args, "p50_p99_us": lat}
     p50, p99, offered = [], [], []
     for _ in range(p.reps):
         with Session(BUNDLE, engine.table, p.ring_bytes, [], duration_s=600,
                      use_daemon=use_daemon) as s:
             r = s.paced(feats["hit"], LATENCY_RATE_PER_S, p.latency_seconds,
                         LATENCY_INJECT_BATCH)
-        if r["answered"] != r["sent"]:
-            raise RuntimeError(f"latency session: {r['answered']} of {r['sent']} answered")
+        if r["answered_of_checked"] != r["checked"] or r["dropped"]:
+            raise RuntimeError(f"latency session: {r['answered_of_checked']} of {r['checked']}"
+                               f" answered, {r['dropped']} dropped")
         if s.summary.get("latency_p50_us") is None:
             raise RuntimeError(f"{s.consumer_name} reported no latency: {s.summary}")
         p50.append(s.summary["latency_p50_us"])

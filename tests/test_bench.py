@@ -1,0 +1,67 @@
+"""``make bench`` cannot rot: the whole benchmark at tiny sizes, every key present and sane."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _figures_ok(key: str, fig: dict) -> None:
+    med = fig.get("median")
+    if med is None:
+        assert fig.get("reason"), f"{key} is null without a reason"
+        return
+    assert isinstance(med, (int, float)) and math.isfinite(med) and med > 0, (key, fig)
+    if "min" in fig:
+        assert fig["min"] <= med <= fig["max"], (key, fig)
+        assert len(fig["reps"]) >= 1
+
+
+def test_bench_tiny_run_writes_every_key(tmp_path):
+    from bench import run
+
+    out = tmp_path / "results.json"
+    mounts_before = _bench_mounts()
+    md = tmp_path / "PERFORMANCE.md"
+    p = subprocess.run([sys.executable, "-m", "bench.run", "--profile", "tiny", "--out", str(out),
+                        "--markdown", str(md)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(out.read_text())
+    for key in ("cpu_model", "cores", "kernel", "python", "packages"):
+        assert res["machine"][key], key
+    for key in run.KEYS:
+        assert key in res, key
+        fig = res["figures"][key]
+        if "median" in fig:
+            _figures_ok(key, fig)
+        else:                               # per backend
+            assert fig, key
+            for backend, f in fig.items():
+                _figures_ok(f"{key}/{backend}", f)
+    # with BPF here, the kernel figures must be real numbers, not reasons
+    from conftest import bpf_unavailable_reason
+
+    if bpf_unavailable_reason() is None:
+        for key in ("kernel_lookup_ns_per_decision", "raw_ring_drain_per_s",
+                    "pipeline_decisions_per_s", "pipeline_miss_decisions_per_s",
+                    "latency_p50_us", "latency_p99_us", "daemon_rss_mb"):
+            assert res[key] is not None, (key, res["figures"][key])
+        assert res["kernel_lookup_ns_per_decision"] < 10_000
+        assert res["latency_p50_us"] <= res["latency_p99_us"]
+    # the markdown table names every key and the targets
+    text = md.read_text()
+    assert all(f"`{k}" in text for k in run.KEYS)
+    assert "## Performance" in text and "| figure |" in p.stdout
+    # nothing left behind: no private bpffs mount of this run
+    assert _bench_mounts() <= mounts_before
+
+
+def _bench_mounts() -> set[str]:
+    return {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+            if "mlsched-bench-bpffs" in line}
