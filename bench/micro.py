@@ -23,8 +23,12 @@ from mlsched.runtime.kernel import KernelPath, generated_features
 
 #: Share of generated records made off-grid before picking misses: both kinds of miss appear.
 MISS_OFF_GRID_PCT = 50
-#: Records per ``inject()`` call when generating traffic in the kernel (one bpf_loop run).
+#: Records per ``inject()`` call when generating traffic in the kernel (one bpf_loop run);
+#: the raw ring writes at most half its ring per call.
 GENERATE_CHUNK = 1 << 16
+#: Ring bytes per record (56-byte request + 8-byte ring header); pause on a full ring.
+RING_RECORD_BYTES = 64
+FULL_RING_BACKOFF_S = 50e-6
 
 
 def traffic(engine: Engine, kind: str, count: int, seed: int = 1) -> np.ndarray:
@@ -147,6 +151,7 @@ def raw_ring(table: np.ndarray, count: int, reps: int, ring_bytes: int
     this thread produces table-bypassing records, mls_drain() consumes in another (the
     C calls release the GIL, so the two run on two CPUs)."""
     ncpus = int(table.shape[0])
+    chunk = max(1024, min(GENERATE_CHUNK, ring_bytes // RING_RECORD_BYTES // 2))
     per, dropped_total = [], 0
     with KernelPath().load(table, consumer_timeout_ns=0, ring_size=ring_bytes) as kp:
         for r in range(reps):
@@ -156,11 +161,12 @@ def raw_ring(table: np.ndarray, count: int, reps: int, ring_bytes: int
             sent, dropped, seed = 0, 0, 5000 + r * (1 << 32)
             t0 = time.perf_counter()
             while sent < count:
-                res = kp.inject(generate=GENERATE_CHUNK, seed=seed, gen_ncpus=ncpus,
-                                bypass_table=True)
-                seed += GENERATE_CHUNK
+                res = kp.inject(generate=chunk, seed=seed, gen_ncpus=ncpus, bypass_table=True)
+                seed += chunk
                 sent += res.sent
                 dropped += res.dropped
+                if res.dropped:         # the ring is full: let the consumer catch up
+                    time.sleep(FULL_RING_BACKOFF_S)
             th.join()
             elapsed = time.perf_counter() - t0
             # the drain stops at `count` or after an idle timeout: subtract that wait

@@ -316,7 +316,7 @@ How each figure is taken:
   signature, one request per call, in a child process (TensorFlow never shares a process
   with the TFLite runtime);
 * `tflite_*` — the bundle's int8 model through the interpreter shim, one row per call and
-  one full batch (the shim's largest bucket, 8192 rows) per call, per backend;
+  one full batch (the shim's largest bucket, {_batch_rows(res)} rows) per call, per backend;
 * `engine_*` — `Engine.decide` (float rows) and `Engine.decide_wire` (ring records),
   batches of {res['profile_sizes']['engine_batch']}, all table hits or all misses (UNSURE cells and
   off-grid keys, answered by the interpreter);
@@ -334,6 +334,13 @@ Rerun: `make bench` (about a minute; root for the BPF parts). Figures land in
 `bench/results.json`; `python -m bench.run --markdown bench/PERFORMANCE.md` rewrites this
 section. On a shared machine run it as `nice -n -5 make bench`.
 """
+
+
+def _batch_rows(res: dict) -> str:
+    for f in res["figures"]["tflite_batched_us_per_decision"].values():
+        if isinstance(f, dict) and f.get("rows_per_call"):
+            return str(f["rows_per_call"])
+    return "?"
 
 
 # ---- main -----------------------------------------------------------------------------------
