@@ -178,6 +178,10 @@ class DecideCommand:
                 raise CliError(f"{PROG} decide: give --input or the feature flags, not both"
                                f" (got --{', --'.join(given)})")
             return cls._batch(args)
+        for dest, flag in cls.FLAGS:
+            # argparse drops a bare "--" value (--cpu=--) and hands over [] instead of a number
+            if getattr(args, dest) is not None and not isinstance(getattr(args, dest), float):
+                raise CliError(f"{PROG} decide: --{flag}: expected a number (see -h)")
         if len(given) != len(cls.FLAGS):
             missing = [flag for dest, flag in cls.FLAGS if getattr(args, dest) is None]
             raise CliError(f"{PROG} decide: missing --{', --'.join(missing)}"
