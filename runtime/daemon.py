@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -64,8 +65,16 @@ PROG = "mlsched-lite"
 
 #: Records per poll() batch (the ring's C callback fills at most this many).
 DEFAULT_BATCH = 4096
-#: How long a batch stays open after its first record (µs): latency vs syscalls per record.
-DEFAULT_MAX_WAIT_US = 50
+#: How long a batch stays open after its first record (µs). 0: a batch is what the ring holds
+#: when the consumer comes round; under load batches grow by themselves while the previous
+#: one is decided, and any wait adds the wait plus the timer slack (50 µs) to every request.
+#: Measured at 100 k requests/s: 50 µs -> p50 240-251 µs, p99 460-597 µs; 0 -> p50 81-85 µs,
+#: p99 149-163 µs.
+DEFAULT_MAX_WAIT_US = 0
+#: Interpreter package the daemon prefers under --backend auto: it serves only batches, where
+#: tflite-runtime was faster (0.31 vs 0.37 µs/row at 4096 rows) and smaller (RSS 48.6 vs
+#: 55.3 MB serving) than ai-edge-litert on these machines.
+DAEMON_BACKEND_ORDER = ("tflite-runtime", "litert")
 #: Longest single wait in the ring; bounds how late a signal or the interval line can be.
 POLL_TIMEOUT_MS = 100
 #: Latency histogram: LAT_PER_OCTAVE buckets per power of two of nanoseconds.
@@ -87,6 +96,7 @@ examples:
         serve producers that share the pinned maps (a scheduler's balancer, the injector)
 
 needs CAP_BPF and CAP_PERFMON (root); stops on SIGINT/SIGTERM or after --duration.
+--backend auto prefers tflite-runtime here (batches only: faster and smaller than litert).
 """
 
 REPLAY_EPILOG = """\
@@ -411,7 +421,7 @@ class Daemon:
             raise DaemonError(f"this host has {ncpus} CPUs but bundle {bundle.path} was converted"
                               f" for {bundle.cpus}: mlsched-convert MODEL -o BUNDLE"
                               f" --cpus {ncpus}")
-        self.engine = Engine(bundle, ncpus=ncpus, backend=args.backend)
+        self.engine = Engine(bundle, ncpus=ncpus, backend=daemon_backend(args.backend))
         log.debug("engine: %s", self.engine.describe())
         self.kp = kernel.KernelPath()
         self.kp.load(self.engine.table, ncpus=ncpus, ring_size=args.ring_size,
@@ -563,6 +573,18 @@ class Daemon:
         if args.stats_file:
             self.write_stats_file(summary, summary)
         return summary
+
+
+def daemon_backend(requested: str) -> str:
+    """``auto`` -> the first installed package of DAEMON_BACKEND_ORDER; else as requested."""
+    if requested != "auto":
+        return requested
+    from .interp import BACKENDS
+
+    for name in DAEMON_BACKEND_ORDER:
+        if importlib.util.find_spec(BACKENDS[name].split(".")[0]) is not None:
+            return name
+    return requested
 
 
 def _online_cpus() -> int:
