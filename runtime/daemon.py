@@ -421,11 +421,18 @@ class Daemon:
             raise DaemonError(f"this host has {ncpus} CPUs but bundle {bundle.path} was converted"
                               f" for {bundle.cpus}: mlsched-convert MODEL -o BUNDLE"
                               f" --cpus {ncpus}")
-        self.engine = Engine(bundle, ncpus=ncpus, backend=daemon_backend(args.backend))
-        log.debug("engine: %s", self.engine.describe())
+        # The BPF side first: libbpf parses the kernel's BTF while loading (~8 MB, freed
+        # after), so loading it before the interpreter keeps that out of the process's peak.
         self.kp = kernel.KernelPath()
-        self.kp.load(self.engine.table, ncpus=ncpus, ring_size=args.ring_size,
-                     domains=args.domains, pin=args.pin, pin_dir=args.pin_dir)
+        self.kp.load(None, ncpus=ncpus, ring_size=args.ring_size, domains=args.domains,
+                     pin=args.pin, pin_dir=args.pin_dir, table_capacity=ncpus or bundle.cpus)
+        try:
+            self.engine = Engine(bundle, ncpus=ncpus, backend=daemon_backend(args.backend))
+            log.debug("engine: %s", self.engine.describe())
+            self.kp.set_table(self.engine.table)
+        except BaseException:
+            self.kp.close()
+            raise
         self.hit_reason = kernel.lib.MLSCHED_REASON_HIT
         self.none = kernel.lib.MLSCHED_NONE
         self.now_ns = kernel.lib.mls_now_ns

@@ -372,19 +372,21 @@ class KernelPath:
              domains: str | list[list[int]] | None = None, pin: bool = False,
              decision_slots: int | None = None,
              consumer_timeout_ns: int = DEFAULT_CONSUMER_TIMEOUT_NS,
-             pin_dir: str = PIN_DIR) -> KernelPath:
+             pin_dir: str = PIN_DIR, table_capacity: int | None = None) -> KernelPath:
         """Load the BPF object with ``table`` ([N, N+1, 11, 11] uint8, None: all misses).
 
         ``ncpus``: host CPUs the collector covers (default: online CPUs); ``domains``:
         a ``--domains`` spec, explicit CPU lists, or None for the LLC groups in sysfs.
         ``pin``: keep (or reuse) the maps under ``pin_dir`` so they outlive the process.
+        ``table_capacity``: with ``table=None``, room for a table of that many CPUs, loaded
+        later with set_table() (until then every key misses).
         """
         if self._k is not None:
             raise KernelPathError("already loaded")
         check_environment()
         obj = self.obj_path or find_object()
         rows = table_rows(table) if table is not None else None
-        n_table = 0 if table is None else int(np.asarray(table).shape[0])
+        n_table = int(np.asarray(table).shape[0]) if table is not None else table_capacity or 0
         if n_table > lib.MLSCHED_MAX_TABLE_CPUS:
             raise KernelPathError(f"table for {n_table} CPUs: the kernel side takes at most "
                                   f"{lib.MLSCHED_MAX_TABLE_CPUS}", errno_mod.E2BIG)
