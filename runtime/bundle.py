@@ -95,6 +95,8 @@ class Bundle:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BundleError(f"{mpath}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise BundleError(f"{mpath}: JSON nested too deeply: not a manifest") from None
         norm = _check_manifest(manifest, mpath)
         files = manifest["files"]
         for name, meta in files.items():
@@ -129,7 +131,7 @@ class Bundle:
             f"normalization {'identity' if self.normalization.is_identity else 'per-feature scale ' + str([round(s, 4) for s in self.normalization.scale[:5]])}",
         ]
         for k in ("int8_vs_float_agreement", "table_vs_int8_agreement", "table_hit_rate"):
-            if k in rep:
+            if isinstance(rep.get(k), (int, float)) and not isinstance(rep[k], bool):
                 lines.append(f"{k:<24}{rep[k]:.4f}")
         for name, meta in m["files"].items():
             lines.append(f"  {name:<14}{meta['bytes']:>9} B  sha256 {meta['sha256'][:16]}…")
@@ -140,10 +142,17 @@ def _check_ownership(path: Path) -> None:
     """As root, refuse a bundle other users could have written to."""
     if os.geteuid() != 0:
         return
-    for p in [path, *sorted(path.iterdir())]:
-        st = p.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            continue
+    # Symlinks are followed (the shipped default bundle is one): what counts is the file or
+    # directory they lead to, and the directory holding it.
+    real = path.resolve()
+    checked = [real]
+    for entry in sorted(real.iterdir()):
+        target = entry.resolve()
+        checked.append(target)
+        if target.parent != real:
+            checked.append(target.parent)
+    for p in checked:
+        st = p.stat()
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or st.st_uid != 0:
             raise BundleError(f"{p}: writable by users other than root (mode {stat.S_IMODE(st.st_mode):o},"
                               f" uid {st.st_uid}): chown root and chmod go-w it, or pass --allow-insecure-bundle")
@@ -165,12 +174,21 @@ def _check_manifest(m, where: Path) -> Normalization:
         raise bad(f"cpus must be an integer in 1..{MAX_CPUS}, got {cpus!r}")
     feats = m.get("features")
     if not isinstance(feats, dict) or feats.get("width") != FEATURE_WIDTH \
-            or list(feats.get("names", []))[:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
+            or not isinstance(feats.get("names"), list) \
+            or feats["names"][:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
         raise bad(f"feature spec must name {', '.join(FEATURE_NAMES)} padded to {FEATURE_WIDTH}")
     try:
-        norm = Normalization.from_json(feats["normalization"])
+        with np.errstate(over="ignore", divide="ignore"):
+            norm = Normalization.from_json(feats["normalization"])
+            in_range = np.isfinite(np.float32(1.0 / norm.scale)).all() \
+                and np.isfinite(norm.offset.astype(np.float32)).all()
     except (KeyError, TypeError, ValueError) as e:
         raise bad(f"bad feature normalization ({e})") from None
+    if not in_range:
+        raise bad("bad feature normalization (scale or offset outside float32 range)")
+    for key in ("report", "source", "tool_versions"):
+        if not isinstance(m.get(key, {}), dict):
+            raise bad(f"{key} must be an object")
     tab = m.get("table")
     if not isinstance(tab, dict) or tab.get("file") != TABLE_FILE or tab.get("mode") not in MODES:
         raise bad(f"table must be {{file: {TABLE_FILE}, mode: {'|'.join(MODES)}, ...}}")
