@@ -485,9 +485,21 @@ int mls_detach_collector(struct mls_kernel *k)
 
 /* ---- hot path -------------------------------------------------------------------- */
 
+/*
+ * The kernel side computes `now - heartbeat_ns` unsigned, with `now` read just before the
+ * heartbeat: a heartbeat stored in between lies in its future, the difference wraps and a
+ * live consumer reads as gone (a few misses per million counted no_consumer at 1 M/s).
+ * So the heartbeat is dated a little in the past: 1/16 of the timeout, at most 1 ms.
+ */
+#define HEARTBEAT_BACKDATE_MAX_NS	1000000ull
+
 void mls_heartbeat(struct mls_kernel *k)
 {
-	__atomic_store_n(&k->ctl->heartbeat_ns, mls_now_ns(), __ATOMIC_RELAXED);
+	uint64_t timeout = k->ctl->consumer_timeout_ns, back = timeout / 16;
+
+	if (back > HEARTBEAT_BACKDATE_MAX_NS)
+		back = HEARTBEAT_BACKDATE_MAX_NS;
+	__atomic_store_n(&k->ctl->heartbeat_ns, mls_now_ns() - back, __ATOMIC_RELAXED);
 }
 
 static int consume(struct mls_kernel *k)
