@@ -45,11 +45,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import json
 import logging
 import os
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -370,11 +372,25 @@ class Recorder:
 
     def __init__(self, path: str):
         self.path = path
+        # Never through a symlink (root appending to, and chmod-ing, whatever a link in a
+        # shared directory points at), never a FIFO or device (open would block or worse).
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK \
+            | os.O_CLOEXEC
         try:
-            self.f = open(path, "a", encoding="ascii")   # noqa: SIM115 - closed in close()
-            os.chmod(path, 0o644)
+            fd = os.open(path, flags, 0o644)
         except OSError as e:
-            raise DaemonError(f"--record {path}: {e.strerror}") from None
+            why = {errno.ELOOP: "is a symbolic link",
+                   errno.ENXIO: "not a regular file"}.get(e.errno, e.strerror)
+            raise DaemonError(f"--record {path}: {why}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DaemonError(f"--record {path}: not a regular file")
+            os.fchmod(fd, 0o644)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.f = os.fdopen(fd, "a", encoding="ascii")
         if self.f.tell() == 0:
             self.f.write(RECORD_HEADER)
         self.rows = 0
