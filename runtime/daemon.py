@@ -36,6 +36,9 @@ Statistics (per interval and in the summary):
                 requests the engine answered from its table / with the interpreter
   drops         records lost because the ring was full (kernel counter)
   stale         answers the kernel side found missing or too late (kernel counter)
+  rejected      ring records of the wrong size or version, skipped
+  double_answers / late_answers
+                answers not stored: the seq was answered already / its slot was reused
   agreement     model decision == CFS's action, over collector records
   latency       request timestamp -> answer stored, p50/p99 (log histogram, 16 buckets
                 per octave: within 4.4 %)
@@ -338,6 +341,10 @@ PROM_METRICS = (
     ("no_consumer_total", "counter", "misses answered STAY because no consumer ran",
      "no_consumer"),
     ("rejected_total", "counter", "ring records of the wrong size or version", "rejected"),
+    ("double_answers_total", "counter", "answers refused: the request was answered already",
+     "double_answers"),
+    ("late_answers_total", "counter", "answers refused: a newer request took the slot",
+     "late_answers"),
     ("cfs_compared_total", "counter", "collector records compared with CFS", "cfs_seen"),
     ("cfs_agree_total", "counter", "collector records where the model agreed with CFS",
      "cfs_agree"),
@@ -508,6 +515,7 @@ class Daemon:
             "kernel_hits": k["kernel_hits"], "produced": k["produced"], "dropped": k["dropped"],
             "misses_sent": k["misses_sent"], "stale": k["stale"],
             "no_consumer": k["no_consumer"], "rejected": k["rejected"],
+            "double_answers": k["double_answers"], "late_answers": k["late_answers"],
             "cfs_seen": window.cfs_seen, "cfs_agree": window.cfs_agree,
             "cfs_migrate": window.cfs_migrate, "cfs_migrate_agree": window.cfs_migrate_agree,
             "agreement": window.agreement,
@@ -702,7 +710,8 @@ def summary_text(s: dict) -> str:
             f" ({s['requests_per_s']:,.0f}/s), {s['answered']} answered;"
             f" kernel table hits {s['kernel_hits']}, user table hits {s['table']},"
             f" interpreter rows {s['interpreter']}, invalid {s['invalid']};"
-            f" dropped {s['dropped']}, stale {s['stale']}, no consumer {s['no_consumer']};"
+            f" dropped {s['dropped']}, stale {s['stale']}, no consumer {s['no_consumer']},"
+            f" rejected {s['rejected']}, late answers {s['late_answers']};"
             f" agreement with CFS {agree}; latency {lat}; peak RSS {s['peak_rss_mb']} MB serving,"
             f" {s['startup_peak_rss_mb']} MB at start-up")
 
