@@ -562,7 +562,9 @@ class Daemon:
             now = time.monotonic()
             if now >= deadline:
                 break
-            wait = min(POLL_TIMEOUT_MS, max(0, int((min(deadline, next_report) - now) * 1000)))
+            # no deadline and --interval 0 leave both infinite: wait the longest single wait
+            until = min(deadline, next_report, now + POLL_TIMEOUT_MS / 1000)
+            wait = max(0, int((until - now) * 1000))
             batch = kp.poll(timeout_ms=wait, max_records=args.batch, linger_us=args.max_wait_us)
             if len(batch):
                 self.handle_batch(batch)
