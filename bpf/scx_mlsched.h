@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * scx_mlsched.h - what scx_mlsched.bpf.c and its loader (scx_mlsched.c) share:
+ * the configuration the loader writes into .rodata before load, the
+ * scheduler's own counters and its exit record. The request/decision wire
+ * format is not here: it is bpf/mlsched.h, as for every other producer.
+ */
+#ifndef SCX_MLSCHED_H
+#define SCX_MLSCHED_H
+
+#define SCX_MLSCHED_MAX_CPUS	64
+#define SCX_MLSCHED_MAX_DOMS	8
+
+/* Who answers "move this task to the other domain?" (cfg.policy). */
+enum scx_mlsched_policy {
+	SCX_MLSCHED_POLICY_MODEL = 0,	/* mlsched_decide(): table, else mlsched-lite */
+	SCX_MLSCHED_POLICY_STAY = 1,	/* control: never move between domains */
+	SCX_MLSCHED_POLICY_MIGRATE = 2,	/* control: always move when asked */
+};
+
+/* Per-CPU counters (map sched_stats, one struct scx_mlsched_stats per CPU). */
+enum scx_mlsched_stat {
+	SCX_MLSCHED_STAT_ASK_WAKE,	/* balancer asked at wake-up (push to an idle domain) */
+	SCX_MLSCHED_STAT_ASK_PULL,	/* balancer asked from an idle CPU's dispatch (pull) */
+	SCX_MLSCHED_STAT_FROM_TABLE,	/* answered by the in-kernel table */
+	SCX_MLSCHED_STAT_FROM_DAEMON,	/* answered by mlsched-lite (an earlier request) */
+	SCX_MLSCHED_STAT_SENT,		/* miss: request sent, STAY for now */
+	SCX_MLSCHED_STAT_WAITING,	/* request in flight for this task: STAY */
+	SCX_MLSCHED_STAT_UNANSWERED,	/* request never answered in time, asked again */
+	SCX_MLSCHED_STAT_NO_ANSWER,	/* miss not sent (no consumer, ring full): STAY */
+	SCX_MLSCHED_STAT_FIXED,		/* answered by a control policy */
+	SCX_MLSCHED_STAT_SAID_MIGRATE,	/* answers that were MIGRATE */
+	SCX_MLSCHED_STAT_MOVED_WAKE,	/* tasks moved to another domain at wake-up */
+	SCX_MLSCHED_STAT_MOVED_PULL,	/* tasks pulled into another domain */
+	SCX_MLSCHED_STAT_NUDGES,	/* idle CPUs kicked to run the pull balancer */
+	SCX_MLSCHED_STAT_DIRECT,	/* wake-ups dispatched straight to an idle CPU */
+	SCX_MLSCHED_STAT_QUEUED,	/* tasks queued on their domain's DSQ */
+	SCX_MLSCHED_STAT_PINNED,	/* tasks with restricted affinity, kept off domain DSQs */
+	SCX_MLSCHED_STAT_COUNT,
+};
+
+struct scx_mlsched_stats {
+	__u64 v[SCX_MLSCHED_STAT_COUNT];
+};
+
+/* Written by the loader into .rodata (const volatile cfg) before load. */
+struct scx_mlsched_cfg {
+	__u32 nr_cpus;				/* CPUs 0..nr_cpus-1, all in some domain */
+	__u32 nr_doms;				/* domains 0..nr_doms-1, DSQ id == domain id */
+	__u32 policy;				/* enum scx_mlsched_policy */
+	__u32 _pad;
+	__u64 slice_ns;				/* time slice of every task */
+	__u64 answer_ttl_ns;			/* wait this long for mlsched-lite's answer */
+	__u64 nudge_interval_ns;		/* at most one nudge per domain this often */
+	__u32 cpu_dom[SCX_MLSCHED_MAX_CPUS];	/* CPU -> domain */
+	__u32 dom_ncpus[SCX_MLSCHED_MAX_DOMS];	/* CPUs per domain */
+};
+
+/* enum scx_exit_kind (kernel/sched/ext.c): UNREG* below ERROR, errors from ERROR on. */
+#define SCX_MLSCHED_EXIT_UNREG	64
+#define SCX_MLSCHED_EXIT_ERROR	1024
+
+/* How the scheduler ended (copied from struct scx_exit_info in ops.exit). */
+struct scx_mlsched_exit {
+	__s32 kind;			/* enum scx_exit_kind; 0 while running */
+	__s32 _pad;
+	__s64 exit_code;
+	char reason[128];
+	char msg[1024];
+};
+
+#endif /* SCX_MLSCHED_H */
