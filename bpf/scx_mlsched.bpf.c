@@ -7,11 +7,12 @@
  *
  *   1. Every task has a home domain (a group of CPUs, e.g. one socket); it
  *      starts in the domain of the CPU it was created on. Runnable tasks wait
- *      in their home domain's dispatch queue (DSQ id == domain id), FIFO, one
- *      slice at a time.
- *   2. Wake-up (select_cpu): an idle CPU at home runs the task at once. If home
- *      has none but another domain has, the balancer asks "move it there?"
- *      (push).
+ *      in their home domain's dispatch queue (DSQ id == domain id), one slice
+ *      at a time; a CPU takes a task that last ran on it from the first few
+ *      queued, else the oldest (FIFO).
+ *   2. Wake-up (select_cpu): an idle CPU at home (its previous CPU first) runs
+ *      the task at once. If home has none but another domain has, the balancer
+ *      asks "move it there?" (push).
  *   3. Dispatch: a CPU whose domain queue is empty looks at the other domains'
  *      queues and asks the same question about the first task it could run
  *      (pull). Busy CPUs nudge an idle CPU of another domain from tick and
@@ -74,6 +75,8 @@ bool scx_bpf_dispatch_from_dsq(struct bpf_iter_scx_dsq *it, struct task_struct *
 
 /* Tasks of another domain looked at per pull, at most. */
 #define PULL_SCAN_MAX		4
+/* Tasks of the own domain looked at for one that last ran on this CPU. */
+#define WARM_SCAN_MAX		4
 /* Domain load average: new = old + (sample - old) >> LOAD_AVG_SHIFT. */
 #define LOAD_AVG_SHIFT		2
 
@@ -273,6 +276,9 @@ static __always_inline void nudge_from(u32 dom, const struct snapshot *s)
 	u64 now = bpf_ktime_get_ns();
 	u32 d, o;
 
+	/* A pull the policy always refuses is not worth waking a CPU for. */
+	if (cfg.policy == SCX_MLSCHED_POLICY_STAY)
+		return;
 	dom &= SCX_MLSCHED_MAX_DOMS - 1;
 	if (now - dom_last_nudge[dom] < cfg.nudge_interval_ns)
 		return;
@@ -297,6 +303,11 @@ s32 SCX_OP(mls_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 	if (!t || restricted(p))
 		return prev_cpu;
 
+	/* Its previous CPU first (warm cache), then any idle CPU at home. */
+	if (cpu_dom(prev_cpu) == t->dom && scx_bpf_test_and_clear_cpu_idle(prev_cpu)) {
+		cpu = prev_cpu;
+		goto direct;
+	}
 	cpu = claim_idle_cpu(p, t->dom);
 	if (cpu >= 0)
 		goto direct;
@@ -393,11 +404,33 @@ static __always_inline bool pull(s32 cpu, u32 dom)
 	return false;
 }
 
+/* Among the first tasks of the domain queue, one that last ran here (warm cache). */
+static __always_inline bool consume_warm(s32 cpu, u32 dom)
+{
+	struct bpf_iter_scx_dsq it;
+	struct task_struct *p;
+	bool got = false;
+	u32 seen = 0;
+
+	bpf_iter_scx_dsq_new(&it, dom, 0);
+	while ((p = bpf_iter_scx_dsq_next(&it))) {
+		if (++seen > WARM_SCAN_MAX)
+			break;
+		if (scx_bpf_task_cpu(p) == cpu &&
+		    scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
+			got = true;
+			break;
+		}
+	}
+	bpf_iter_scx_dsq_destroy(&it);
+	return got;
+}
+
 void SCX_OP(mls_dispatch, s32 cpu, struct task_struct *prev)
 {
 	u32 dom = cpu_dom(cpu);
 
-	if (scx_bpf_consume(dom))
+	if (consume_warm(cpu, dom) || scx_bpf_consume(dom))
 		return;
 	pull(cpu, dom);
 }
