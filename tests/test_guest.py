@@ -8,14 +8,13 @@ parallel workload runs, decisions come from the in-kernel table and from
 mlsched-lite's answers, the scheduler unloads cleanly (exit kind "unregistered
 from user space", sched_ext back to disabled) and the guest powers off.
 
-Takes a few minutes (about 1 when the kernel is cached, plus ~8 to build it).
+Takes under a minute when the kernel is cached, plus ~8 minutes to build it.
 Skipped only where qemu or the kernel source package cannot be installed.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +30,7 @@ BUILD_TIMEOUT_S = 15 * 60
 BOOT_TIMEOUT_S = 6 * 60
 SCX_EXIT_UNREG = 64
 #: Small but long enough for pulls to be asked twice (table, then mlsched-lite's answer).
-WORKLOAD = {"workers": 8, "units": 60, "spin": 100000, "sleep": 500}
+WORKLOAD = {"workers": 8, "units": 100, "spin": 300000, "sleep": 500}
 
 
 def _installed(pkg: str) -> bool:
@@ -101,7 +100,6 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
     assert b.powered_off, f"guest did not power off (rc {b.returncode}):\n{tail}"
 
 
-@pytest.mark.skipif(not os.access(GUEST / "bench.py", os.R_OK), reason="guest/bench.py missing")
 def test_records_parse_multiline_json():
     bench = _load_bench()
     recs = bench.parse_records('@mlsched boot {"cpus": 4}\r\n@mlsched daemon {\n "a": 1\n}\n')
