@@ -16,7 +16,8 @@
  *   3. Dispatch: a CPU whose domain queue is empty looks at the other domains'
  *      queues and asks the same question about the first task it could run
  *      (pull). Busy CPUs nudge an idle CPU of another domain from tick and
- *      enqueue so that pulls happen while work is queued.
+ *      enqueue so that pulls happen while work is queued; after a refused
+ *      pull that domain stays quiet for a few nudge intervals.
  *   4. The question goes to mlsched_decide() (mlsched_decide.h): a sure table
  *      cell answers at once; otherwise a request goes on the `requests` ring
  *      to mlsched-lite and the answer is STAY for now. The task remembers the
@@ -77,6 +78,8 @@ bool scx_bpf_dispatch_from_dsq(struct bpf_iter_scx_dsq *it, struct task_struct *
 #define PULL_SCAN_MAX		4
 /* Tasks of the own domain looked at for one that last ran on this CPU. */
 #define WARM_SCAN_MAX		4
+/* After a pull the balancer refused, no nudges from that domain for this many intervals. */
+#define NUDGE_QUIET_INTERVALS	10
 /* Domain load average: new = old + (sample - old) >> LOAD_AVG_SHIFT. */
 #define LOAD_AVG_SHIFT		2
 
@@ -115,6 +118,7 @@ struct {
 
 static u32 dom_load_avg[SCX_MLSCHED_MAX_DOMS];	/* 1/1024 */
 static u64 dom_last_nudge[SCX_MLSCHED_MAX_DOMS];
+static u64 dom_quiet_until[SCX_MLSCHED_MAX_DOMS];	/* no nudges before (ns) */
 
 static __always_inline void stat_inc(enum scx_mlsched_stat which)
 {
@@ -280,7 +284,7 @@ static __always_inline void nudge_from(u32 dom, const struct snapshot *s)
 	if (cfg.policy == SCX_MLSCHED_POLICY_STAY)
 		return;
 	dom &= SCX_MLSCHED_MAX_DOMS - 1;
-	if (now - dom_last_nudge[dom] < cfg.nudge_interval_ns)
+	if (now - dom_last_nudge[dom] < cfg.nudge_interval_ns || now < dom_quiet_until[dom])
 		return;
 	for (o = 0; o < SCX_MLSCHED_MAX_DOMS && o < cfg.nr_doms; o++) {
 		d = o & (SCX_MLSCHED_MAX_DOMS - 1);
@@ -389,11 +393,16 @@ static __always_inline bool pull(s32 cpu, u32 dom)
 			if (!t)
 				continue;
 			stat_inc(SCX_MLSCHED_STAT_ASK_PULL);
-			if (ask(p, t, &s, src, dom, cpu) == MLSCHED_MIGRATE &&
-			    scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
-				t->dom = dom;
-				stat_inc(SCX_MLSCHED_STAT_MOVED_PULL);
-				moved = true;
+			if (ask(p, t, &s, src, dom, cpu) == MLSCHED_MIGRATE) {
+				if (scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
+					t->dom = dom;
+					stat_inc(SCX_MLSCHED_STAT_MOVED_PULL);
+					moved = true;
+				}
+			} else if (!t->ask_seq) {
+				/* a final STAY (no answer pending): stop waking CPUs for a while */
+				dom_quiet_until[src] = bpf_ktime_get_ns() +
+					NUDGE_QUIET_INTERVALS * cfg.nudge_interval_ns;
 			}
 			break;
 		}
