@@ -147,7 +147,7 @@ def _mount_bpffs() -> tuple[Path, Path]:
 
 def soak(duration: float, rate: int, ring_size: int = DEFAULT_RING, batch: int | None = None,
          max_wait_us: int | None = None, warmup: float | None = None,
-         max_rss_growth_kb: int = 1024, interval: float = 5.0, log=print) -> Result:
+         max_rss_growth_kb: int = 1024, interval: float = 5.0, daemon_nice: int = 0) -> Result:
     from mlsched.runtime.api import load_bundle
     from mlsched.runtime.engine import Engine
     from mlsched.runtime.kernel import KernelPath, generated_features
@@ -165,7 +165,10 @@ def soak(duration: float, rate: int, ring_size: int = DEFAULT_RING, batch: int |
     if max_wait_us is not None:
         cmd += ["--max-wait-us", str(max_wait_us)]
     res.daemon_cmd = " ".join(cmd[1:])
-    daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if daemon_nice:
+        res.daemon_cmd += f" (at nice {daemon_nice})"
+    daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=(lambda: os.nice(daemon_nice)) if daemon_nice else None)
     kp = None
     rng = np.random.default_rng(1)
     try:
@@ -316,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-wait-us", type=int, help="daemon --max-wait-us")
     ap.add_argument("--warmup", type=float, help="seconds before the RSS baseline")
     ap.add_argument("--max-rss-growth-kb", type=int, default=1024)
+    ap.add_argument("--daemon-nice", type=int, default=0,
+                    help="run the daemon at this nice value (e.g. -5 beside a busy host)")
     ap.add_argument("--json", metavar="FILE", help="write the report here too")
     a = ap.parse_args(argv)
     r = soak(a.duration, a.rate, a.ring_size, a.batch, a.max_wait_us, a.warmup,
-             a.max_rss_growth_kb)
+             a.max_rss_growth_kb, daemon_nice=a.daemon_nice)
     text = json.dumps({**asdict(r), "ok": r.ok}, indent=1)
     print(text)
     if a.json:

@@ -470,9 +470,18 @@ def calibration_csv(draw):
     return ",".join(header) + "\n" + "".join(ln + "\n" for ln in lines)
 
 
+def _within_float32(a: np.ndarray) -> np.ndarray:
+    """Finite values beyond float32 are test_calibration_counts_beyond_float32's case."""
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4:
+        with np.errstate(invalid="ignore"):
+            big = np.isfinite(a) & (np.abs(a) > np.finfo(np.float32).max)
+        a = np.where(big, np.sign(a) * 1e38, a).astype(a.dtype)
+    return a
+
+
 calibration_case = st.one_of(
     calibration_csv().map(lambda t: ("csv", t.encode("utf-8", errors="surrogatepass"))),
-    npz_array().map(lambda a: ("npz", a)),
+    npz_array().map(lambda a: ("npz", _within_float32(a))),
     st.binary(max_size=200).map(lambda b: ("bytes", b)))
 
 
@@ -498,6 +507,19 @@ def test_calibration_files(tmp_path, case):
 @given(calibration_case)
 def test_calibration_files_many(tmp_path, case):
     run_calibration_case(case, tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="calibration.load checks counts in float64, then casts"
+                   " to float32: 3.5e38 passes and becomes inf (reported, convert/ owns it)")
+@pytest.mark.parametrize("kind", ["npz", "csv"])
+def test_calibration_counts_beyond_float32(tmp_path, kind):
+    if kind == "npz":
+        p = tmp_path / "cal.npz"
+        np.savez(p, features=np.array([[3.5e38, 0, 8, 0.5, 0.5]]))
+    else:
+        p = tmp_path / "cal.csv"
+        p.write_text(FEATURE_HEADER + "\n3.5e38,0,8,0.5,0.5\n")
+    check_calibration(p)
 
 
 def test_calibration_accepts_what_run_records(tmp_path):
