@@ -235,6 +235,7 @@ static __always_inline u8 ask(struct task_struct *p, struct task_ctx *t,
 
 		if (status == MLSCHED_ANS_ANSWERED) {
 			t->ask_seq = 0;
+			mlsched_count(MLSCHED_STAT_ANSWERED);
 			stat_inc(SCX_MLSCHED_STAT_FROM_DAEMON);
 			goto done;
 		}
@@ -242,6 +243,7 @@ static __always_inline u8 ask(struct task_struct *p, struct task_ctx *t,
 			stat_inc(SCX_MLSCHED_STAT_WAITING);
 			return MLSCHED_STAY;
 		}
+		mlsched_count(MLSCHED_STAT_STALE);
 		stat_inc(SCX_MLSCHED_STAT_UNANSWERED);
 	}
 	t->ask_seq = 0;

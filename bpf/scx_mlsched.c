@@ -348,6 +348,7 @@ int main(int argc, char **argv)
 	};
 	const char *pin_dir = NULL, *domains = NULL, *stats_file = NULL, *object = NULL;
 	__u64 sched[SCX_MLSCHED_STAT_COUNT], helper[MLSCHED_STAT_COUNT];
+	__u64 helper_before[MLSCHED_STAT_COUNT];
 	struct scx_mlsched_exit ex = { 0 };
 	char default_object[PATH_MAX];
 	struct bpf_program *init_prog;
@@ -429,6 +430,8 @@ int main(int argc, char **argv)
 	if (err)
 		die("loading %s failed: %s (run with -v for the verifier log)", object,
 		    strerror(-err));
+	/* The helper's counters live in maps that outlive us (pinned): report our share. */
+	sum_percpu(bpf_object__find_map_by_name(obj, "stats"), MLSCHED_STAT_COUNT, helper_before);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	link = bpf_map__attach_struct_ops(bpf_object__find_map_by_name(obj, "mlsched_ops"));
@@ -447,6 +450,8 @@ int main(int argc, char **argv)
 
 	sum_percpu(bpf_object__find_map_by_name(obj, "sched_stats"), SCX_MLSCHED_STAT_COUNT, sched);
 	sum_percpu(bpf_object__find_map_by_name(obj, "stats"), MLSCHED_STAT_COUNT, helper);
+	for (i = 0; i < MLSCHED_STAT_COUNT; i++)
+		helper[i] -= helper_before[i];
 	bpf_link__destroy(link);
 	/* ops.exit runs from a kernel worker after the unregistration: wait for it. */
 	for (i = 0; i < 50; i++) {
