@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from mlsched.runtime.bundle import MAX_CPUS
 from mlsched.runtime.features import FEATURE_NAMES, FEATURE_WIDTH, LOAD_COLUMNS, host_features
 
 #: Calibration rows the converter feeds the quantizer (more add time, not accuracy).
@@ -109,6 +110,9 @@ def _validate(x: np.ndarray, path: Path) -> np.ndarray:
     counts, loads = x[:, :3], x[:, list(LOAD_COLUMNS)]
     if np.any(counts < 0):
         raise CalibrationError(f"calibration file {path}: negative CPU ids or counts")
+    if np.any(counts > MAX_CPUS):
+        raise CalibrationError(f"calibration file {path}: CPU ids or counts above {MAX_CPUS},"
+                               " the largest host a bundle describes")
     if np.any((loads < 0) | (loads > 1)):
         raise CalibrationError(f"calibration file {path}: loads outside [0, 1]")
     out = np.zeros((x.shape[0], FEATURE_WIDTH), dtype=np.float32)

@@ -509,8 +509,6 @@ def test_calibration_files_many(tmp_path, case):
     run_calibration_case(case, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="calibration.load checks counts in float64, then casts"
-                   " to float32: 3.5e38 passes and becomes inf (reported, convert/ owns it)")
 @pytest.mark.parametrize("kind", ["npz", "csv"])
 def test_calibration_counts_beyond_float32(tmp_path, kind):
     if kind == "npz":
