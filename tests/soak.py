@@ -167,7 +167,9 @@ def soak(duration: float, rate: int, ring_size: int = DEFAULT_RING, batch: int |
     res.daemon_cmd = " ".join(cmd[1:])
     if daemon_nice:
         res.daemon_cmd += f" (at nice {daemon_nice})"
-    daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # its stats lines go to a file: an unread pipe fills after ~25 minutes and blocks it
+    daemon_out = open(top / "daemon.out", "w+")             # noqa: SIM115 - closed below
+    daemon = subprocess.Popen(cmd, stdout=daemon_out, stderr=subprocess.STDOUT, text=True,
                               preexec_fn=(lambda: os.nice(daemon_nice)) if daemon_nice else None)
     kp = None
     rng = np.random.default_rng(1)
@@ -175,7 +177,9 @@ def soak(duration: float, rate: int, ring_size: int = DEFAULT_RING, batch: int |
         end = time.monotonic() + 30
         while not (pin_dir / "control").exists():
             if daemon.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"daemon did not start: {daemon.communicate()[1]}")
+                daemon.wait()
+                daemon_out.seek(0)
+                raise RuntimeError(f"daemon did not start: {daemon_out.read()[-500:]}")
             time.sleep(0.05)
         time.sleep(0.5)                     # the daemon finishes loading and starts polling
         engine = Engine(load_bundle(None))
@@ -264,10 +268,13 @@ def soak(duration: float, rate: int, ring_size: int = DEFAULT_RING, batch: int |
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
         try:
-            out, err = daemon.communicate(timeout=60)
+            daemon.wait(timeout=60)
         except subprocess.TimeoutExpired:
             daemon.kill()
-            out, err = daemon.communicate()
+            daemon.wait()
+        daemon_out.seek(0)
+        err = daemon_out.read()
+        daemon_out.close()
         subprocess.run([sys.executable, "-m", "mlsched.runtime.cli", "unpin", "--pin-dir",
                         str(pin_dir)], capture_output=True)
         subprocess.run(["umount", str(mnt)])
@@ -284,7 +291,7 @@ def soak(duration: float, rate: int, ring_size: int = DEFAULT_RING, batch: int |
                                 f" {res.dropped}")
     else:
         res.problems.append("daemon wrote no summary")
-    for p in (summary_path, top / "bpffs"):
+    for p in (summary_path, top / "daemon.out", top / "bpffs"):
         if p.is_file():
             p.unlink()
         elif p.is_dir():
