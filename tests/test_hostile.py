@@ -470,18 +470,19 @@ def calibration_csv(draw):
     return ",".join(header) + "\n" + "".join(ln + "\n" for ln in lines)
 
 
-def _within_float32(a: np.ndarray) -> np.ndarray:
-    """Finite values beyond float32 are test_calibration_counts_beyond_float32's case."""
-    if a.dtype.kind == "f" and a.dtype.itemsize > 4:
+def _padding_within_float32(a: np.ndarray) -> np.ndarray:
+    """Padding columns beyond float32 are test_calibration_padding_beyond_float32's case."""
+    if a.ndim == 2 and a.shape[1] == 10 and a.dtype.kind == "f" and a.dtype.itemsize > 4:
+        a = a.copy()
         with np.errstate(invalid="ignore"):
-            big = np.isfinite(a) & (np.abs(a) > np.finfo(np.float32).max)
-        a = np.where(big, np.sign(a) * 1e38, a).astype(a.dtype)
+            big = np.isfinite(a[:, 5:]) & (np.abs(a[:, 5:]) > np.finfo(np.float32).max)
+        a[:, 5:][big] = 0.0
     return a
 
 
 calibration_case = st.one_of(
     calibration_csv().map(lambda t: ("csv", t.encode("utf-8", errors="surrogatepass"))),
-    npz_array().map(lambda a: ("npz", _within_float32(a))),
+    npz_array().map(lambda a: ("npz", _padding_within_float32(a))),
     st.binary(max_size=200).map(lambda b: ("bytes", b)))
 
 
@@ -517,6 +518,14 @@ def test_calibration_counts_beyond_float32(tmp_path, kind):
     else:
         p = tmp_path / "cal.csv"
         p.write_text(FEATURE_HEADER + "\n3.5e38,0,8,0.5,0.5\n")
+    check_calibration(p)
+
+
+@pytest.mark.xfail(strict=True, reason="calibration.load checks columns 0..4 only; padding"
+                   " of 3.5e38 becomes inf in the float32 set (reported, convert/ owns it)")
+def test_calibration_padding_beyond_float32(tmp_path):
+    p = tmp_path / "cal.npz"
+    np.savez(p, features=np.array([[3, 0, 8, 0.5, 0.5, 3.5e38, 0, 0, 0, 0]]))
     check_calibration(p)
 
 
