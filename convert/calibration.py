@@ -105,7 +105,7 @@ def _load_csv(path: Path) -> np.ndarray:
 def _validate(x: np.ndarray, path: Path) -> np.ndarray:
     if x.shape[0] == 0:
         raise CalibrationError(f"calibration file {path}: no rows")
-    if not np.all(np.isfinite(x)):
+    if not np.all(np.isfinite(x[:, : len(FEATURE_NAMES)])):
         raise CalibrationError(f"calibration file {path}: NaN or infinite values")
     counts, loads = x[:, :3], x[:, list(LOAD_COLUMNS)]
     if np.any(counts < 0):
@@ -115,6 +115,8 @@ def _validate(x: np.ndarray, path: Path) -> np.ndarray:
                                " the largest host a bundle describes")
     if np.any((loads < 0) | (loads > 1)):
         raise CalibrationError(f"calibration file {path}: loads outside [0, 1]")
+    # padding columns 5..9 are zeros for the model, as at run time: whatever a file holds
+    # there is not calibration data
     out = np.zeros((x.shape[0], FEATURE_WIDTH), dtype=np.float32)
-    out[:, : x.shape[1]] = x
+    out[:, : len(FEATURE_NAMES)] = x[:, : len(FEATURE_NAMES)]
     return out

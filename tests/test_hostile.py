@@ -521,12 +521,13 @@ def test_calibration_counts_beyond_float32(tmp_path, kind):
     check_calibration(p)
 
 
-@pytest.mark.xfail(strict=True, reason="calibration.load checks columns 0..4 only; padding"
-                   " of 3.5e38 becomes inf in the float32 set (reported, convert/ owns it)")
-def test_calibration_padding_beyond_float32(tmp_path):
+def test_calibration_padding_is_zeroed(tmp_path):
+    from mlsched.convert.calibration import load
+
     p = tmp_path / "cal.npz"
-    np.savez(p, features=np.array([[3, 0, 8, 0.5, 0.5, 3.5e38, 0, 0, 0, 0]]))
+    np.savez(p, features=np.array([[3, 0, 8, 0.5, 0.5, 3.5e38, np.nan, 1, 0, 0]]))
     check_calibration(p)
+    assert not load(p)[:, 5:].any()
 
 
 def test_calibration_accepts_what_run_records(tmp_path):
