@@ -16,6 +16,7 @@ and Debian's is not (the link fails with R_X86_64_PC32 relocations).
 from __future__ import annotations
 
 import re
+import os
 import shutil
 import sys
 import sysconfig
@@ -77,7 +78,11 @@ def build(verbose: bool = False) -> Path:
     build_dir = str(ROOT / "build" / "cffi")
     built = make_ffi().compile(tmpdir=build_dir, verbose=verbose)
     target = ROOT / "runtime" / ("_bpf" + sysconfig.get_config_var("EXT_SUFFIX"))
-    shutil.copy2(built, target)
+    # a new inode renamed into place: processes running the old extension keep their
+    # mapping (copying over the file in place crashed them)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.copy2(built, tmp)
+    os.replace(tmp, target)
     return target
 
 

@@ -125,7 +125,9 @@ struct mlsched_control {
 	__u32 _pad;
 	__u64 heartbeat_ns;		/* consumer's last poll (CLOCK_MONOTONIC); 0: none yet */
 	__u64 consumer_timeout_ns;	/* heartbeat older than this: no consumer; 0: never */
-	__u64 stale_after_ns;		/* unanswered this long after the request: stale */
+	__u64 stale_after_ns;		/* advice to balancers: how long an answer is worth
+					 * waiting for; the helper itself enforces no deadline
+					 * (stale = not in the slot when the kernel side reads) */
 };
 
 /* ---- host state: kernel -> user space (1-entry BPF_F_MMAPABLE array) ---------- */

@@ -150,7 +150,8 @@ static __always_inline bool mlsched_consumer_alive(const struct mlsched_control 
 
 	if (ctl->consumer_timeout_ns == 0)
 		return true;
-	return beat != 0 && now - beat <= ctl->consumer_timeout_ns;
+	/* a beat written after `now` was read is alive, not 2^64 ns old */
+	return beat != 0 && (beat >= now || now - beat <= ctl->consumer_timeout_ns);
 }
 
 /*
