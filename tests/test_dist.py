@@ -100,9 +100,13 @@ class Dist:
 
 @pytest.fixture(scope="module")
 def dist():
-    (ROOT / "build").mkdir(exist_ok=True)
-    # Not under /tmp: the commands see a fresh tmpfs there.
-    work = Path(tempfile.mkdtemp(prefix="test-dist-", dir=ROOT / "build"))
+    # Not under a scratch directory: the commands see a fresh tmpfs there. A checkout that
+    # lives under /tmp puts its work in /var/cache/mlsched instead.
+    base = ROOT / "build"
+    if IS_ROOT and any(ROOT.is_relative_to(d) for d in SCRATCH):
+        base = Path("/var/cache/mlsched")
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="test-dist-", dir=base))
     try:
         yield Dist(work)
     finally:
