@@ -15,8 +15,8 @@ and Debian's is not (the link fails with R_X86_64_PC32 relocations).
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import sys
 import sysconfig
