@@ -12,9 +12,10 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from mlsched.runtime import files
 
 #: Distributions whose versions go into the machine description.
 PACKAGES = ("mlsched", "numpy", "cffi", "ai-edge-litert", "tflite-runtime", "tensorflow-cpu",
@@ -94,20 +95,10 @@ def _git_commit() -> str | None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and rename."""
+    """Write ``text`` to ``path`` (creating its directory) complete or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_atomic(path, text)
 
 
 def write_json_atomic(path: Path, obj) -> None:

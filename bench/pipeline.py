@@ -18,6 +18,7 @@ ts_ns -> answer-stored histogram.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from mlsched.runtime.daemon import peak_rss_mb
 from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS, KernelPath
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,17 +83,6 @@ def private_bpffs():
             mnt.rmdir()
         except OSError:
             pass
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM (peak resident set) of a live process, in MB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 class Session:
@@ -169,7 +160,8 @@ class Session:
         try:
             if self.proc is not None:
                 if self.proc.poll() is None:
-                    self.rss_mb = peak_rss_mb(self.proc.pid)
+                    rss = peak_rss_mb(self.proc.pid)
+                    self.rss_mb = None if math.isnan(rss) else rss
                     self.proc.send_signal(signal.SIGINT)
                     try:
                         self.proc.wait(timeout=15)

@@ -444,12 +444,7 @@ def _bpf_reason() -> str | None:
         from mlsched.runtime import kernel
     except ImportError as exc:
         return str(exc)
-    try:
-        kernel.check_environment()
-        kernel.find_object()
-    except kernel.KernelPathError as exc:
-        return str(exc)
-    return None
+    return kernel.unavailable_reason()
 
 
 def _request_dtype_without_bpf():

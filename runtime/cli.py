@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from .. import __version__
 from .bundle import FORMAT_VERSION, BundleError
 from .engine import EngineError
 from .features import DECISION_NAMES, FEATURE_NAMES, STAY, UNSURE, host_features
+from .files import atomic_writer
 from .interp import BACKENDS, BackendError
 
 PROG = "mlsched-lite"
@@ -248,19 +248,12 @@ def _output(path: str | None):
     target = Path(path)
     if target.is_dir():
         raise CliError(f"{PROG}: --output {path}: is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    except OSError as e:
-        raise CliError(f"{PROG}: --output {path}: {e.strerror}") from None
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with contextlib.ExitStack() as stack:
+        try:
+            f = stack.enter_context(atomic_writer(target))
+        except OSError as e:
+            raise CliError(f"{PROG}: --output {path}: {e.strerror}") from None
+        yield f
 
 
 # ---- reading --input ------------------------------------------------------------------------

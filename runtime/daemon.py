@@ -56,14 +56,14 @@ import os
 import signal
 import stat
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from .features import LOAD_FIXED_ONE, MIGRATE, STAY
+from .files import write_atomic
 
 log = logging.getLogger("mlsched.runtime.daemon")
 PROG = "mlsched-lite"
@@ -279,9 +279,9 @@ class Window:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def merge(self, o: Window) -> None:
-        for name in ("records", "table", "interpreter", "invalid", "answered", "migrate",
-                     "cfs_seen", "cfs_agree", "cfs_migrate", "cfs_migrate_agree"):
-            setattr(self, name, getattr(self, name) + getattr(o, name))
+        for f in fields(self):
+            if f.name != "latency":
+                setattr(self, f.name, getattr(self, f.name) + getattr(o, f.name))
         self.latency.merge(o.latency)
 
     @property
@@ -289,10 +289,10 @@ class Window:
         return self.cfs_agree / self.cfs_seen if self.cfs_seen else None
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set of this process (VmHWM), MB."""
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident set (VmHWM) of a process, this one by default, in MB; NaN if unknown."""
     with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024.0
@@ -309,21 +309,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it into place, mode 0644."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 PROM_METRICS = (

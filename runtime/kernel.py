@@ -155,6 +155,16 @@ def check_environment() -> None:
                          "with CONFIG_DEBUG_INFO_BTF=y", errno_mod.ENOENT)
 
 
+def unavailable_reason() -> str | None:
+    """Why the kernel path cannot run here (one line), or None when it can."""
+    try:
+        check_environment()
+        find_object()
+    except KernelPathError as exc:
+        return str(exc)
+    return None
+
+
 # ---- layouts from the header ------------------------------------------------------
 
 _PRIMITIVES = {

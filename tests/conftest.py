@@ -22,12 +22,7 @@ def bpf_unavailable_reason() -> str | None:
         from mlsched.runtime import kernel
     except ImportError as exc:
         return f"mlsched.runtime.kernel does not import: {exc}"
-    try:
-        kernel.check_environment()
-        kernel.find_object()
-    except kernel.KernelPathError as exc:
-        return str(exc)
-    return None
+    return kernel.unavailable_reason()
 
 
 @pytest.fixture
