@@ -13,6 +13,10 @@ DEB_PACKAGES := clang-19 libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config sys
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SUFFIX    = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 BPF_EXT       = runtime/_bpf$(EXT_SUFFIX)
+# What the cffi extension is built from: the wire contract, the C side, the skeletons
+# (each embeds its BPF object).
+EXT_INPUTS   := cffi_build.py bpf/mlsched.h runtime/_native/mlsched_native.c \
+                runtime/_native/mlsched_native.h bpf/mlsched.skel.h bpf/mlsched_inject.skel.h
 DEFAULT_MODEL  := models/default/saved_model
 DEFAULT_BUNDLE := models/default/bundle
 PYTEST_ARGS  ?=
@@ -47,8 +51,15 @@ build: setup bpf ext
 bpf: deb
 	$(MAKE) -C bpf
 
+# The extension's file name comes from the venv's Python, so its rule exists once the
+# venv does; `ext` makes the venv and the skeletons first, then asks for the file.
 ext: venv bpf
+	@$(MAKE) --no-print-directory $(BPF_EXT)
+
+ifneq ($(wildcard $(PY)),)
+$(BPF_EXT): $(EXT_INPUTS)
 	$(PY) cffi_build.py
+endif
 
 # Retrain the default model from its teacher (fixed seeds) and rebuild its bundle.
 model: venv
@@ -57,13 +68,13 @@ model: venv
 bundle: venv
 	$(VENV)/bin/mlsched-convert $(DEFAULT_MODEL) -o $(DEFAULT_BUNDLE) --cpus 8 --force
 
-SEED_SCENARIOS := "4 2 6 0.9 0.2" "2 4 4 0.5 0.5" "1 7 1 0.1 0.1"
+SCENARIOS := "4 2 6 0.9 0.2" "2 4 4 0.5 0.5" "1 7 1 0.1 0.1"
 
-# The seed's three scenarios from the default bundle, then the live daemon in shadow
+# Three reference scenarios from the default bundle, then the live daemon in shadow
 # mode beside CFS for 15 s with a small CPU load to migrate.
 run: build
-	@echo "seed scenarios (8-CPU host), default bundle:"
-	@for s in $(SEED_SCENARIOS); do set -- $$s; \
+	@echo "reference scenarios (8-CPU host), default bundle:"
+	@for s in $(SCENARIOS); do set -- $$s; \
 	    printf '  cpu=%s idle=%s busy=%s src_load=%s dst_load=%s -> ' "$$@"; \
 	    $(VENV)/bin/mlsched-lite decide --cpu $$1 --idle $$2 --busy $$3 --src-load $$4 --dst-load $$5; \
 	done

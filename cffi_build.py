@@ -2,7 +2,10 @@
 
 The cdef is read from the two headers that define the interface, never retyped:
 ``bpf/mlsched.h`` (the wire contract) and ``runtime/_native/mlsched_native.h``
-(the C entry points).
+(the C entry points, with ``enum mls_map``: ``lib.MLS_MAP_*``). The C side
+includes the generated skeletons ``bpf/mlsched.skel.h`` and
+``bpf/mlsched_inject.skel.h`` (``make -C bpf``), which embed the BPF objects:
+the extension needs no object file at run time.
 
 libbpf is linked as a shared library with a run path of ``$ORIGIN``: the
 extension uses a ``libbpf.so.1`` placed beside it when there is one (the tarball
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parent
 WIRE_H = ROOT / "bpf" / "mlsched.h"
 NATIVE = ROOT / "runtime" / "_native"
 NATIVE_H = NATIVE / "mlsched_native.h"
+SKELETONS = [ROOT / "bpf" / "mlsched.skel.h", ROOT / "bpf" / "mlsched_inject.skel.h"]
 
 # The kernel's own definitions (asm-generic/int-ll64.h).
 CDEF_PRELUDE = """
@@ -75,6 +79,9 @@ def make_ffi() -> FFI:
 
 
 def build(verbose: bool = False) -> Path:
+    missing = [p.name for p in SKELETONS if not p.is_file()]
+    if missing:
+        raise SystemExit(f"cffi_build: bpf/{missing[0]} missing: run `make -C bpf` first")
     build_dir = str(ROOT / "build" / "cffi")
     built = make_ffi().compile(tmpdir=build_dir, verbose=verbose)
     target = ROOT / "runtime" / ("_bpf" + sysconfig.get_config_var("EXT_SUFFIX"))

@@ -1,20 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * mlsched.bpf.c - the kernel side of mlsched: producers of decision requests.
+ * mlsched.bpf.c - the kernel side of mlsched that production loads: the
+ * decision maps (mlsched_decide.h) and the live collector.
  *
- * Three producers call mlsched_decide_ex() (mlsched_decide.h):
- *
- *   inject           SEC("syscall"), run by bpf_prog_test_run_opts: a batch of
- *                    feature records from the mmapped `inject` array, or N
- *                    records generated from a seed (tests, replay, benchmark).
  *   on_sched_migrate tp_btf: CFS moved a fair task -> request, CFS action MIGRATE.
  *   on_sched_wakeup  tp_btf: CFS woke a task where it was -> request, CFS action
  *                    STAY (shadow mode: user space compares model and CFS).
  *
  * on_sched_switch keeps the collector's features: per-CPU idle/busy state,
  * host-wide idle/busy counts and per-domain load (time-averaged busy fraction,
- * 1/1024). read_decisions (SEC("syscall")) reads answers back the way a
- * balancer would, for tests and the benchmark.
+ * 1/1024).
+ *
+ * The injector and the decision reader (SEC("syscall"), for tests, replay and
+ * the benchmark) are another object, mlsched_inject.bpf.c, loaded on first use
+ * onto this object's maps.
  *
  * Future improvements: the wakeup candidate domain is found by a linear scan
  * (<= MLSCHED_MAX_DOMAINS); domain load updates race benignly when CPUs of
@@ -37,22 +36,6 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Per-CPU state as on_sched_switch last saw it. */
 enum cpu_run_state { RUN_UNKNOWN = 0, RUN_IDLE = 1, RUN_BUSY = 2 };
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct mlsched_inject_slot);
-	__uint(max_entries, MLSCHED_INJECT_SLOTS);
-} inject_buf SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct mlsched_readback);
-	__uint(max_entries, MLSCHED_READBACK_SLOTS);
-} readback SEC(".maps");
 
 /* cpu -> domain id, filled by user space before the collector is attached. */
 struct {
@@ -90,198 +73,6 @@ struct {
 	__type(key, int);
 	__type(value, struct task_info);
 } task_info SEC(".maps");
-
-/* ---- injector ------------------------------------------------------------ */
-
-struct inject_state {
-	__u64 rng;
-	__u64 first_seq, last_seq;
-	__u32 flags, gen_ncpus, invalid_pct, pid;
-	__u32 hits, sent, dropped, no_consumer, migrate, done;
-};
-
-/* splitmix64: user space regenerates the same records from the same seed. */
-static __always_inline __u64 splitmix64(__u64 *state)
-{
-	__u64 z = (*state += 0x9e3779b97f4a7c15ULL);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
-/* One generated record; bit fields of r as documented in runtime/kernel.py. */
-static __always_inline void generate(struct inject_state *st, struct mlsched_features *f)
-{
-	__u64 r = splitmix64(&st->rng);
-	__u32 n = st->gen_ncpus;
-
-	f->cpu = (r & 0xffff) % n;
-	f->idle = ((r >> 16) & 0xffff) % (n + 1);
-	f->busy = n - f->idle;
-	f->src_load = ((r >> 32) & 0x7ff) % (MLSCHED_LOAD_ONE + 1);
-	f->dst_load = ((r >> 43) & 0x7ff) % (MLSCHED_LOAD_ONE + 1);
-	if (((r >> 54) % 100) < st->invalid_pct)
-		f->busy += 1;		/* idle + busy != N: off-grid */
-}
-
-static long inject_one(__u32 i, struct inject_state *st)
-{
-	struct mlsched_inject_slot *slot = NULL;
-	struct mlsched_outcome out;
-	struct mlsched_features f;
-	__u32 flags = 0;
-	__u8 d;
-
-	if (st->flags & MLSCHED_INJ_GENERATE) {
-		generate(st, &f);
-	} else {
-		slot = bpf_map_lookup_elem(&inject_buf, &i);
-		if (!slot)
-			return 1;
-		f = slot->f;
-	}
-	if (st->flags & MLSCHED_INJ_BYPASS_TABLE)
-		flags |= MLSCHED_DECIDE_BYPASS_TABLE;
-	if (st->flags & MLSCHED_INJ_NO_CONSUMER_CHECK)
-		flags |= MLSCHED_DECIDE_NO_CONSUMER_CHECK;
-
-	if (st->flags & (MLSCHED_INJ_BAD_VERSION | MLSCHED_INJ_BAD_SIZE)) {
-		/* A malformed record for the consumer's validation; not a decision. */
-		struct mlsched_request *r = bpf_ringbuf_reserve(&requests, sizeof(*r), 0);
-
-		if (!r) {
-			st->dropped++;
-			mlsched_count(MLSCHED_STAT_DROPPED);
-			return 0;
-		}
-		__builtin_memset(r, 0, sizeof(*r));
-		r->version = MLSCHED_ABI_VERSION + ((st->flags & MLSCHED_INJ_BAD_VERSION) ? 1 : 0);
-		r->size = sizeof(*r) + ((st->flags & MLSCHED_INJ_BAD_SIZE) ? 8 : 0);
-		r->f = f;
-		bpf_ringbuf_submit(r, 0);
-		st->sent++;
-		st->done++;
-		return 0;
-	}
-
-	d = mlsched_decide_ex(&f, st->pid, MLSCHED_SRC_INJECT, MLSCHED_NONE, MLSCHED_CPU_NONE,
-			      flags, &out);
-	switch (out.fate) {
-	case MLSCHED_FATE_HIT:
-		st->hits++;
-		break;
-	case MLSCHED_FATE_SENT:
-		st->sent++;
-		if (!st->first_seq)
-			st->first_seq = out.seq;
-		st->last_seq = out.seq;
-		break;
-	case MLSCHED_FATE_DROPPED:
-		st->dropped++;
-		break;
-	default:
-		st->no_consumer++;
-	}
-	if (d == MLSCHED_MIGRATE)
-		st->migrate++;
-	if (slot) {
-		slot->result = d;
-		slot->reason = out.reason;
-		slot->fate = out.fate;
-		slot->seq = out.seq;
-	}
-	st->done++;
-	return 0;
-}
-
-SEC("syscall")
-int inject(struct mlsched_inject_args *args)
-{
-	struct inject_state st = {};
-	__u32 count = args->count;
-	__u64 t0, t1;
-
-	if (args->version != MLSCHED_ABI_VERSION)
-		return -22;	/* EINVAL */
-	st.flags = args->flags;
-	st.rng = args->seed;
-	st.gen_ncpus = args->gen_ncpus;
-	st.invalid_pct = args->gen_invalid_pct;
-	st.pid = args->pid;
-	if (st.flags & MLSCHED_INJ_GENERATE) {
-		if (st.gen_ncpus == 0 || st.gen_ncpus > 0xffff)
-			return -22;
-	} else if (count > MLSCHED_INJECT_SLOTS) {
-		return -7;	/* E2BIG */
-	}
-
-	t0 = bpf_ktime_get_ns();
-	bpf_loop(count, inject_one, &st, 0);
-	t1 = bpf_ktime_get_ns();
-
-	args->elapsed_ns = t1 - t0;
-	args->first_seq = st.first_seq;
-	args->last_seq = st.last_seq;
-	args->hits = st.hits;
-	args->sent = st.sent;
-	args->dropped = st.dropped;
-	args->no_consumer = st.no_consumer;
-	args->migrate = st.migrate;
-	args->done = st.done;
-	return 0;
-}
-
-/* ---- reader ---------------------------------------------------------------- */
-
-struct read_state {
-	__u64 first_seq;
-	__u32 answered, missing, overwritten, migrate;
-};
-
-static long read_one(__u32 i, struct read_state *st)
-{
-	struct mlsched_readback *out = bpf_map_lookup_elem(&readback, &i);
-	__u8 decision, status;
-
-	if (!out)
-		return 1;
-	status = mlsched_answer(st->first_seq + i, &decision);
-	out->decision = decision;
-	out->status = status;
-	if (status == MLSCHED_ANS_ANSWERED) {
-		st->answered++;
-		mlsched_count(MLSCHED_STAT_ANSWERED);
-		if (decision == MLSCHED_MIGRATE)
-			st->migrate++;
-	} else {
-		if (status == MLSCHED_ANS_OVERWRITTEN)
-			st->overwritten++;
-		else
-			st->missing++;
-		mlsched_count(MLSCHED_STAT_STALE);
-	}
-	return 0;
-}
-
-SEC("syscall")
-int read_decisions(struct mlsched_read_args *args)
-{
-	struct read_state st = {};
-	__u32 count = args->count;
-
-	if (args->version != MLSCHED_ABI_VERSION)
-		return -22;
-	if (count > MLSCHED_READBACK_SLOTS)
-		return -7;
-	st.first_seq = args->first_seq;
-	bpf_loop(count, read_one, &st, 0);
-	args->answered = st.answered;
-	args->missing = st.missing;
-	args->overwritten = st.overwritten;
-	args->migrate = st.migrate;
-	return 0;
-}
 
 /* ---- live collector ----------------------------------------------------------- */
 

@@ -2,9 +2,10 @@
 /*
  * mlsched_decide.h - the decision helper any BPF program can call.
  *
- * Include it (after vmlinux.h and bpf_helpers.h) in the one BPF object that
- * mlsched-lite loads; it brings the maps the helper needs, under the names the
- * loader expects:
+ * Include it (after vmlinux.h and bpf_helpers.h) in a BPF object; it brings
+ * the maps the helper needs, which every object that includes it shares
+ * (mlsched.bpf.c creates them; mlsched_inject.bpf.c and a scheduler reuse them
+ * through their generated skeletons, bpf_map__reuse_fd before load):
  *
  *   requests   ringbuf      misses go here (size set at load)
  *   table      array        one struct mlsched_row per (cpu, idle)

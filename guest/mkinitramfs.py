@@ -5,8 +5,8 @@
 Run it with the project's virtualenv Python: the guest gets that interpreter's base
 installation (same version and ABI as the venv), a trimmed standard library, the
 venv's numpy, cffi backend and tflite_runtime, and the repository's runtime package
-under its import name ``mlsched.runtime`` with the built cffi extension and
-``mlsched.bpf.o``. Every shared library the copied binaries need (ldd) goes to
+under its import name ``mlsched.runtime`` with the built cffi extension (the
+BPF objects are embedded in it). Every shared library the copied binaries need (ldd) goes to
 /lib/x86_64-linux-gnu. The archive is an uncompressed newc cpio (the kernel
 unpacks it without a decompressor), written to a temporary name and renamed.
 
@@ -150,7 +150,6 @@ def build_tree(tree: Path, sched_dir: Path, bundle: Path) -> None:
             shutil.copy2(f, runtime / f.name)
     if not list(runtime.glob("_bpf*.so")):
         raise BuildError("runtime/_bpf*.so missing: run `make build`")
-    shutil.copy2(ROOT / "bpf" / "mlsched.bpf.o", runtime / "mlsched.bpf.o")
     shutil.copytree(bundle, runtime / "default_bundle")
 
     # The scheduler, the workload, the scripts, the bundle.

@@ -8,8 +8,9 @@ interpreter's version as its CPython tag and vendors what is installed here.
     mlsched-lite-<version>-linux-<arch>-cp<XY>/
         bin/mlsched-lite            launcher: the host's python3.<Y>, isolated (-I -S -B)
         lib/boot.py                 checks the host (libelf, zlib, privileges), runs the CLI
-        lib/python/mlsched/         mlsched.runtime only (no convert/), its cffi extension,
-                                    libbpf.so.1 beside it, mlsched.bpf.o, default_bundle/
+        lib/python/mlsched/         mlsched.runtime only (no convert/), its cffi extension
+                                    (the BPF objects embedded: generated skeletons),
+                                    libbpf.so.1 beside it, default_bundle/
         lib/python/numpy/ ...       vendored: numpy (tests, f2py, headers dropped),
                                     _cffi_backend, one TFLite backend
         systemd/mlsched-lite.service
@@ -156,10 +157,8 @@ def assemble(top: Path, backend: str, version: str, tag: str, arch: str) -> None
     pkg = py / "mlsched"
     rt = pkg / "runtime"
     ext = ROOT / "runtime" / f"_bpf{sysconfig.get_config_var('EXT_SUFFIX')}"
-    bpf_obj = ROOT / "bpf" / "mlsched.bpf.o"
     bundle = (ROOT / "runtime" / "default_bundle").resolve()
-    for need, how in ((ext, "make build"), (bpf_obj, "make build"),
-                      (bundle / "manifest.json", "make bundle")):
+    for need, how in ((ext, "make build"), (bundle / "manifest.json", "make bundle")):
         if not need.is_file():
             raise BuildError(f"{need.relative_to(ROOT)} missing: run {how}")
 
@@ -172,7 +171,6 @@ def assemble(top: Path, backend: str, version: str, tag: str, arch: str) -> None
     libbpf = linked_library(ext, "libbpf.so")
     if libbpf is not None:          # linked dynamically: ship the build host's copy beside it
         shutil.copy2(libbpf, rt / "libbpf.so.1")
-    shutil.copy2(bpf_obj, rt / bpf_obj.name)
     shutil.copytree(bundle, rt / "default_bundle")   # the real files, not the source tree's symlink
 
     copy_package(module_path("numpy"), py / "numpy", NUMPY_DROP_DIRS, NUMPY_DROP_FILES)

@@ -2,7 +2,7 @@
 
 Role in the request -> decision path::
 
-      kernel (bpf/mlsched.bpf.o)                         user space (this module)
+      kernel (bpf/mlsched.bpf.c)                         user space (this module)
    producer -> mlsched_decide() -- hit --> decision
                    | miss
                    v
@@ -10,11 +10,13 @@ Role in the request -> decision path::
                                                       | engine decides (vectorized)
               `decisions` map <--- answer()/write_back() -- one mmap store per decision
 
-1. ``load()`` opens ``mlsched.bpf.o`` with libbpf (through the cffi extension
-   ``mlsched.runtime._bpf``), sizes the ring, the decision slots and the table,
-   loads the programs, maps the shared maps into memory and copies the table in.
+1. ``load()`` opens the BPF object embedded in the cffi extension
+   ``mlsched.runtime._bpf`` (its generated skeleton), sizes the ring, the decision
+   slots and the table, loads the programs, maps the shared maps into memory and
+   copies the table in.
 2. ``attach_collector()`` puts the live collector on the scheduler tracepoints;
-   ``inject()`` runs the SEC("syscall") injector instead (tests, replay, bench).
+   ``inject()`` runs the SEC("syscall") injector instead (tests, replay, bench):
+   a second object, loaded on first use onto the same maps.
 3. ``poll()`` waits on the ring and returns a batch; Python never sees single
    records. ``answer()`` writes the batch's decisions back without a syscall.
 4. ``read_decisions()`` reads answers back the way the kernel side does;
@@ -103,16 +105,21 @@ def _take_log() -> str:
 
 def _raise(rc: int, what: str) -> None:
     message = ffi.string(lib.mls_last_error()).decode(errors="replace") or os.strerror(-rc)
-    text = _take_log()
+    raise kernel_error(rc, what, message, _take_log())
+
+
+def kernel_error(rc: int, what: str, message: str, text: str) -> KernelPathError:
+    """The error for a failed call: ``rc`` its negative errno, ``message`` its one-line
+    reason, ``text`` what libbpf printed (a verifier log names the program refused)."""
     err = -rc
     if err in (errno_mod.EPERM,) or (err == errno_mod.EACCES and "LOAD LOG" not in text):
-        raise PrivilegeError(PRIVILEGE_MESSAGE, err, text)
+        return PrivilegeError(PRIVILEGE_MESSAGE, err, text)
     prog = re.search(r"prog '([^']+)': BPF program load failed", text)
     if prog and "BEGIN PROG LOAD LOG" in text:
-        raise VerifierError(f"the kernel's verifier rejected BPF program {prog.group(1)!r}"
-                            f" ({_verifier_reason(text)}); run with -v for the verifier log",
-                            err, text)
-    raise KernelPathError(f"{what}: {message}", err, text)
+        return VerifierError(f"the kernel's verifier rejected BPF program {prog.group(1)!r}"
+                             f" ({_verifier_reason(text)}); run with -v for the verifier log",
+                             err, text)
+    return KernelPathError(f"{what}: {message}", err, text)
 
 
 def _verifier_reason(text: str) -> str:
@@ -159,7 +166,6 @@ def unavailable_reason() -> str | None:
     """Why the kernel path cannot run here (one line), or None when it can."""
     try:
         check_environment()
-        find_object()
     except KernelPathError as exc:
         return str(exc)
     return None
@@ -345,27 +351,14 @@ def table_rows(table: np.ndarray) -> np.ndarray:
     return rows
 
 
-def find_object() -> Path:
-    """mlsched.bpf.o: $MLSCHED_BPF_OBJECT, next to this package, or the source tree's bpf/."""
-    here = Path(__file__).resolve().parent
-    candidates = [os.environ.get("MLSCHED_BPF_OBJECT"), here / "mlsched.bpf.o",
-                  here.parent / "bpf" / "mlsched.bpf.o"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    raise KernelPathError("mlsched.bpf.o not found (looked next to the package and in bpf/):"
-                          " run `make build`", errno_mod.ENOENT)
-
-
 # ---- the handle ------------------------------------------------------------------------
 
 class KernelPath:
     """One loaded copy of the kernel side. Use as a context manager, or call close()."""
 
-    def __init__(self, obj_path: str | os.PathLike | None = None):
-        self.obj_path = Path(obj_path) if obj_path else None
+    def __init__(self):
         self._k = None
-        self._views: dict[str, np.ndarray] = {}
+        self._views: dict[int, np.ndarray] = {}
         self._batch = None
         self._batch_view = None
         self.ring_bytes = 0
@@ -394,7 +387,6 @@ class KernelPath:
         if self._k is not None:
             raise KernelPathError("already loaded")
         check_environment()
-        obj = self.obj_path or find_object()
         rows = table_rows(table) if table is not None else None
         n_table = int(np.asarray(table).shape[0]) if table is not None else table_capacity or 0
         if n_table > lib.MLSCHED_MAX_TABLE_CPUS:
@@ -413,15 +405,13 @@ class KernelPath:
             domains = [d for d in domains if d]
 
         opts = ffi.new("struct mls_load_opts *")
-        keep = [ffi.new("char[]", os.fsencode(obj))]
-        opts.obj_path = keep[0]
         opts.ring_bytes = ring_size
         opts.decision_slots = decision_slots
         opts.table_ncpus = n_table
         opts.consumer_timeout_ns = consumer_timeout_ns
         if pin:
-            keep.append(ffi.new("char[]", os.fsencode(pin_dir)))
-            opts.pin_dir = keep[1]
+            pin_path = ffi.new("char[]", os.fsencode(pin_dir))
+            opts.pin_dir = pin_path
         out = ffi.new("struct mls_kernel **")
         _check(lib.mls_open(opts, out), "loading the BPF side")
         self._k = out[0]
@@ -434,8 +424,8 @@ class KernelPath:
         except BaseException:
             self.close()
             raise
-        log.debug("loaded %s: ring %d B, %d decision slots, %d-CPU table, %d domains",
-                  obj, ring_size, decision_slots, n_table, len(domains))
+        log.debug("loaded: ring %d B, %d decision slots, %d-CPU table, %d domains",
+                  ring_size, decision_slots, n_table, len(domains))
         return self
 
     def close(self) -> None:
@@ -465,44 +455,47 @@ class KernelPath:
             raise KernelPathError("the kernel path is not loaded")
         return self._k
 
-    #: Value layouts of the memory-mapped maps.
-    MMAP_LAYOUTS = {
-        "decisions": lambda: np.dtype(np.uint64),
-        "control": lambda: dtype_of("struct mlsched_control"),
-        "host": lambda: dtype_of("struct mlsched_host"),
-        "table": lambda: np.dtype((np.uint8, (lib.MLSCHED_ROW_BYTES,))),
-        "inject_buf": lambda: dtype_of("struct mlsched_inject_slot"),
-        "readback": lambda: dtype_of("struct mlsched_readback"),
-        "domains": lambda: dtype_of("struct mlsched_domain"),
-    }
+    @staticmethod
+    def _layout(which: int) -> np.dtype:
+        """Value layout of a memory-mapped map (enum mls_map, runtime/_native/mlsched_native.h)."""
+        return {
+            lib.MLS_MAP_DECISIONS: lambda: np.dtype(np.uint64),
+            lib.MLS_MAP_CONTROL: lambda: dtype_of("struct mlsched_control"),
+            lib.MLS_MAP_HOST: lambda: dtype_of("struct mlsched_host"),
+            lib.MLS_MAP_TABLE: lambda: np.dtype((np.uint8, (lib.MLSCHED_ROW_BYTES,))),
+            lib.MLS_MAP_DOMAINS: lambda: dtype_of("struct mlsched_domain"),
+            lib.MLS_MAP_INJECT_BUF: lambda: dtype_of("struct mlsched_inject_slot"),
+            lib.MLS_MAP_READBACK: lambda: dtype_of("struct mlsched_readback"),
+        }[which]()
 
-    def _view(self, name: str) -> np.ndarray:
-        """numpy view of a memory-mapped map, mapped on first use (mapped pages count in RSS)."""
-        v = self._views.get(name)
+    def _view(self, which: int) -> np.ndarray:
+        """numpy view of a memory-mapped map, ``which`` one of ``lib.MLS_MAP_*``, mapped on
+        first use (mapped pages count in RSS)."""
+        v = self._views.get(which)
         if v is not None:
             return v
-        dt = self.MMAP_LAYOUTS[name]()
+        dt = self._layout(which)
         size = ffi.new("size_t *")
-        ptr = lib.mls_map_mmap(self._handle(), name.encode(), size)
+        ptr = lib.mls_map_mmap(self._handle(), which, size)
         if ptr == ffi.NULL:
-            _raise(-errno_mod.ENOENT, f"mapping {name}")
+            _raise(-errno_mod.ENOENT, "mapping a BPF map")
         if dt.itemsize % 8:     # array map values sit at 8-byte strides
-            raise KernelPathError(f"map {name}: value size {dt.itemsize} is not a "
+            raise KernelPathError(f"map {which}: value size {dt.itemsize} is not a "
                                   "multiple of 8; fix bpf/mlsched.h")
         v = np.frombuffer(ffi.buffer(ptr, size[0] // dt.itemsize * dt.itemsize), dtype=dt)
-        self._views[name] = v
+        self._views[which] = v
         return v
 
     def _map_views(self) -> None:
-        for name in ("decisions", "control", "host"):
-            self._view(name)
+        for which in (lib.MLS_MAP_DECISIONS, lib.MLS_MAP_CONTROL, lib.MLS_MAP_HOST):
+            self._view(which)
 
     # -- configuration --
 
     @property
     def control(self) -> np.ndarray:
         """The mmapped struct mlsched_control (a 1-element structured array, writable)."""
-        return self._view("control")[0:1]
+        return self._view(lib.MLS_MAP_CONTROL)[0:1]
 
     def set_table(self, table: np.ndarray, _rows: np.ndarray | None = None) -> None:
         rows = table_rows(table) if _rows is None else _rows
@@ -629,7 +622,7 @@ class KernelPath:
             _check(lib.mls_inject(k, args), "injecting")
             return _inject_result(args)
         feats = _as_wire(features)
-        slots = self._view("inject_buf")
+        slots = self._view(lib.MLS_MAP_INJECT_BUF)
         total = InjectResult(0, 0, 0, 0, 0, 0, 0, 0, 0)
         parts = []
         for start in range(0, len(feats), len(slots)):
@@ -659,7 +652,7 @@ class KernelPath:
         """Read the answers to seqs first_seq .. first_seq + count - 1 through the kernel's
         own check (mlsched_answer()); counts answered/stale in the kernel stats."""
         k = self._handle()
-        view = self._view("readback")
+        view = self._view(lib.MLS_MAP_READBACK)
         args = ffi.new("struct mlsched_read_args *")
         res = ReadResult(first_seq, 0, 0, 0, 0, np.zeros(count, np.uint8),
                          np.zeros(count, np.uint8))
@@ -692,12 +685,12 @@ class KernelPath:
 
     def host(self) -> dict[str, int]:
         """Kernel-maintained host state: last seq, idle/busy CPUs, idle<->busy transitions."""
-        h = self._view("host")[0]
+        h = self._view(lib.MLS_MAP_HOST)[0]
         return {name: int(h[name]) for name in h.dtype.names}
 
     def domain_loads(self) -> np.ndarray:
         """Current load_avg of each domain (1/1024), as last settled by the kernel."""
-        return self._view("domains")["load_avg"][:len(self.domains)].copy()
+        return self._view(lib.MLS_MAP_DOMAINS)["load_avg"][:len(self.domains)].copy()
 
     def ids(self) -> dict[str, list[int]]:
         """Kernel ids of our programs, maps and links (for leak checks)."""

@@ -1,14 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * mlsched_native.c - load bpf/mlsched.bpf.o with libbpf (no skeleton), move
- * requests from the ring buffer into caller-owned batches, and write decisions
- * back through mmap. Compiled into mlsched.runtime._bpf by cffi_build.py.
+ * mlsched_native.c - load the kernel side through its generated skeletons
+ * (bpf/mlsched.skel.h, bpf/mlsched_inject.skel.h: the objects are embedded, maps
+ * and programs are struct members), move requests from the ring buffer into
+ * caller-owned batches, and write decisions back through mmap. Compiled into
+ * mlsched.runtime._bpf by cffi_build.py.
  *
  * Role in the request -> decision path:
  *
  *   ring `requests` --mls_poll()--> struct mlsched_request batch[] (numpy)
  *                                    engine decides, vectorized, in Python
  *   mmap `decisions` <--mls_answer_batch()-- uint8 decisions[]
+ *
+ * The injector object (mlsched_inject.bpf.c) is loaded on the first mls_inject(),
+ * mls_read_decisions() or mapping of its buffers, onto the production object's
+ * maps (bpf_map__reuse_fd): a daemon that never injects never loads it.
  *
  * Threading: one thread polls and answers; mls_drain() uses its own ring
  * object and may run while another thread injects. libbpf's print callback is
@@ -38,6 +44,8 @@
 #include <bpf/libbpf.h>
 
 #include "mlsched_native.h"
+#include "mlsched.skel.h"
+#include "mlsched_inject.skel.h"
 
 #define ERR_LEN		512
 #define LOG_CAP		(1u << 20)	/* libbpf log kept: last 1 MiB */
@@ -49,26 +57,15 @@
 /* mls_drain(): pause between sweeps of an empty ring. */
 #define DRAIN_NAP_NS	20000
 
-/* Maps user space reads or writes through mmap. */
-static const char *const MMAP_MAPS[] = {
-	"decisions", "control", "host", "table", "inject_buf", "readback", "domains",
-};
-#define N_MMAP (sizeof(MMAP_MAPS) / sizeof(MMAP_MAPS[0]))
-/* Programs attached by mls_attach_collector(). */
-static const char *const COLLECTOR_PROGS[] = {
-	"on_sched_switch", "on_sched_migrate", "on_sched_wakeup",
-};
-#define N_COLLECTOR (sizeof(COLLECTOR_PROGS) / sizeof(COLLECTOR_PROGS[0]))
-
 struct mls_kernel {
-	struct bpf_object *obj;
+	struct mlsched *skel;		/* production: decision maps + collector */
+	struct mlsched_inject *inj;	/* injector and reader; NULL until first used */
 	struct ring_buffer *rb;		/* copies into the current batch */
 	struct ring_buffer *drain_rb;	/* discards (benchmark ceiling) */
 	int epoll_fd;
-	int inject_fd, read_fd;		/* SEC("syscall") programs */
-	struct bpf_link *links[N_COLLECTOR];
-	void *mm[N_MMAP];
-	size_t mm_size[N_MMAP];
+	bool collector_attached;
+	void *mm[MLS_MAP_COUNT];
+	size_t mm_size[MLS_MAP_COUNT];
 	volatile uint64_t *slots;	/* mmapped `decisions` */
 	uint64_t slot_mask;
 	struct mlsched_control *ctl;	/* mmapped `control` */
@@ -195,14 +192,6 @@ static bool is_pow2(uint64_t v)
 	return v && !(v & (v - 1));
 }
 
-static int map_index(const char *name)
-{
-	for (size_t i = 0; i < N_MMAP; i++)
-		if (!strcmp(MMAP_MAPS[i], name))
-			return (int)i;
-	return -1;
-}
-
 static int prepare_pin_dir(const char *dir)
 {
 	char parent[PATH_MAX];
@@ -227,7 +216,7 @@ static int set_pins(struct mls_kernel *k)
 	char path[PATH_MAX];
 	int err;
 
-	bpf_object__for_each_map(map, k->obj) {
+	bpf_object__for_each_map(map, k->skel->obj) {
 		if (bpf_map__is_internal(map))
 			continue;
 		if (snprintf(path, sizeof(path), "%s/%s", k->pin_dir, bpf_map__name(map)) >=
@@ -241,54 +230,101 @@ static int set_pins(struct mls_kernel *k)
 }
 
 /*
- * Map one of MMAP_MAPS into memory on first use. Pages of a BPF map mapped here count
- * in the process's RSS, so maps only tests and replay touch (inject_buf, readback) are
- * mapped when asked for, not at open.
+ * The injector object, loaded onto the production object's decision maps so that both
+ * see one ring, one table, one seq counter and one set of counters.
  */
-static void *map_mm(struct mls_kernel *k, int i)
+static int load_injector(struct mls_kernel *k)
+{
+	struct mlsched_inject *inj;
+	int err;
+
+	if (k->inj)
+		return 0;
+	inj = mlsched_inject__open();
+	if (!inj)
+		return fail(-errno, "cannot open the injector object: %s", strerror(errno));
+	if ((err = bpf_map__reuse_fd(inj->maps.requests, bpf_map__fd(k->skel->maps.requests))) ||
+	    (err = bpf_map__reuse_fd(inj->maps.table, bpf_map__fd(k->skel->maps.table))) ||
+	    (err = bpf_map__reuse_fd(inj->maps.decisions, bpf_map__fd(k->skel->maps.decisions))) ||
+	    (err = bpf_map__reuse_fd(inj->maps.control, bpf_map__fd(k->skel->maps.control))) ||
+	    (err = bpf_map__reuse_fd(inj->maps.host, bpf_map__fd(k->skel->maps.host))) ||
+	    (err = bpf_map__reuse_fd(inj->maps.stats, bpf_map__fd(k->skel->maps.stats)))) {
+		mlsched_inject__destroy(inj);
+		return fail(err, "cannot share the decision maps with the injector: %s",
+			    strerror(-err));
+	}
+	err = mlsched_inject__load(inj);
+	if (err) {
+		mlsched_inject__destroy(inj);
+		return fail(err, "loading the injector failed: %s", strerror(-err));
+	}
+	k->inj = inj;
+	return 0;
+}
+
+/* The map behind an enum mls_map; loads the injector for its two buffers. */
+static struct bpf_map *mmap_map(struct mls_kernel *k, enum mls_map which)
+{
+	switch (which) {
+	case MLS_MAP_DECISIONS:
+		return k->skel->maps.decisions;
+	case MLS_MAP_CONTROL:
+		return k->skel->maps.control;
+	case MLS_MAP_HOST:
+		return k->skel->maps.host;
+	case MLS_MAP_TABLE:
+		return k->skel->maps.table;
+	case MLS_MAP_DOMAINS:
+		return k->skel->maps.domains;
+	case MLS_MAP_INJECT_BUF:
+		return load_injector(k) ? NULL : k->inj->maps.inject_buf;
+	case MLS_MAP_READBACK:
+		return load_injector(k) ? NULL : k->inj->maps.readback;
+	case MLS_MAP_COUNT:
+		break;
+	}
+	fail(-EINVAL, "no memory-mapped map %d", (int)which);
+	return NULL;
+}
+
+/*
+ * Map a map into memory on first use. Pages of a BPF map mapped here count in the
+ * process's RSS, so maps only tests and replay touch (inject_buf, readback) are mapped
+ * when asked for, not at open.
+ */
+static void *map_mm(struct mls_kernel *k, enum mls_map which)
 {
 	long page = sysconf(_SC_PAGESIZE);
 	struct bpf_map *map;
 	size_t sz;
 	void *p;
 
-	if (i < 0)
-		return NULL;
-	if (k->mm[i])
-		return k->mm[i];
-	map = bpf_object__find_map_by_name(k->obj, MMAP_MAPS[i]);
-	if (!map) {
-		fail(-ENOENT, "map %s missing from the BPF object", MMAP_MAPS[i]);
+	if ((unsigned)which >= MLS_MAP_COUNT) {
+		fail(-EINVAL, "no memory-mapped map %d", (int)which);
 		return NULL;
 	}
+	if (k->mm[which])
+		return k->mm[which];
+	map = mmap_map(k, which);
+	if (!map)
+		return NULL;
 	sz = (size_t)((bpf_map__value_size(map) + 7) & ~7u) * bpf_map__max_entries(map);
 	sz = (sz + page - 1) & ~(size_t)(page - 1);
 	p = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(map), 0);
 	if (p == MAP_FAILED) {
-		fail(-errno, "mmap of map %s: %s", MMAP_MAPS[i], strerror(errno));
+		fail(-errno, "mmap of map %s: %s", bpf_map__name(map), strerror(errno));
 		return NULL;
 	}
-	k->mm[i] = p;
-	k->mm_size[i] = sz;
+	k->mm[which] = p;
+	k->mm_size[which] = sz;
 	return p;
 }
 
-static int set_size(struct bpf_object *obj, const char *name, uint32_t entries)
+static int set_size(struct bpf_map *map, uint32_t entries)
 {
-	struct bpf_map *map = bpf_object__find_map_by_name(obj, name);
-	int err;
+	int err = bpf_map__set_max_entries(map, entries);
 
-	if (!map)
-		return fail(-ENOENT, "map %s missing from the BPF object", name);
-	err = bpf_map__set_max_entries(map, entries);
-	return err ? fail(err, "cannot size map %s to %u", name, entries) : 0;
-}
-
-static int prog_fd(struct bpf_object *obj, const char *name)
-{
-	struct bpf_program *p = bpf_object__find_program_by_name(obj, name);
-
-	return p ? bpf_program__fd(p) : fail(-ENOENT, "program %s missing", name);
+	return err ? fail(err, "cannot size map %s to %u", bpf_map__name(map), entries) : 0;
 }
 
 int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
@@ -300,8 +336,6 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 
 	*out = NULL;
 	libbpf_set_print(capture_print);
-	if (!o->obj_path || !*o->obj_path)
-		return fail(-EINVAL, "no BPF object path");
 	if (!is_pow2(o->ring_bytes) || o->ring_bytes < (uint32_t)page)
 		return fail(-EINVAL, "ring size %u: must be a power of two >= %ld", o->ring_bytes,
 			    page);
@@ -316,16 +350,16 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	if (!k)
 		return fail(-ENOMEM, "out of memory");
 	k->epoll_fd = -1;
-	k->obj = bpf_object__open_file(o->obj_path, NULL);
-	if (!k->obj) {
-		err = fail(-errno, "cannot open BPF object %s: %s", o->obj_path, strerror(errno));
+	k->skel = mlsched__open();
+	if (!k->skel) {
+		err = fail(-errno, "cannot open the BPF object: %s", strerror(errno));
 		free(k);
 		return err;
 	}
 	rows = o->table_ncpus ? o->table_ncpus * (o->table_ncpus + 1) : 1;
-	if ((err = set_size(k->obj, "requests", o->ring_bytes)) ||
-	    (err = set_size(k->obj, "decisions", o->decision_slots)) ||
-	    (err = set_size(k->obj, "table", rows)))
+	if ((err = set_size(k->skel->maps.requests, o->ring_bytes)) ||
+	    (err = set_size(k->skel->maps.decisions, o->decision_slots)) ||
+	    (err = set_size(k->skel->maps.table, rows)))
 		goto fail;
 	k->table_capacity = rows;
 	if (o->pin_dir && *o->pin_dir) {
@@ -334,16 +368,16 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 			goto fail;
 	}
 
-	err = bpf_object__load(k->obj);
+	err = mlsched__load(k->skel);
 	if (err) {
 		if (err == -EPERM || err == -EACCES)
 			fail(err, "loading the BPF object was refused (%s)", strerror(-err));
 		else
-			fail(err, "loading %s failed: %s", o->obj_path, strerror(-err));
+			fail(err, "loading the BPF object failed: %s", strerror(-err));
 		goto fail;
 	}
-	k->slots = map_mm(k, map_index("decisions"));
-	k->ctl = map_mm(k, map_index("control"));
+	k->slots = map_mm(k, MLS_MAP_DECISIONS);
+	k->ctl = map_mm(k, MLS_MAP_CONTROL);
 	if (!k->slots || !k->ctl) {
 		err = -ENOMEM;
 		goto fail;
@@ -356,11 +390,7 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	if (!k->ctl->stale_after_ns)
 		k->ctl->stale_after_ns = 10 * 1000 * 1000;
 
-	if ((err = k->inject_fd = prog_fd(k->obj, "inject")) < 0 ||
-	    (err = k->read_fd = prog_fd(k->obj, "read_decisions")) < 0)
-		goto fail;
-	k->rb = ring_buffer__new(bpf_object__find_map_fd_by_name(k->obj, "requests"), on_record, k,
-				 NULL);
+	k->rb = ring_buffer__new(bpf_map__fd(k->skel->maps.requests), on_record, k, NULL);
 	if (!k->rb) {
 		err = fail(-errno, "cannot map the request ring: %s", strerror(errno));
 		goto fail;
@@ -380,10 +410,11 @@ void mls_close(struct mls_kernel *k)
 	mls_detach_collector(k);
 	ring_buffer__free(k->rb);
 	ring_buffer__free(k->drain_rb);
-	for (size_t i = 0; i < N_MMAP; i++)
+	for (size_t i = 0; i < MLS_MAP_COUNT; i++)
 		if (k->mm[i])
 			munmap(k->mm[i], k->mm_size[i]);
-	bpf_object__close(k->obj);
+	mlsched_inject__destroy(k->inj);
+	mlsched__destroy(k->skel);
 	free(k);
 }
 
@@ -394,7 +425,7 @@ int mls_unpin(struct mls_kernel *k)
 
 	if (!k->pin_dir[0])
 		return 0;
-	bpf_object__for_each_map(map, k->obj) {
+	bpf_object__for_each_map(map, k->skel->obj) {
 		if (!bpf_map__is_pinned(map))
 			continue;
 		err = bpf_map__unpin(map, NULL);
@@ -410,7 +441,7 @@ int mls_unpin(struct mls_kernel *k)
 
 int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
 {
-	uint8_t *dst = map_mm(k, map_index("table"));
+	uint8_t *dst = map_mm(k, MLS_MAP_TABLE);
 	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
 
 	if (!dst)
@@ -429,12 +460,12 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
 int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t ncpus,
 		    uint32_t ndomains)
 {
-	struct mlsched_domain *doms = map_mm(k, map_index("domains"));
-	int fd = bpf_object__find_map_fd_by_name(k->obj, "cpu_domain");
+	struct mlsched_domain *doms = map_mm(k, MLS_MAP_DOMAINS);
+	int fd = bpf_map__fd(k->skel->maps.cpu_domain);
 
 	if (!doms)
 		return -ENOMEM;
-	if (k->links[0])
+	if (k->collector_attached)
 		return fail(-EBUSY, "domains cannot change while the collector is attached");
 	if (ncpus > MLSCHED_MAX_CPUS || ndomains > MLSCHED_MAX_DOMAINS || ndomains == 0)
 		return fail(-EINVAL, "%u CPUs in %u domains: at most %d CPUs, 1..%d domains",
@@ -455,33 +486,23 @@ int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t n
 
 int mls_attach_collector(struct mls_kernel *k)
 {
-	for (size_t i = 0; i < N_COLLECTOR; i++) {
-		struct bpf_program *p = bpf_object__find_program_by_name(k->obj, COLLECTOR_PROGS[i]);
-		int err;
+	int err;
 
-		if (k->links[i])
-			continue;
-		if (!p) {
-			mls_detach_collector(k);
-			return fail(-ENOENT, "program %s missing", COLLECTOR_PROGS[i]);
-		}
-		k->links[i] = bpf_program__attach(p);
-		if (!k->links[i]) {
-			err = -errno;
-			k->links[i] = NULL;
-			mls_detach_collector(k);
-			return fail(err, "cannot attach %s: %s", COLLECTOR_PROGS[i], strerror(-err));
-		}
+	if (k->collector_attached)
+		return 0;
+	err = mlsched__attach(k->skel);	/* every tp_btf program of the skeleton */
+	if (err) {
+		mlsched__detach(k->skel);
+		return fail(err, "cannot attach the collector: %s", strerror(-err));
 	}
+	k->collector_attached = true;
 	return 0;
 }
 
 int mls_detach_collector(struct mls_kernel *k)
 {
-	for (size_t i = 0; i < N_COLLECTOR; i++) {
-		bpf_link__destroy(k->links[i]);
-		k->links[i] = NULL;
-	}
+	mlsched__detach(k->skel);
+	k->collector_attached = false;
 	return 0;
 }
 
@@ -611,8 +632,8 @@ int mls_drain(struct mls_kernel *k, uint64_t target, int idle_timeout_ms, uint64
 
 	*drained = 0;
 	if (!k->drain_rb) {	/* mapped on first use: the ring's pages count in RSS again */
-		k->drain_rb = ring_buffer__new(bpf_object__find_map_fd_by_name(k->obj, "requests"),
-					       on_discard, k, NULL);
+		k->drain_rb = ring_buffer__new(bpf_map__fd(k->skel->maps.requests), on_discard, k,
+					       NULL);
 		if (!k->drain_rb)
 			return fail(-errno, "cannot map the request ring: %s", strerror(errno));
 	}
@@ -662,11 +683,14 @@ int mls_inject(struct mls_kernel *k, struct mlsched_inject_args *a)
 	struct mlsched_inject_args part;
 	uint32_t left = a->count;
 	uint64_t seed = a->seed;
-	int err;
+	int err, fd;
 
 	a->version = MLSCHED_ABI_VERSION;
+	if ((err = load_injector(k)))
+		return err;
+	fd = bpf_program__fd(k->inj->progs.inject);
 	if (!(a->flags & MLSCHED_INJ_GENERATE))
-		return test_run(k->inject_fd, a, sizeof(*a), "the injector");
+		return test_run(fd, a, sizeof(*a), "the injector");
 	/* generated traffic: chunks of INJECT_CHUNK continuing the same splitmix64 stream */
 	a->elapsed_ns = a->first_seq = a->last_seq = 0;
 	a->hits = a->sent = a->dropped = a->no_consumer = a->migrate = a->done = 0;
@@ -674,7 +698,7 @@ int mls_inject(struct mls_kernel *k, struct mlsched_inject_args *a)
 		part = *a;
 		part.count = left < INJECT_CHUNK ? left : INJECT_CHUNK;
 		part.seed = seed;
-		if ((err = test_run(k->inject_fd, &part, sizeof(part), "the injector")))
+		if ((err = test_run(fd, &part, sizeof(part), "the injector")))
 			return err;
 		seed += (uint64_t)part.count * SPLITMIX_GAMMA;
 		left -= part.count;
@@ -695,8 +719,13 @@ int mls_inject(struct mls_kernel *k, struct mlsched_inject_args *a)
 
 int mls_read_decisions(struct mls_kernel *k, struct mlsched_read_args *a)
 {
+	int err = load_injector(k);
+
+	if (err)
+		return err;
 	a->version = MLSCHED_ABI_VERSION;
-	return test_run(k->read_fd, a, sizeof(*a), "the decision reader");
+	return test_run(bpf_program__fd(k->inj->progs.read_decisions), a, sizeof(*a),
+			"the decision reader");
 }
 
 /* ---- state ------------------------------------------------------------------------ */
@@ -714,7 +743,7 @@ int mls_read_stats(struct mls_kernel *k, uint64_t *out, uint32_t n)
 	per_cpu = calloc(ncpu, sizeof(*per_cpu));
 	if (!per_cpu)
 		return fail(-ENOMEM, "out of memory");
-	fd = bpf_object__find_map_fd_by_name(k->obj, "stats");
+	fd = bpf_map__fd(k->skel->maps.stats);
 	if (bpf_map_lookup_elem(fd, &zero, per_cpu)) {
 		int err = fail(-errno, "reading stats: %s", strerror(errno));
 
@@ -734,28 +763,12 @@ void mls_consumer_stats(struct mls_kernel *k, struct mls_consumer_stats *out)
 	*out = k->cs;
 }
 
-void *mls_map_mmap(struct mls_kernel *k, const char *map_name, size_t *size)
+void *mls_map_mmap(struct mls_kernel *k, enum mls_map which, size_t *size)
 {
-	int i = map_index(map_name);
+	void *p = map_mm(k, which);
 
-	if (i < 0) {
-		fail(-ENOENT, "map %s is not memory-mapped", map_name);
-		*size = 0;
-		return NULL;
-	}
-	if (!map_mm(k, i)) {
-		*size = 0;
-		return NULL;
-	}
-	*size = k->mm_size[i];
-	return k->mm[i];
-}
-
-int mls_map_fd(struct mls_kernel *k, const char *map_name)
-{
-	int fd = bpf_object__find_map_fd_by_name(k->obj, map_name);
-
-	return fd < 0 ? fail(fd, "no map %s", map_name) : fd;
+	*size = p ? k->mm_size[which] : 0;
+	return p;
 }
 
 /* Kernel ids of what this handle owns, so tests can check nothing outlives close(). */
@@ -765,34 +778,54 @@ int mls_map_fd(struct mls_kernel *k, const char *map_name)
 	bpf_obj_get_info_by_fd((fd), &info, &len) ? 0u : info.id;	\
 })
 
+/* The objects a handle holds: production always, the injector once used. */
+#define for_each_object(k, obj, i)						\
+	for ((i) = 0; (i) < 2; (i)++)						\
+		if (((obj) = (i) ? ((k)->inj ? (k)->inj->obj : NULL) : (k)->skel->obj))
+
 int mls_prog_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n)
 {
+	struct bpf_object *obj;
 	struct bpf_program *p;
 	uint32_t got = 0;
+	int i;
 
-	bpf_object__for_each_program(p, k->obj)
-		if (got < n && bpf_program__fd(p) >= 0)
-			ids[got++] = INFO_ID(bpf_prog_info, bpf_program__fd(p));
+	for_each_object(k, obj, i)
+		bpf_object__for_each_program(p, obj)
+			if (got < n && bpf_program__fd(p) >= 0)
+				ids[got++] = INFO_ID(bpf_prog_info, bpf_program__fd(p));
 	return (int)got;
 }
 
+/* Maps the injector shares with production are listed once, under production. */
 int mls_map_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n)
 {
+	struct bpf_object *obj;
 	struct bpf_map *m;
-	uint32_t got = 0;
+	uint32_t got = 0, id;
+	int i;
 
-	bpf_object__for_each_map(m, k->obj)
-		if (got < n && bpf_map__fd(m) >= 0)
-			ids[got++] = INFO_ID(bpf_map_info, bpf_map__fd(m));
+	for_each_object(k, obj, i)
+		bpf_object__for_each_map(m, obj) {
+			if (got >= n || bpf_map__fd(m) < 0)
+				continue;
+			id = INFO_ID(bpf_map_info, bpf_map__fd(m));
+			for (uint32_t j = 0; j < got && id; j++)
+				if (ids[j] == id)
+					id = 0;
+			if (id)
+				ids[got++] = id;
+		}
 	return (int)got;
 }
 
 int mls_link_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n)
 {
+	const struct bpf_object_skeleton *sk = k->skel->skeleton;
 	uint32_t got = 0;
 
-	for (size_t i = 0; i < N_COLLECTOR && got < n; i++)
-		if (k->links[i])
-			ids[got++] = INFO_ID(bpf_link_info, bpf_link__fd(k->links[i]));
+	for (int i = 0; i < sk->prog_cnt && got < n; i++)
+		if (sk->progs[i].link && *sk->progs[i].link)
+			ids[got++] = INFO_ID(bpf_link_info, bpf_link__fd(*sk->progs[i].link));
 	return (int)got;
 }

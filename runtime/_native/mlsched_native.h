@@ -27,10 +27,24 @@
 #include "mlsched.h"
 #endif
 
-struct mls_kernel;	/* one loaded BPF object with its maps, rings and links */
+struct mls_kernel;	/* the loaded BPF side: its skeletons, maps, rings and links */
+
+/*
+ * Maps user space reads or writes through mmap (mls_map_mmap()). The injector's two
+ * (INJECT_BUF, READBACK) load the injector object on first use.
+ */
+enum mls_map {
+	MLS_MAP_DECISIONS = 0,		/* __u64 answer words */
+	MLS_MAP_CONTROL = 1,		/* struct mlsched_control */
+	MLS_MAP_HOST = 2,		/* struct mlsched_host */
+	MLS_MAP_TABLE = 3,		/* struct mlsched_row per (cpu, idle) */
+	MLS_MAP_DOMAINS = 4,		/* struct mlsched_domain */
+	MLS_MAP_INJECT_BUF = 5,		/* struct mlsched_inject_slot (injector) */
+	MLS_MAP_READBACK = 6,		/* struct mlsched_readback (injector) */
+	MLS_MAP_COUNT = 7,
+};
 
 struct mls_load_opts {
-	const char *obj_path;		/* mlsched.bpf.o */
 	uint32_t ring_bytes;		/* `requests` size: power of two, >= page size */
 	uint32_t decision_slots;	/* `decisions` entries: power of two */
 	uint32_t table_ncpus;		/* capacity of `table` (N of the table to load) */
@@ -71,15 +85,14 @@ int mls_write_back(struct mls_kernel *k, const uint64_t *seqs, const uint8_t *de
 void mls_heartbeat(struct mls_kernel *k);
 int mls_drain(struct mls_kernel *k, uint64_t target, int idle_timeout_ms, uint64_t *drained);
 
-/* test-run programs */
+/* test-run programs: the injector object, loaded on the first call onto the same maps */
 int mls_inject(struct mls_kernel *k, struct mlsched_inject_args *args);
 int mls_read_decisions(struct mls_kernel *k, struct mlsched_read_args *args);
 
 /* state */
 int mls_read_stats(struct mls_kernel *k, uint64_t *out, uint32_t n);
 void mls_consumer_stats(struct mls_kernel *k, struct mls_consumer_stats *out);
-void *mls_map_mmap(struct mls_kernel *k, const char *map_name, size_t *size);
-int mls_map_fd(struct mls_kernel *k, const char *map_name);
+void *mls_map_mmap(struct mls_kernel *k, enum mls_map map, size_t *size);
 int mls_prog_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
 int mls_map_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
 int mls_link_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
