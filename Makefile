@@ -57,13 +57,13 @@ model: venv
 bundle: venv
 	$(VENV)/bin/mlsched-convert $(DEFAULT_MODEL) -o $(DEFAULT_BUNDLE) --cpus 8 --force
 
-SEED_SCENARIOS := "4 2 6 0.9 0.2" "2 4 4 0.5 0.5" "1 7 1 0.1 0.1"
+SCENARIOS := "4 2 6 0.9 0.2" "2 4 4 0.5 0.5" "1 7 1 0.1 0.1"
 
-# The seed's three scenarios from the default bundle, then the live daemon in shadow
+# The three reference scenarios from the default bundle, then the live daemon in shadow
 # mode beside CFS for 15 s with a small CPU load to migrate.
 run: build
-	@echo "seed scenarios (8-CPU host), default bundle:"
-	@for s in $(SEED_SCENARIOS); do set -- $$s; \
+	@echo "reference scenarios (8-CPU host), default bundle:"
+	@for s in $(SCENARIOS); do set -- $$s; \
 	    printf '  cpu=%s idle=%s busy=%s src_load=%s dst_load=%s -> ' "$$@"; \
 	    $(VENV)/bin/mlsched-lite decide --cpu $$1 --idle $$2 --busy $$3 --src-load $$4 --dst-load $$5; \
 	done
@@ -85,7 +85,7 @@ bench: build
 # 10 minutes at 1 M requests/s through the real ring into the real daemon (root: it mounts
 # a private BPF filesystem); make test runs a 30-second version.
 soak: build
-	$(PY) tests/soak.py --duration 600
+	$(PY) -m support.soak --duration 600
 
 dist: build
 	$(PY) packaging/build_dist.py --out dist

@@ -165,8 +165,10 @@ def assemble(top: Path, backend: str, version: str, tag: str, arch: str) -> None
 
     rt.mkdir(parents=True)
     shutil.copy2(ROOT / "mlsched" / "__init__.py", pkg / "__init__.py")
-    for f in sorted((ROOT / "runtime").glob("*.py")):
-        shutil.copy2(f, rt / f.name)
+    for f in sorted((ROOT / "runtime").rglob("*.py")):
+        dst = rt / f.relative_to(ROOT / "runtime")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dst)
     shutil.copy2(ext, rt / ext.name)
     set_runpath_origin(rt / ext.name)
     libbpf = linked_library(ext, "libbpf.so")

@@ -45,8 +45,27 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_MODEL_BYTES = 64 << 20
 
 
+#: Name of the bundle directory shipped inside the runtime package.
+DEFAULT_BUNDLE_DIR = "default_bundle"
+
+
 class BundleError(ValueError):
     """A bundle that cannot be used; the message is one line that names the problem."""
+
+
+def default_bundle_path() -> Path:
+    """Where the shipped default bundle lives: ``default_bundle`` beside this module."""
+    return Path(__file__).resolve().parent / DEFAULT_BUNDLE_DIR
+
+
+def load_bundle(path: str | os.PathLike | None = None, allow_insecure: bool = False) -> Bundle:
+    """Load and check ``path``, or the shipped default bundle when ``path`` is None."""
+    if path is None:
+        path = default_bundle_path()
+        if not (path / MANIFEST).is_file():
+            raise BundleError(f"no default bundle at {path}: pass a bundle directory"
+                              " (--bundle DIR; make one with mlsched-convert)")
+    return Bundle.load(path, allow_insecure=allow_insecure)
 
 
 def sha256_file(path: Path) -> str:

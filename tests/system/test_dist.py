@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_BUNDLE, ROOT, SEED_SCENARIOS, teacher_decisions
 
 from mlsched import __version__
+from support.paths import DEFAULT_BUNDLE, ROOT
+from support.scenarios import SCENARIOS, teacher_decisions
 
 MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"
 SYSTEM_PYTHON = Path(f"/usr/bin/python{MINOR}")
@@ -159,9 +160,9 @@ def test_version(dist):
 
 
 def test_decide_seed_scenarios_and_cold_start(dist):
-    expected = ["MIGRATE" if d else "STAY" for d in teacher_decisions(SEED_SCENARIOS)]
+    expected = ["MIGRATE" if d else "STAY" for d in teacher_decisions(SCENARIOS)]
     got, walls = [], []
-    for cpu, idle, busy, src, dst in SEED_SCENARIOS:
+    for cpu, idle, busy, src, dst in SCENARIOS:
         p = dist.run("decide", "--cpu", str(cpu), "--idle", str(idle), "--busy", str(busy),
                      "--src-load", str(src), "--dst-load", str(dst), "--json")
         assert p.returncode == 0, p.stderr

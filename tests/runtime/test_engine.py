@@ -1,7 +1,7 @@
 """The decision engine: fidelity to the interpreter, hygiene, one interpreter call per batch,
 the daemon's wire fast path, derived tables for small hosts, backend parity.
 
-Expectations come from outside the engine: the teacher rule for the seed scenarios, a
+Expectations come from outside the engine: the teacher rule for the reference scenarios, a
 separate interpreter instance on exact features for everything else, and a table lookup
 written out here in integer arithmetic for the wire path.
 """
@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SEED_SCENARIOS, teacher_decisions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -23,9 +22,12 @@ from mlsched.runtime.engine import (
     Engine,
     EngineError,
 )
-from mlsched.runtime.features import MIGRATE, STAY, UNSURE, pad
+from mlsched.runtime.features import pad
 from mlsched.runtime.interp import Model, available_backends
 from mlsched.runtime.table import lookup
+from mlsched.runtime.wire import MIGRATE, STAY, UNSURE, from_wire
+
+from support.scenarios import SCENARIOS, teacher_decisions
 
 N = 8
 HYPO = settings(max_examples=2000, deadline=None,
@@ -72,13 +74,13 @@ def wire_traffic(n: int, seed: int, ncpus: int = N) -> np.ndarray:
     return np.stack([cpu, idle, busy, loads[:, 0], loads[:, 1]], axis=1).astype(np.uint32)
 
 
-# ---- seed scenarios ---------------------------------------------------------------------------
-def test_seed_scenarios_match_teacher(engine):
-    expected = teacher_decisions(SEED_SCENARIOS)
+# ---- reference scenarios ---------------------------------------------------------------------------
+def test_reference_scenarios_match_teacher(engine):
+    expected = teacher_decisions(SCENARIOS)
     assert expected == [MIGRATE, STAY, STAY]
-    got = [engine.decide_one(*row).decision for row in SEED_SCENARIOS]
+    got = [engine.decide_one(*row).decision for row in SCENARIOS]
     assert got == expected
-    assert list(engine.decide(SEED_SCENARIOS).decisions) == expected
+    assert list(engine.decide(SCENARIOS).decisions) == expected
 
 
 # ---- fidelity ----------------------------------------------------------------------------------
@@ -273,7 +275,7 @@ def test_wire_path_matches_float_path(bundle8):
     w = wire_traffic(50_000, seed=21)
     src = np.empty(len(w), dtype=np.uint8)
     got = a.decide_wire(w, source=src)
-    r = b.decide(a.wire_features(w))
+    r = b.decide(from_wire(w))
     np.testing.assert_array_equal(got, r.decisions)
     np.testing.assert_array_equal(src, r.source)
     for k in ("requests", "hits", "misses", "off_grid", "interpreter_rows", "invalid"):

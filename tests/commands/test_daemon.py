@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bpf_leaks import eventually_gone
-from conftest import SEED_SCENARIOS, teacher_decisions
+
+from support.leaks import eventually_gone
+from support.scenarios import SCENARIOS, teacher_decisions
 
 LITE = [sys.executable, "-m", "mlsched.runtime.cli"]
 N = 8
@@ -60,7 +61,9 @@ def test_daemon_answers_an_external_producer(pin_dir, tmp_path, bundle8):
     """Injector (this process) -> pinned ring -> daemon (another process) -> decisions map:
     what the kernel side reads is what the engine decides, for every request."""
     from mlsched.runtime.engine import Engine
-    from mlsched.runtime.kernel import KernelPath, generated_features
+    from mlsched.runtime.kernel import KernelPath
+
+    from support.traffic import generated_features
 
     summary, prom = tmp_path / "summary.json", tmp_path / "m.prom"
     daemon = start("run", "--no-collector", "--pin", "--pin-dir", pin_dir, "--interval", "0.5",
@@ -175,12 +178,12 @@ def test_unprivileged_run_names_the_fix(require_bpf):
     # drop every capability inside the child: the interpreter itself may not be
     # readable by an unprivileged user
     child = ("import os, sys, locale, gettext;"
-             " from mlsched.runtime import cli, daemon, kernel, engine, api;"
+             " from mlsched.runtime import cli, serve, kernel, engine, api;"
              " os.setgid(65534); os.setuid(65534); sys.exit(cli.main(['run', '--duration', '1']))")
     r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
                        timeout=60, cwd="/")
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip() == ("mlsched-lite: mlsched-lite needs CAP_BPF and CAP_PERFMON:"
+    assert r.stderr.strip() == ("mlsched-lite needs CAP_BPF and CAP_PERFMON:"
                                 " run as root or grant them")
 
 
@@ -192,7 +195,7 @@ def test_replay_decisions_are_what_the_kernel_reads(require_bpf, tmp_path, bundl
     idle = rng.integers(0, N + 1, n)
     x = np.stack([rng.integers(0, N, n), idle, N - idle,
                   rng.integers(0, 1025, n) / 1024, rng.integers(0, 1025, n) / 1024], axis=1)
-    rows = [",".join(map(str, r)) for r in SEED_SCENARIOS]
+    rows = [",".join(map(str, r)) for r in SCENARIOS]
     rows += [f"{int(a)},{int(b)},{int(c)},{d!r},{e!r}" for a, b, c, d, e in x]
     rows += ["1,nan,7,0.5,0.5", "1,-1,9,0.5,0.5", "x,y,z,1,1", "1,2,6,0.5,inf"]
     csv = tmp_path / "f.csv"
@@ -204,7 +207,7 @@ def test_replay_decisions_are_what_the_kernel_reads(require_bpf, tmp_path, bundl
         out = r.stdout.split()
         assert len(out) == len(rows)
         got = np.array([o == "MIGRATE" for o in out], dtype=np.uint8)
-        assert got[:3].tolist() == teacher_decisions(SEED_SCENARIOS)
+        assert got[:3].tolist() == teacher_decisions(SCENARIOS)
         np.testing.assert_array_equal(got[3:3 + n], expected)
         assert out[-4:] == ["STAY"] * 4
         assert "invalid 4" in r.stderr
