@@ -377,6 +377,15 @@ class KernelPath:
         """Heartbeat age after which misses count no_consumer (0: never)."""
         self.control["consumer_timeout_ns"] = ns
 
+    def clear_heartbeat(self) -> None:
+        """Withdraw this consumer: producers answer misses STAY at once (no_consumer) until
+        the next poll() renews the heartbeat."""
+        self.control["heartbeat_ns"] = 0
+
+    def ring_capacity(self) -> int:
+        """Records the request ring holds when full."""
+        return self.ring_bytes // (ffi.sizeof("struct mlsched_request") + RING_RECORD_HEADER)
+
     def heartbeat(self) -> None:
         """Tell the kernel side a consumer is here (poll() does it on every call)."""
         lib.mls_heartbeat(self._handle())

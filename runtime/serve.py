@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from .stats import (
     LatencyHistogram,
     Window,
     interval_values,
+    peak_rss_bytes,
     peak_rss_mb,
     prometheus_text,
     reset_peak_rss,
@@ -69,6 +71,9 @@ DEFAULT_MAX_WAIT_US = 0
 DAEMON_BACKEND_ORDER = ("tflite-runtime", "litert")
 #: Longest single wait in the ring; bounds how late a stop request or the interval line can be.
 POLL_TIMEOUT_MS = 100
+#: The stop drain answers what is on the ring when the stop came, within this long; another
+#: producer on pinned maps may keep adding requests, and those wait for the next consumer.
+DRAIN_MAX_S = 0.25
 #: numpy keeps freed data blocks smaller than this many bytes for reuse, a few per size.
 NUMPY_SMALL_BLOCK = 1024
 
@@ -139,6 +144,16 @@ class Server:
     def __init__(self, config: ServeConfig):
         kernel.check_environment()
         self.config = config
+        # refused record files are refused before anything is loaded
+        self.recorder = Recorder(config.record) if config.record else None
+        try:
+            self._start(config)
+        except BaseException:
+            if self.recorder:
+                self.recorder.abandon()
+            raise
+
+    def _start(self, config: ServeConfig) -> None:
         bundle = load_bundle(config.bundle, allow_insecure=config.allow_insecure_bundle)
         ncpus = config.cpus
         if ncpus is None and config.collector:
@@ -161,13 +176,13 @@ class Server:
             raise
         self.hit_reason = REASON_HIT
         self.now_ns = kernel.now_ns
-        self.recorder = Recorder(config.record) if config.record else None
         self.stop = False
         self.total = Window()
         self.window = Window()
         self.bpf_ids: dict[str, list[int]] = {}
+        self.stats_write_errors = 0
         self.kernel_start = self.kp.stats()
-        self.startup_peak_rss_mb = round(peak_rss_mb(), 1)
+        self.startup_peak_rss_mb = _round(peak_rss_mb())
         self.peak_reset = reset_peak_rss()
 
     def close(self) -> None:
@@ -226,8 +241,20 @@ class Server:
         for key, src in (("p50_s", "latency_p50_us"), ("p99_s", "latency_p99_us")):
             v = window.get(src)
             values[key] = None if v is None else v / 1e6
-        values["rss_bytes"] = int(peak_rss_mb() * 1024 * 1024)
-        write_atomic(self.config.stats_file, prometheus_text(values))
+        values["rss_bytes"] = peak_rss_bytes()
+        values["write_errors"] = self.write_errors
+        try:
+            write_atomic(self.config.stats_file, prometheus_text(values))
+        except OSError as e:
+            self.stats_write_errors += 1
+            if self.stats_write_errors == 1:
+                log.warning("--stats-file %s: %s; serving goes on, failed writes are counted",
+                            self.config.stats_file, e.strerror)
+
+    @property
+    def write_errors(self) -> int:
+        """Failed writes of the stats file and the record file so far."""
+        return self.stats_write_errors + (self.recorder.write_errors if self.recorder else 0)
 
     def report(self, now: float, start: float, last_kernel: dict, last_t: float) -> dict:
         """The interval line, the textfile and the recorder's flush; returns kernel counters."""
@@ -277,27 +304,44 @@ class Server:
         return self.summary(time.monotonic() - start)
 
     def drain(self) -> None:
-        """Detach the collector and answer what is already on the ring."""
+        """Detach the collector, withdraw the heartbeat (producers stop sending to the ring and
+        answer STAY at once) and answer what is already on the ring: at most a ring's worth
+        of records, for at most DRAIN_MAX_S. The heartbeat is withdrawn again at the end,
+        since every poll renews it."""
         self.bpf_ids = self.kp.ids()
         self.kp.detach_collector()
-        while True:
-            batch = self.kp.poll(timeout_ms=0, max_records=self.config.batch)
+        self.kp.clear_heartbeat()
+        budget = self.kp.ring_capacity()
+        deadline = time.monotonic() + DRAIN_MAX_S
+        while budget > 0 and time.monotonic() < deadline:
+            batch = self.kp.poll(timeout_ms=0, max_records=min(self.config.batch, budget))
             if not len(batch):
                 break
             self.handle_batch(batch)
+            budget -= len(batch)
+        self.kp.clear_heartbeat()
 
     def summary(self, seconds: float) -> dict:
         self.total.merge(self.window)
         self.window = Window()
         s = interval_values(self.total, self.kp.stats(), self.kernel_start, seconds)
-        s["peak_rss_mb"] = round(peak_rss_mb(), 1)      # while serving
+        if self.recorder:
+            self.recorder.flush()
+        s["peak_rss_mb"] = _round(peak_rss_mb())      # while serving
         s["startup_peak_rss_mb"] = (self.startup_peak_rss_mb if self.peak_reset
                                     else s["peak_rss_mb"])
         s["table_cpus"] = self.engine.ncpus
         s["backend"] = self.engine.backend
         s["recorded"] = self.recorder.rows if self.recorder else 0
+        s["record_lost_rows"] = self.recorder.lost_rows if self.recorder else 0
+        s["write_errors"] = self.write_errors
         s["bpf_ids"] = self.bpf_ids       # for leak checks: all gone after exit
         s["pinned"] = self.config.pin
         if self.config.stats_file:
             self.write_stats_file(s, s)
         return s
+
+
+def _round(mb: float) -> float | None:
+    """A memory figure for the summary: None when it could not be read (JSON has no NaN)."""
+    return None if math.isnan(mb) else round(mb, 1)

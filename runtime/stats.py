@@ -24,6 +24,7 @@ Fields of that dict:
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field, fields
 
@@ -141,7 +142,9 @@ def summary_text(s: dict) -> str:
             f" dropped {s['dropped']}, stale {s['stale']}, no consumer {s['no_consumer']},"
             f" rejected {s['rejected']}, late answers {s['late_answers']};"
             f" agreement with CFS {agree}; latency {lat}; peak RSS {s['peak_rss_mb']} MB serving,"
-            f" {s['startup_peak_rss_mb']} MB at start-up")
+            f" {s['startup_peak_rss_mb']} MB at start-up"
+            + (f"; write errors {s['write_errors']} ({s.get('record_lost_rows', 0)} recorded rows"
+               " lost)" if s.get("write_errors") else ""))
 
 
 PROM_METRICS = (
@@ -171,6 +174,8 @@ PROM_METRICS = (
     ("latency_p99_seconds", "gauge", "request to answer, 99th percentile over the last interval",
      "p99_s"),
     ("peak_rss_bytes", "gauge", "peak resident memory of mlsched-lite", "rss_bytes"),
+    ("write_errors_total", "counter", "failed writes of the stats and record files",
+     "write_errors"),
 )
 
 
@@ -196,6 +201,12 @@ def peak_rss_mb(pid: int | str = "self") -> float:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int | None:
+    """Peak resident set in bytes, None when it cannot be read."""
+    mb = peak_rss_mb(pid)
+    return None if math.isnan(mb) else int(mb * 1024 * 1024)
 
 
 def reset_peak_rss() -> bool:

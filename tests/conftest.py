@@ -66,6 +66,17 @@ def bpffs(tmp_path, require_bpf):
     subprocess.run(["umount", str(mnt)])
 
 
+@pytest.fixture
+def pin_dir(bpffs):
+    """A pin directory on a private BPF filesystem, unpinned after the test."""
+    from support.cli import lite
+
+    d = bpffs / "mlsched"
+    yield d
+    if d.exists():
+        lite("unpin", "--pin-dir", d)
+
+
 # ---- bundles and engines (runtime tests) -------------------------------------------------------
 @pytest.fixture(scope="session")
 def bundle8_path() -> Path:

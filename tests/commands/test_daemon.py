@@ -6,55 +6,16 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from support.cli import lite, prometheus, start, wait_for
 from support.leaks import eventually_gone
 from support.scenarios import SCENARIOS, teacher_decisions
 
-LITE = [sys.executable, "-m", "mlsched.runtime.cli"]
 N = 8
-
-
-def lite(*args, timeout=60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*LITE, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kw)
-
-
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([*LITE, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def prometheus(path: Path) -> dict[str, float]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            assert line.startswith(("# HELP mlsched_", "# TYPE mlsched_")), line
-            continue
-        name, value = line.split(" ")
-        values[name] = float(value)
-    return values
-
-
-@pytest.fixture
-def pin_dir(bpffs):
-    d = bpffs / "mlsched"
-    yield d
-    if d.exists():
-        lite("unpin", "--pin-dir", d)
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_daemon_answers_an_external_producer(pin_dir, tmp_path, bundle8):
