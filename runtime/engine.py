@@ -5,8 +5,10 @@ Every path into a decision goes through here: the library API (``api.py``), the
 never per row:
 
 1. **hygiene** — a row with a NaN/±inf feature or a negative count is ``invalid``
-   and answered STAY; loads outside [0, 1] are clamped (``clamped``); padding
-   columns 5..9 are ignored (the model sees zeros there, as the table does);
+   and answered STAY; loads outside [0, 1] are clamped (``clamped``) and every load
+   is rounded to the wire's 1/1024 grid, so a float request and the same request
+   from the kernel get the same cell and the same model input; padding columns
+   5..9 are ignored (the model sees zeros there, as the table does);
 2. **key** — (cpu, idle, q(src), q(dst)) via ``table.lookup``; a key outside the
    geometry (cpu >= N, idle + busy != N, fractional counts) is a miss;
 3. **hits** — sure cells (STAY/MIGRATE) are the answer;
@@ -239,7 +241,8 @@ class Engine:
             invalid |= (f[:, list(COUNT_COLUMNS)] < 0).any(axis=1)
             loads = f[:, list(LOAD_COLUMNS)]
             clamped = ((loads < 0) | (loads > 1)).any(axis=1) & ~invalid
-        f[:, list(LOAD_COLUMNS)] = np.clip(loads, 0.0, 1.0)
+        # one quantization on every path: loads go where the wire would put them (1/1024)
+        f[:, list(LOAD_COLUMNS)] = np.rint(np.clip(loads, 0.0, 1.0) * LOAD_ONE) / LOAD_ONE
         f[invalid] = 0.0
         with np.errstate(over="ignore"):                     # idle + busy of huge counts
             vals, in_geometry = table_mod.lookup(self.table, *f.T)

@@ -59,6 +59,13 @@ def healthy_traffic(n: int, seed: int, ncpus: int = N) -> np.ndarray:
                      rng.uniform(0, 1, n), rng.uniform(0, 1, n)], axis=1)
 
 
+def on_wire_grid(x: np.ndarray) -> np.ndarray:
+    """The loads as the wire carries them: rounded to 1/1024 (bpf/mlsched.h)."""
+    y = np.array(x, dtype=np.float64)
+    y[:, 3:5] = np.rint(np.clip(y[:, 3:5], 0, 1) * 1024) / 1024
+    return y
+
+
 def wire_traffic(n: int, seed: int, ncpus: int = N) -> np.ndarray:
     """uint32 [n, 5] wire records: mostly healthy, some off-grid, some loads above 1.0."""
     rng = np.random.default_rng(seed)
@@ -100,7 +107,8 @@ def test_boundary_engine_equals_interpreter_on_random_traffic(bundle8, oracle, r
 
 
 def test_misses_equal_interpreter_exactly(engine, oracle):
-    """Off-grid rows and UNSURE cells are answered by the interpreter on their exact features."""
+    """Off-grid rows and UNSURE cells are answered by the interpreter on their exact features
+    (loads as the wire carries them)."""
     x = healthy_traffic(20_000, seed=2)
     x[::3, 2] += 1                                  # idle + busy != N
     x[1::7, 0] = N + 5                              # cpu beyond the table
@@ -108,13 +116,13 @@ def test_misses_equal_interpreter_exactly(engine, oracle):
     r = engine.decide(x)
     miss = r.source == SOURCE_INTERPRETER
     assert miss[::3].all() and miss[1::7].all() and miss[2::11].all()
-    np.testing.assert_array_equal(r.decisions[miss], oracle(x[miss]))
+    np.testing.assert_array_equal(r.decisions[miss], oracle(on_wire_grid(x[miss])))
 
 
 def test_sure_hits_are_table_cells(engine, bundle8):
     x = healthy_traffic(20_000, seed=3)
     r = engine.decide(x)
-    vals, _ = lookup(bundle8.table, *x.T)
+    vals, _ = lookup(bundle8.table, *on_wire_grid(x).T)
     hit = r.source == SOURCE_TABLE
     assert ((vals != UNSURE) == hit).all()
     np.testing.assert_array_equal(r.decisions[hit], vals[hit])
@@ -124,7 +132,7 @@ def test_probabilities_come_from_the_interpreter(engine, bundle8):
     x = healthy_traffic(5000, seed=4)
     r = engine.decide(x, probabilities=True)
     model = Model(bundle8.model_bytes)
-    p = model.probability(bundle8.normalization.apply(pad(x)))
+    p = model.probability(bundle8.normalization.apply(pad(on_wire_grid(x))))
     np.testing.assert_array_equal(r.probability, p)
     miss = r.source == SOURCE_INTERPRETER
     np.testing.assert_array_equal(r.decisions[miss], (p[miss] > 0.5).astype(np.uint8))
