@@ -7,7 +7,7 @@ kernel path needs, so that each failure is one line naming the fix.
 
 ``_hashlib`` (OpenSSL) is kept out: ``hashlib`` then uses CPython's builtin SHA-2, which
 is all the runtime needs (the sha256 of a bundle's few files), and the process does not
-map libcrypto (4 MB less resident memory, measured, a tenth of the daemon's budget).
+map libcrypto (less resident memory; README, "The tarball").
 """
 
 import ctypes

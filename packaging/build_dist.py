@@ -53,9 +53,9 @@ NUMPY_DROP_FILES = ("*.pyi", "*.pxd", "*.h", "*.c", "*.a", "*.ini", "py.typed", 
                     "setup.py", "*.txt")
 #: Backend name -> the importable packages it needs (their imports pull in nothing else).
 BACKEND_PACKAGES = {"tflite-runtime": ["tflite_runtime"], "litert": ["ai_edge_litert"]}
-#: tflite-runtime 2.14: 6.9 MB (2.4 MB compressed) against LiteRT's 59.6 MB (21.6 MB), and
-#: faster on the daemon's batched miss path (316 against 389 ns/row); LiteRT is faster
-#: per single call (18 against 41 us). Measured with packaging/compare_backends.py.
+#: tflite-runtime: a fraction of LiteRT's size and faster on the daemon's batched miss path;
+#: LiteRT is faster one call at a time. Figures in the README; packaging/compare_backends.py
+#: measures them.
 DEFAULT_BACKEND = "tflite-runtime"
 #: The host libraries the runtime may need; everything else is in the tarball.
 HOST_LIBS = ("libelf.so.1", "libz.so.1")
