@@ -37,12 +37,12 @@ from mlsched.runtime.bundle import Bundle  # noqa: E402
 from mlsched.runtime.features import (  # noqa: E402
     LOAD_LEVELS,
     LOAD_STEPS,
-    UNSURE,
     Normalization,
     host_features,
     pad,
 )
 from mlsched.runtime.interp import Model  # noqa: E402
+from mlsched.runtime.wire import UNSURE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "models" / "default" / "saved_model"
