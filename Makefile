@@ -9,7 +9,7 @@ PYTHON       ?= python3
 VENV         := .venv
 PY           := $(VENV)/bin/python
 PIP          := $(PY) -m pip --disable-pip-version-check
-DEB_PACKAGES := clang-19 libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config systemd
+DEB_PACKAGES := clang-19 libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config systemd strace
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SUFFIX    = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 BPF_EXT       = runtime/_bpf$(EXT_SUFFIX)
