@@ -13,6 +13,7 @@ interpreter's version as its CPython tag and vendors what is installed here.
         lib/python/numpy/ ...       vendored: numpy (tests, f2py, headers dropped),
                                     _cffi_backend, one TFLite backend
         systemd/mlsched-lite.service
+        systemd/mlsched-lite.service.d/pin.conf   drop-in for run --pin (opens /sys/fs/bpf)
         README.md  VERSION  SHA256SUMS
 
 Python files are shipped with bytecode compiled here (unchecked-hash .pyc), so the
@@ -196,6 +197,9 @@ def assemble(top: Path, backend: str, version: str, tag: str, arch: str) -> None
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     (top / "systemd").mkdir()
     shutil.copy2(HERE / "mlsched-lite.service", top / "systemd" / "mlsched-lite.service")
+    (top / "systemd" / "mlsched-lite.service.d").mkdir()
+    shutil.copy2(HERE / "mlsched-lite-pin.conf", top / "systemd" / "mlsched-lite.service.d" /
+                 "pin.conf")
     shutil.copy2(HERE / "README.dist.md", top / "README.md")
     (top / "VERSION").write_text(f"mlsched-lite {version} linux-{arch} {tag} backend={backend}"
                                  f" host-libs={','.join(HOST_LIBS)}\n")

@@ -275,6 +275,32 @@ def test_systemd_unit_verifies(dist):
     assert (p.returncode, p.stdout + p.stderr) == (0, "")
 
 
+def test_pinned_maps_drop_in_verifies(dist):
+    """``run --pin`` writes under /sys/fs/bpf, which ProtectSystem=strict makes read-only:
+    the shipped drop-in runs --pin and opens exactly that path, and verifies with the unit."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed (Debian package systemd)")
+    drop_in = dist.top / "systemd" / "mlsched-lite.service.d" / "pin.conf"
+    text = drop_in.read_text()
+    assert re.search(r"^ReadWritePaths=/sys/fs/bpf$", text, re.M)
+    starts = re.findall(r"^ExecStart=(.*)$", text, re.M)
+    assert starts[0] == "" and " run --pin " in starts[1]      # replaces the unit's command
+    units = dist.work / "stats" / "units"
+    (units / "mlsched-lite.service.d").mkdir(parents=True)
+    try:
+        for src, dst in ((dist.top / "systemd" / "mlsched-lite.service", units /
+                          "mlsched-lite.service"), (drop_in, units / "mlsched-lite.service.d" /
+                                                    "pin.conf")):
+            dst.write_text(src.read_text().replace("/opt/mlsched-lite", str(dist.top)))
+        p = subprocess.run([analyze, "verify", "mlsched-lite.service"], capture_output=True,
+                           text=True, timeout=60,
+                           env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
+    finally:
+        shutil.rmtree(units)
+    assert (p.returncode, p.stdout + p.stderr) == (0, "")
+
+
 def test_extract_directory_still_verifies(dist):
     p = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=dist.top,
                        capture_output=True, text=True)
