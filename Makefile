@@ -9,7 +9,7 @@ PYTHON       ?= python3
 VENV         := .venv
 PY           := $(VENV)/bin/python
 PIP          := $(PY) -m pip --disable-pip-version-check
-DEB_PACKAGES := clang-19 libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config systemd
+DEB_PACKAGES := clang-19 libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config systemd strace
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SUFFIX    = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 BPF_EXT       = runtime/_bpf$(EXT_SUFFIX)
@@ -70,7 +70,7 @@ bundle: venv
 
 SCENARIOS := "4 2 6 0.9 0.2" "2 4 4 0.5 0.5" "1 7 1 0.1 0.1"
 
-# Three reference scenarios from the default bundle, then the live daemon in shadow
+# The three reference scenarios from the default bundle, then the live daemon in shadow
 # mode beside CFS for 15 s with a small CPU load to migrate.
 run: build
 	@echo "reference scenarios (8-CPU host), default bundle:"
@@ -96,7 +96,7 @@ bench: build
 # 10 minutes at 1 M requests/s through the real ring into the real daemon (root: it mounts
 # a private BPF filesystem); make test runs a 30-second version.
 soak: build
-	$(PY) tests/soak.py --duration 600
+	$(PY) -m support.soak --duration 600
 
 dist: build
 	$(PY) packaging/build_dist.py --out dist

@@ -22,7 +22,7 @@ import sys
 import time
 
 import numpy as np
-from mlsched.runtime.api import load_bundle
+from mlsched.runtime.bundle import load_bundle
 from mlsched.runtime.engine import Engine
 from mlsched.runtime.kernel import DEFAULT_RING_BYTES, KernelPath
 

@@ -19,7 +19,10 @@ import numpy as np
 from mlsched.runtime import table as table_mod
 from mlsched.runtime.engine import SOURCE_INTERPRETER, SOURCE_TABLE, Engine
 from mlsched.runtime.interp import BUCKETS, Model, available_backends
-from mlsched.runtime.kernel import KernelPath, generated_features
+from mlsched.runtime.kernel import KernelPath
+from mlsched.runtime.wire import from_wire
+
+from support.traffic import generated_features
 
 #: Share of generated records made off-grid before picking misses: both kinds of miss appear.
 MISS_OFF_GRID_PCT = 50
@@ -95,7 +98,7 @@ def engine(eng: Engine, request_dtype: np.dtype, batch: int, reps: int, min_seco
     out: dict[str, list[float]] = {}
     for kind in ("hit", "miss"):
         wire = traffic(eng, kind, batch, seed=11 if kind == "hit" else 12)
-        rows = eng.wire_features(wire)
+        rows = from_wire(wire)
         rec = as_records(request_dtype, wire)
         dec = np.empty(batch, np.uint8)
         out[f"decide_{kind}"] = [

@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from mlsched.runtime.daemon import peak_rss_mb
 from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS, KernelPath
+from mlsched.runtime.stats import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 #: How long the consumer may take to start polling (bundle check, BPF load).

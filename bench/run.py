@@ -41,7 +41,7 @@ BUNDLE = ROOT / "models" / "default" / "bundle"
 LATENCY_RATE_PER_S = 100_000
 LATENCY_INJECT_BATCH = 20
 
-#: Targets from issue 5 on a 2-core machine: key -> (comparison, bound).
+#: Targets on a 2-core machine: key -> (comparison, bound).
 TARGETS = {
     "pipeline_decisions_per_s": (">=", 2_000_000),
     "pipeline_miss_decisions_per_s": (">=", 500_000),
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps:
         p = Profile(**{**p.__dict__, "reps": args.reps})
 
-    from mlsched.runtime.api import load_bundle
+    from mlsched.runtime.bundle import load_bundle
     from mlsched.runtime.engine import Engine
 
     start = time.perf_counter()
@@ -396,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                  "latency_p50_us", "latency_p99_us", "daemon_rss_mb")
     request_dtype = None
     if bpf_reason is None:
-        from mlsched.runtime.kernel import dtype_of
-        request_dtype = dtype_of("struct mlsched_request")
+        from mlsched.runtime.wire import REQUEST_DTYPE as request_dtype
     else:
         for k in kernel_keys + pipe_keys:
             out[k] = missing(f"BPF unavailable: {bpf_reason}")
@@ -450,9 +449,9 @@ def _bpf_reason() -> str | None:
 def _request_dtype_without_bpf():
     """The ring record layout when the extension cannot load BPF (the engine figures still run)."""
     import numpy as np
-    from mlsched.runtime.engine import WIRE_FIELDS
+    from mlsched.runtime.wire import FEATURE_FIELDS
 
-    f = np.dtype([(n, np.uint32) for n in WIRE_FIELDS])
+    f = np.dtype([(n, np.uint32) for n in FEATURE_FIELDS])
     return np.dtype([("version", np.uint16), ("size", np.uint16), ("source", np.uint8),
                      ("reason", np.uint8), ("cfs_action", np.uint8),
                      ("kernel_decision", np.uint8), ("seq", np.uint64), ("ts_ns", np.uint64),

@@ -56,7 +56,7 @@ static __always_inline __u64 splitmix64(__u64 *state)
 	return z ^ (z >> 31);
 }
 
-/* One generated record; bit fields of r as documented in runtime/kernel.py. */
+/* One generated record; bit fields of r as documented in support/traffic.py. */
 static __always_inline void generate(struct inject_state *st, struct mlsched_features *f)
 {
 	__u64 r = splitmix64(&st->rng);

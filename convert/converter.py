@@ -36,10 +36,10 @@ from mlsched.runtime.features import (
     FEATURE_WIDTH,
     LOAD_STEPS,
     THRESHOLD,
-    UNSURE,
     Normalization,
 )
 from mlsched.runtime.interp import Model, quiet_stderr
+from mlsched.runtime.wire import UNSURE
 
 import mlsched
 

@@ -22,7 +22,7 @@ domain 0 (the lower half) the home domain the balancer pulls towards; a task
 running in the upper half (cpu >= N/2) leaves its LLC when it moves there and
 pays the extra cache refill ``CACHE_CROSS_LLC``.
 
-The seed's scenarios on an 8-CPU host:
+The reference scenarios on an 8-CPU host:
   cpu=4 idle=2 busy=6 src=.9 dst=.2: benefit .70 > cost .10+.1125-.02+.05+.10 = .3425 -> MIGRATE
   cpu=2 idle=4 busy=4 src=.5 dst=.5: benefit 0 -> STAY
   cpu=1 idle=7 busy=1 src=.1 dst=.1: benefit 0 -> STAY

@@ -9,7 +9,7 @@ are as well covered as big ones), cpu uniform in 0..N-1, idle uniform in 0..N,
 busy = N - idle, loads uniform in [0, 1]; labels from the teacher. Training runs on
 features divided by MAX_TRAIN_CPUS (counts) for well-conditioned gradients; that
 scale is folded into the first dense layer afterwards, so the saved model takes
-the seed's raw features: ``[batch, 10]`` float32 -> Dense 64 ReLU -> Dense 64 ReLU
+the reference design's raw features: ``[batch, 10]`` float32 -> Dense 64 ReLU -> Dense 64 ReLU
 -> Dense 1 sigmoid.
 """
 

@@ -13,7 +13,7 @@
    renamed) and, as a markdown table, between the markers in ``--readme``.
 
 All runs of one comparison share one boot: TCG timings drift between boots, so
-only numbers from the same boot are compared. ``boot()`` is what tests/test_guest.py
+only numbers from the same boot are compared. ``boot()`` is what tests/system/test_guest.py
 uses as well.
 """
 

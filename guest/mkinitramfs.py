@@ -148,6 +148,8 @@ def build_tree(tree: Path, sched_dir: Path, bundle: Path) -> None:
     for f in (ROOT / "runtime").iterdir():
         if f.suffix == ".py" or (f.suffix == ".so" and f.name.startswith("_bpf")):
             shutil.copy2(f, runtime / f.name)
+    shutil.copytree(ROOT / "runtime" / "commands", runtime / "commands",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     if not list(runtime.glob("_bpf*.so")):
         raise BuildError("runtime/_bpf*.so missing: run `make build`")
     shutil.copytree(bundle, runtime / "default_bundle")

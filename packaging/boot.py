@@ -7,7 +7,7 @@ kernel path needs, so that each failure is one line naming the fix.
 
 ``_hashlib`` (OpenSSL) is kept out: ``hashlib`` then uses CPython's builtin SHA-2, which
 is all the runtime needs (the sha256 of a bundle's few files), and the process does not
-map libcrypto (4 MB less resident memory, measured, a tenth of the daemon's budget).
+map libcrypto (less resident memory; README, "The tarball").
 """
 
 import ctypes
@@ -37,11 +37,11 @@ def main() -> int:
     args = sys.argv[1:]
     command = next((a for a in args if not a.startswith("-")), None)
     if command in KERNEL_COMMANDS and "-h" not in args and "--help" not in args:
-        from mlsched.runtime import kernel
+        from mlsched.runtime import bpfenv
 
-        caps = kernel.capabilities()
-        if not (caps >> kernel.CAP_SYS_ADMIN & 1
-                or (caps >> kernel.CAP_BPF & 1 and caps >> kernel.CAP_PERFMON & 1)):
+        caps = bpfenv.capabilities()
+        if not (caps >> bpfenv.CAP_SYS_ADMIN & 1
+                or (caps >> bpfenv.CAP_BPF & 1 and caps >> bpfenv.CAP_PERFMON & 1)):
             fail(f"{command} needs root or CAP_BPF and CAP_PERFMON (effective capabilities:"
                  f" {caps:#x}): run it as root, or install systemd/mlsched-lite.service")
     from mlsched.runtime.cli import main as cli_main

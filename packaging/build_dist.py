@@ -14,6 +14,7 @@ interpreter's version as its CPython tag and vendors what is installed here.
         lib/python/numpy/ ...       vendored: numpy (tests, f2py, headers dropped),
                                     _cffi_backend, one TFLite backend
         systemd/mlsched-lite.service
+        systemd/mlsched-lite.service.d/pin.conf   drop-in for run --pin (opens /sys/fs/bpf)
         README.md  VERSION  SHA256SUMS
 
 Python files are shipped with bytecode compiled here (unchecked-hash .pyc), so the
@@ -54,9 +55,9 @@ NUMPY_DROP_FILES = ("*.pyi", "*.pxd", "*.h", "*.c", "*.a", "*.ini", "py.typed", 
                     "setup.py", "*.txt")
 #: Backend name -> the importable packages it needs (their imports pull in nothing else).
 BACKEND_PACKAGES = {"tflite-runtime": ["tflite_runtime"], "litert": ["ai_edge_litert"]}
-#: tflite-runtime 2.14: 6.9 MB (2.4 MB compressed) against LiteRT's 59.6 MB (21.6 MB), and
-#: faster on the daemon's batched miss path (316 against 389 ns/row); LiteRT is faster
-#: per single call (18 against 41 us). Measured with packaging/compare_backends.py.
+#: tflite-runtime: a fraction of LiteRT's size and faster on the daemon's batched miss path;
+#: LiteRT is faster one call at a time. Figures in the README; packaging/compare_backends.py
+#: measures them.
 DEFAULT_BACKEND = "tflite-runtime"
 #: The host libraries the runtime may need; everything else is in the tarball.
 HOST_LIBS = ("libelf.so.1", "libz.so.1")
@@ -164,8 +165,10 @@ def assemble(top: Path, backend: str, version: str, tag: str, arch: str) -> None
 
     rt.mkdir(parents=True)
     shutil.copy2(ROOT / "mlsched" / "__init__.py", pkg / "__init__.py")
-    for f in sorted((ROOT / "runtime").glob("*.py")):
-        shutil.copy2(f, rt / f.name)
+    for f in sorted((ROOT / "runtime").rglob("*.py")):
+        dst = rt / f.relative_to(ROOT / "runtime")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dst)
     shutil.copy2(ext, rt / ext.name)
     set_runpath_origin(rt / ext.name)
     libbpf = linked_library(ext, "libbpf.so")
@@ -192,6 +195,9 @@ def assemble(top: Path, backend: str, version: str, tag: str, arch: str) -> None
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     (top / "systemd").mkdir()
     shutil.copy2(HERE / "mlsched-lite.service", top / "systemd" / "mlsched-lite.service")
+    (top / "systemd" / "mlsched-lite.service.d").mkdir()
+    shutil.copy2(HERE / "mlsched-lite-pin.conf", top / "systemd" / "mlsched-lite.service.d" /
+                 "pin.conf")
     shutil.copy2(HERE / "README.dist.md", top / "README.md")
     (top / "VERSION").write_text(f"mlsched-lite {version} linux-{arch} {tag} backend={backend}"
                                  f" host-libs={','.join(HOST_LIBS)}\n")

@@ -7,8 +7,8 @@ Library use::
                                                    src_dom_load=0.9, dst_dom_load=0.2))
 """
 
-from .api import MigrationFeatures, MLScheduler, default_bundle_path
-from .bundle import Bundle, BundleError
+from .api import MigrationFeatures, MLScheduler
+from .bundle import Bundle, BundleError, default_bundle_path
 from .engine import BatchResult, Counters, Decision, Engine, EngineError
 from .interp import BackendError
 

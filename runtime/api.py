@@ -1,4 +1,4 @@
-"""The library API, as the seed offered it: ``MLScheduler(...).should_migrate(MigrationFeatures(...))``.
+"""The library API: ``MLScheduler(...).should_migrate(MigrationFeatures(...))``.
 
 ::
 
@@ -20,31 +20,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import astuple, dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle, BundleError
+from .bundle import load_bundle
 from .engine import BatchResult, Counters, Decision, Engine
-from .features import MIGRATE
-
-#: Name of the bundle directory shipped inside the runtime package.
-DEFAULT_BUNDLE_DIR = "default_bundle"
-
-
-def default_bundle_path() -> Path:
-    """Where the shipped default bundle lives: ``default_bundle`` beside this module."""
-    return Path(__file__).resolve().parent / DEFAULT_BUNDLE_DIR
-
-
-def load_bundle(path: str | os.PathLike | None = None, allow_insecure: bool = False) -> Bundle:
-    """Load and check ``path``, or the shipped default bundle when ``path`` is None."""
-    if path is None:
-        path = default_bundle_path()
-        if not (path / "manifest.json").is_file():
-            raise BundleError(f"no default bundle at {path}: pass a bundle directory"
-                              " (--bundle DIR; make one with mlsched-convert)")
-    return Bundle.load(path, allow_insecure=allow_insecure)
+from .wire import MIGRATE
 
 
 @dataclass(frozen=True)

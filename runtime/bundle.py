@@ -19,6 +19,7 @@ when running as root — files other users could have replaced.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -45,8 +46,27 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_MODEL_BYTES = 64 << 20
 
 
+#: Name of the bundle directory shipped inside the runtime package.
+DEFAULT_BUNDLE_DIR = "default_bundle"
+
+
 class BundleError(ValueError):
     """A bundle that cannot be used; the message is one line that names the problem."""
+
+
+def default_bundle_path() -> Path:
+    """Where the shipped default bundle lives: ``default_bundle`` beside this module."""
+    return Path(__file__).resolve().parent / DEFAULT_BUNDLE_DIR
+
+
+def load_bundle(path: str | os.PathLike | None = None, allow_insecure: bool = False) -> Bundle:
+    """Load and check ``path``, or the shipped default bundle when ``path`` is None."""
+    if path is None:
+        path = default_bundle_path()
+        if not (path / MANIFEST).is_file():
+            raise BundleError(f"no default bundle at {path}: pass a bundle directory"
+                              " (--bundle DIR; make one with mlsched-convert)")
+    return Bundle.load(path, allow_insecure=allow_insecure)
 
 
 def sha256_file(path: Path) -> str:
@@ -79,44 +99,44 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | os.PathLike, allow_insecure: bool = False) -> Bundle:
+        """Open, check and read a bundle directory.
+
+        The directory is opened once (a link to it is followed once, as for the shipped
+        default bundle) and every file is read through that handle, once: the bytes
+        hashed are the bytes used. As root, unless ``allow_insecure``, the directory, the
+        chain of its parents and every file must be safe from other users (``_check_safe``)
+        and the files must not be links.
+        """
         path = Path(path)
-        if not path.exists():
-            raise BundleError(f"{path}: no such bundle directory")
-        if not path.is_dir():
-            raise BundleError(f"{path}: not a directory (a bundle is a directory made by mlsched-convert)")
-        mpath = path / MANIFEST
-        if not mpath.is_file():
-            raise BundleError(f"{path}: no {MANIFEST}: not a bundle made by mlsched-convert")
-        if not allow_insecure:
-            _check_ownership(path)
-        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{mpath}: larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
+        check = os.geteuid() == 0 and not allow_insecure
+        dirfd = _open_dir(path)
         try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{mpath}: not valid JSON ({e})") from None
-        except RecursionError:
-            raise BundleError(f"{mpath}: JSON nested too deeply: not a manifest") from None
-        norm = _check_manifest(manifest, mpath)
-        files = manifest["files"]
-        for name, meta in files.items():
-            fpath = path / name
-            if not fpath.is_file():
-                raise BundleError(f"{path}: {name} listed in the manifest is missing")
-            size = fpath.stat().st_size
-            if size != meta["bytes"]:
-                raise BundleError(f"{fpath}: {size} bytes, manifest says {meta['bytes']}"
-                                  " (truncated or replaced): rebuild it with mlsched-convert")
-            if sha256_file(fpath) != meta["sha256"]:
-                raise BundleError(f"{fpath}: sha256 differs from the manifest (modified):"
-                                  " rebuild it with mlsched-convert")
+            if check:
+                _check_chain(dirfd, path)
+            manifest_bytes = _read(dirfd, path, MANIFEST, MAX_MANIFEST_BYTES, check,
+                                   missing=f"{path}: no {MANIFEST}: not a bundle made by"
+                                           " mlsched-convert")
+            manifest, norm = _parse_manifest(manifest_bytes, path / MANIFEST)
+            data = {}
+            for name, meta in manifest["files"].items():
+                blob = _read(dirfd, path, name, max(int(meta["bytes"]), 0) + 1, check,
+                             missing=f"{path}: {name} listed in the manifest is missing")
+                if len(blob) != meta["bytes"]:
+                    raise BundleError(f"{path / name}: {len(blob)} bytes, manifest says"
+                                      f" {meta['bytes']} (truncated or replaced): rebuild it"
+                                      " with mlsched-convert")
+                if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+                    raise BundleError(f"{path / name}: sha256 differs from the manifest"
+                                      " (modified): rebuild it with mlsched-convert")
+                data[name] = blob
+        finally:
+            os.close(dirfd)
         cpus = int(manifest["cpus"])
-        table = np.fromfile(path / TABLE_FILE, dtype=np.uint8).reshape(table_shape(cpus))
+        table = np.frombuffer(data[TABLE_FILE], dtype=np.uint8).reshape(table_shape(cpus)).copy()
         if table.max(initial=0) > 2:
             raise BundleError(f"{path / TABLE_FILE}: cell values outside STAY/MIGRATE/UNSURE")
-        model_bytes = (path / MODEL_FILE).read_bytes()
         return cls(path=path, manifest=manifest, normalization=norm, table=table,
-                   model_bytes=model_bytes)
+                   model_bytes=data[MODEL_FILE])
 
     def summary(self) -> str:
         m, rep = self.manifest, self.manifest.get("report", {})
@@ -138,24 +158,110 @@ class Bundle:
         return "\n".join(lines)
 
 
-def _check_ownership(path: Path) -> None:
-    """As root, refuse a bundle other users could have written to."""
-    if os.geteuid() != 0:
-        return
-    # Symlinks are followed (the shipped default bundle is one): what counts is the file or
-    # directory they lead to, and the directory holding it.
-    real = path.resolve()
-    checked = [real]
-    for entry in sorted(real.iterdir()):
-        target = entry.resolve()
-        checked.append(target)
-        if target.parent != real:
-            checked.append(target.parent)
-    for p in checked:
-        st = p.stat()
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or st.st_uid != 0:
-            raise BundleError(f"{p}: writable by users other than root (mode {stat.S_IMODE(st.st_mode):o},"
-                              f" uid {st.st_uid}): chown root and chmod go-w it, or pass --allow-insecure-bundle")
+def _open_dir(path: Path) -> int:
+    """The bundle directory, opened once; a link to it is followed, the directory itself
+    must be one."""
+    real = os.path.realpath(path)
+    try:
+        return os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such bundle directory") from None
+    except NotADirectoryError:
+        raise BundleError(f"{path}: not a directory (a bundle is a directory made by"
+                          " mlsched-convert)") from None
+    except OSError as e:
+        raise BundleError(f"{path}: cannot open ({e.strerror})") from None
+
+
+def _unsafe(st: os.stat_result, allow_sticky: bool = False) -> str | None:
+    """Why another user could change what this inode holds (None: only root can)."""
+    if st.st_uid != 0:
+        return f"uid {st.st_uid}"
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not (allow_sticky and st.st_mode & stat.S_ISVTX):
+        return f"mode {stat.S_IMODE(st.st_mode):o}"
+    return None
+
+
+def _refuse(where, why: str) -> BundleError:
+    return BundleError(f"{where}: writable by users other than root ({why}): chown root and"
+                       " chmod go-w it, or pass --allow-insecure-bundle")
+
+
+def _check_chain(dirfd: int, path: Path) -> None:
+    """The opened directory and every parent up to / must be root's and closed to others
+    (a sticky parent is fine: others cannot move root's entries out of it)."""
+    why = _unsafe(os.fstat(dirfd))
+    if why:
+        raise _refuse(path, why)
+    fd = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
+    where = Path(os.path.realpath(path)).parent
+    try:
+        while True:
+            st = os.fstat(fd)
+            why = _unsafe(st, allow_sticky=True)
+            if why:
+                raise _refuse(where, why)
+            up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            top = os.fstat(up)
+            if (top.st_dev, top.st_ino) == (st.st_dev, st.st_ino):
+                os.close(up)
+                return
+            os.close(fd)
+            fd, where = up, where.parent
+    finally:
+        os.close(fd)
+
+
+def _read(dirfd: int, path: Path, name: str, limit: int, check: bool, missing: str) -> bytes:
+    """One file of the bundle, read once through the directory handle (at most ``limit``
+    bytes). With ``check``: a regular file, not a link, that only root can change."""
+    if "/" in name or name in ("", ".", ".."):
+        raise BundleError(f"{path}: manifest names {name!r}, not a file of the bundle")
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_NOFOLLOW if check else 0)
+    try:
+        fd = os.open(name, flags, dir_fd=dirfd)
+    except FileNotFoundError:
+        raise BundleError(missing) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BundleError(f"{path / name}: a symbolic link; as root a bundle's files must be"
+                              " regular files in its directory (or pass"
+                              " --allow-insecure-bundle)") from None
+        raise BundleError(f"{path / name}: cannot open ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BundleError(f"{path / name}: not a regular file")
+        why = _unsafe(st) if check else None
+        if why:
+            raise _refuse(path / name, why)
+        if st.st_size > limit:
+            raise BundleError(f"{path / name}: larger than {limit} bytes")
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _parse_manifest(blob: bytes, where: Path) -> tuple[dict, Normalization]:
+    if len(blob) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: larger than {MAX_MANIFEST_BYTES} bytes: not a manifest")
+    try:
+        manifest = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{where}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise BundleError(f"{where}: JSON nested too deeply: not a manifest") from None
+    except ValueError as e:         # e.g. an integer past the interpreter's digit limit
+        raise BundleError(f"{where}: not a manifest ({e})") from None
+    return manifest, _check_manifest(manifest, where)
 
 
 def _check_manifest(m, where: Path) -> Normalization:

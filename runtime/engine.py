@@ -5,8 +5,10 @@ Every path into a decision goes through here: the library API (``api.py``), the
 never per row:
 
 1. **hygiene** — a row with a NaN/±inf feature or a negative count is ``invalid``
-   and answered STAY; loads outside [0, 1] are clamped (``clamped``); padding
-   columns 5..9 are ignored (the model sees zeros there, as the table does);
+   and answered STAY; loads outside [0, 1] are clamped (``clamped``) and every load
+   is rounded to the wire's 1/1024 grid, so a float request and the same request
+   from the kernel get the same cell and the same model input; padding columns
+   5..9 are ignored (the model sees zeros there, as the table does);
 2. **key** — (cpu, idle, q(src), q(dst)) via ``table.lookup``; a key outside the
    geometry (cpu >= N, idle + busy != N, fractional counts) is a miss;
 3. **hits** — sure cells (STAY/MIGRATE) are the answer;
@@ -50,20 +52,19 @@ import numpy as np
 
 from . import table as table_mod
 from .bundle import Bundle
-from .features import (
-    COUNT_COLUMNS,
+from .features import COUNT_COLUMNS, LOAD_COLUMNS, THRESHOLD, pad
+from .interp import Model
+from .wire import (
     DECISION_NAMES,
-    LOAD_COLUMNS,
-    LOAD_FIXED_ONE,
     LOAD_LEVELS,
-    LOAD_STEPS,
+    LOAD_ONE,
     MIGRATE,
     STAY,
-    THRESHOLD,
     UNSURE,
-    pad,
+    from_wire,
+    load_level,
+    wire_columns,
 )
-from .interp import Model
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ SOURCE_TABLE, SOURCE_INTERPRETER, SOURCE_INVALID = 0, 1, 2
 SOURCE_NAMES = ("table", "interpreter", "invalid")
 #: Raw feature columns the engine reads; columns past these are padding and ignored.
 RAW_COLUMNS = 5
-#: Field names of ``struct mlsched_features`` (bpf/mlsched.h), in order.
-WIRE_FIELDS = ("cpu", "idle", "busy", "src_load", "dst_load")
 
 
 class EngineError(ValueError):
@@ -242,7 +241,8 @@ class Engine:
             invalid |= (f[:, list(COUNT_COLUMNS)] < 0).any(axis=1)
             loads = f[:, list(LOAD_COLUMNS)]
             clamped = ((loads < 0) | (loads > 1)).any(axis=1) & ~invalid
-        f[:, list(LOAD_COLUMNS)] = np.clip(loads, 0.0, 1.0)
+        # one quantization on every path: loads go where the wire would put them (1/1024)
+        f[:, list(LOAD_COLUMNS)] = np.rint(np.clip(loads, 0.0, 1.0) * LOAD_ONE) / LOAD_ONE
         f[invalid] = 0.0
         with np.errstate(over="ignore"):                     # idle + busy of huge counts
             vals, in_geometry = table_mod.lookup(self.table, *f.T)
@@ -292,83 +292,67 @@ class Engine:
 
         Writes decisions (uint8) into ``out`` when given (length n), else a new array,
         and returns it; ``source``, when given, receives the per-row SOURCE_* codes.
+        Steps: table keys -> table cells -> invalid rows -> interpreter for the misses.
         """
-        cpu, idle, busy, src, dst = _wire_columns(features)
-        n = cpu.shape[0]
-        c = self.counters
-        c.batches += 1
-        c.requests += n
+        cols = wire_columns(features)
+        n = cols[0].shape[0]
+        self.counters.batches += 1
+        self.counters.requests += n
         if out is None:
             out = np.empty(n, dtype=np.uint8)
         if n == 0:
             return out
+        keys, in_geometry = self._wire_keys(*cols)
+        invalid = _negative_rows(cols)
+        if invalid is not None:
+            in_geometry &= ~invalid
+        keys[~in_geometry] = self._off_grid_index
+        np.take(self._flat, keys, out=out)
+        missing = out == UNSURE
+        if invalid is not None:
+            missing &= ~invalid
+            out[invalid] = STAY
+        if source is not None:
+            _fill_source(source, n, missing, invalid)
+        if missing.any():
+            idx = np.flatnonzero(missing)
+            raw = from_wire(np.stack([col[idx] for col in cols], axis=1))
+            out[idx] = self._interpret(raw, probabilities=False)
+        self._count_wire(cols, missing, in_geometry, invalid)
+        return out
+
+    def _wire_keys(self, cpu, idle, busy, src, dst) -> tuple[np.ndarray, np.ndarray]:
+        """Flat table index of every row (int64; garbage where the key is off-grid) and
+        whether the key lies in the table's geometry (cpu < N, idle + busy == N)."""
         ncpus = self.ncpus
-        signed = any(a.dtype.kind == "i" for a in (cpu, idle, busy, src, dst))
-        if signed:
-            invalid = (cpu < 0) | (idle < 0) | (busy < 0) | (src < 0) | (dst < 0)
-        # key = cpu * S_CPU + idle * S_IDLE + q(src) * LEVELS + q(dst), int64 throughout
         ok = cpu < ncpus                    # compared in the input's own integer type
         ok &= idle <= ncpus
         key = cpu.astype(np.int64)
-        key *= self._s_cpu                  # garbage where not ok: replaced below
+        key *= self._s_cpu
         t = idle.astype(np.int64)
         ok &= np.add(t, busy, dtype=np.int64, casting="unsafe") == ncpus
         t *= self._s_idle
         key += t
-        big_src = src > LOAD_FIXED_ONE
-        big_dst = dst > LOAD_FIXED_ONE
-        big_src |= big_dst
-        n_clamped = int(np.count_nonzero(big_src))
-        for col, mult in ((src, LOAD_LEVELS), (dst, 1)):
-            np.minimum(col, LOAD_FIXED_ONE, out=t, casting="unsafe")
-            t *= LOAD_STEPS
-            t += LOAD_FIXED_ONE // 2
-            t >>= 10                        # LOAD_FIXED_ONE == 1 << 10
-            if mult != 1:
-                t *= mult
-            key += t
-        if signed:
-            ok &= ~invalid
-        key[~ok] = self._off_grid_index
-        np.take(self._flat, key, out=out)
-        missing = out == UNSURE
-        n_miss = int(np.count_nonzero(missing))
-        n_off = n - int(np.count_nonzero(ok))
-        if signed:
-            n_invalid = int(np.count_nonzero(invalid))
-            missing &= ~invalid
-            n_miss -= n_invalid
-            n_off -= n_invalid
-            out[invalid] = STAY
-            c.invalid += n_invalid
-            n_clamped = int(np.count_nonzero(big_src & ~invalid))
-        if source is not None:
-            source[:n] = SOURCE_TABLE
-            source[missing] = SOURCE_INTERPRETER
-            if signed:
-                source[invalid] = SOURCE_INVALID
-        if n_miss:
-            idx = np.flatnonzero(missing)
-            raw = np.empty((idx.size, RAW_COLUMNS), dtype=np.float64)
-            raw[:, 0] = cpu[idx]
-            raw[:, 1] = idle[idx]
-            raw[:, 2] = busy[idx]
-            raw[:, 3] = np.minimum(src[idx], LOAD_FIXED_ONE)
-            raw[:, 4] = np.minimum(dst[idx], LOAD_FIXED_ONE)
-            raw[:, 3:] /= LOAD_FIXED_ONE
-            out[idx] = self._interpret(raw, probabilities=False)
-        c.hits += n - n_miss - (n_invalid if signed else 0)
-        c.misses += n_miss
-        c.off_grid += n_off
-        c.clamped += n_clamped
-        return out
+        key += load_level(src, out=t) * LOAD_LEVELS
+        key += load_level(dst, out=t)
+        return key, ok
 
-    def wire_features(self, features) -> np.ndarray:
-        """Wire-format records -> the raw float features [n, 5] the engine decides on (x = L/1024)."""
-        cols = _wire_columns(features)
-        raw = np.stack([np.asarray(a, dtype=np.float64) for a in cols], axis=1)
-        raw[:, 3:] = np.minimum(raw[:, 3:], LOAD_FIXED_ONE) / LOAD_FIXED_ONE
-        return raw
+    def _count_wire(self, cols, missing, in_geometry, invalid) -> None:
+        c = self.counters
+        n = cols[0].shape[0]
+        big = (cols[3] > LOAD_ONE) | (cols[4] > LOAD_ONE)
+        off_grid = ~in_geometry
+        n_invalid = 0
+        if invalid is not None:
+            n_invalid = int(np.count_nonzero(invalid))
+            big &= ~invalid
+            off_grid &= ~invalid
+            c.invalid += n_invalid
+        n_miss = int(np.count_nonzero(missing))
+        c.hits += n - n_miss - n_invalid
+        c.misses += n_miss
+        c.off_grid += int(np.count_nonzero(off_grid))
+        c.clamped += int(np.count_nonzero(big))
 
     # ---- misc ---------------------------------------------------------------------------
     def reset_counters(self) -> Counters:
@@ -382,19 +366,20 @@ class Engine:
                 f" bundle {self.bundle.path}")
 
 
-def _wire_columns(features) -> tuple[np.ndarray, ...]:
-    a = np.asarray(features)
-    if a.dtype.names:
-        missing = [k for k in WIRE_FIELDS if k not in a.dtype.names]
-        if missing:
-            raise ValueError(f"wire records lack fields {', '.join(missing)}")
-        cols = tuple(a[k].reshape(-1) for k in WIRE_FIELDS)
-    else:
-        if a.ndim != 2 or a.shape[1] != len(WIRE_FIELDS):
-            raise ValueError(f"wire features must be [n, {len(WIRE_FIELDS)}] integers"
-                             f" ({', '.join(WIRE_FIELDS)}), got shape {list(a.shape)}")
-        cols = tuple(a[:, k] for k in range(len(WIRE_FIELDS)))
-    for col in cols:
-        if col.dtype.kind not in "ui":
-            raise ValueError(f"wire features must be integers, got {col.dtype}")
-    return cols
+def _negative_rows(cols) -> np.ndarray | None:
+    """Rows with a negative value (signed input only; None when no column is signed)."""
+    signed = [col for col in cols if col.dtype.kind == "i"]
+    if not signed:
+        return None
+    bad = signed[0] < 0
+    for col in signed[1:]:
+        bad |= col < 0
+    return bad
+
+
+def _fill_source(source: np.ndarray, n: int, missing: np.ndarray,
+                 invalid: np.ndarray | None) -> None:
+    source[:n] = SOURCE_TABLE
+    source[missing] = SOURCE_INTERPRETER
+    if invalid is not None:
+        source[invalid] = SOURCE_INVALID

@@ -10,10 +10,10 @@ A migration request carries five features; the model takes them padded to
     4 dst_dom_load   destination domain load   (0.0..1.0)
     5..9             zero padding
 
-The kernel sends loads in fixed point (``LOAD_FIXED_ONE`` = 1.0) and counts as
-integers; user space turns them into these floats exactly (L / 1024 is exact in
-binary floating point), so the table key computed here equals the one the BPF
-helper computes in integer arithmetic.
+The kernel sends loads in fixed point (``wire.LOAD_ONE`` = 1.0) and counts as
+integers; ``wire.from_wire`` turns them into these floats exactly (L / 1024 is
+exact in binary floating point), so the table key computed here equals the one
+the BPF helper computes in integer arithmetic (``wire.load_level``).
 
 Table keys: a load x is quantized to ``q(x) = floor(LOAD_STEPS * x + 1/2)`` after
 clamping to [0, 1], i.e. 0..LOAD_STEPS, rounding halves up (the BPF helper's
@@ -24,21 +24,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .wire import LOAD_LEVELS, LOAD_STEPS
+
 FEATURE_NAMES = ("cpu", "cpu_idle", "cpu_not_idle", "src_dom_load", "dst_dom_load")
 FEATURE_WIDTH = 10
 CPU, IDLE, BUSY, SRC_LOAD, DST_LOAD = range(5)
 COUNT_COLUMNS = (CPU, IDLE, BUSY)
 LOAD_COLUMNS = (SRC_LOAD, DST_LOAD)
 
-#: Loads are quantized to multiples of 1/LOAD_STEPS for the decision table.
-LOAD_STEPS = 10
-LOAD_LEVELS = LOAD_STEPS + 1
-#: Fixed-point unit of loads on the wire (SCHED_CAPACITY_SCALE).
-LOAD_FIXED_ONE = 1024
-
-#: Decision values, shared with bpf/mlsched.h.
-STAY, MIGRATE, UNSURE = 0, 1, 2
-DECISION_NAMES = {STAY: "STAY", MIGRATE: "MIGRATE", UNSURE: "UNSURE"}
+__all__ = ["COUNT_COLUMNS", "FEATURE_NAMES", "FEATURE_WIDTH", "LOAD_COLUMNS", "LOAD_LEVELS",
+           "LOAD_STEPS", "THRESHOLD", "Normalization", "host_features", "load_key", "pad"]
 #: Sigmoid output above this means MIGRATE.
 THRESHOLD = 0.5
 

@@ -16,10 +16,9 @@ never resizes or reallocates tensors.
 
 Both backends run TFLite's builtin int8 kernels, without the default XNNPACK
 delegate (``OP_RESOLVER``): XNNPACK requantizes with float scales where the builtin
-kernels use fixed-point multipliers, and on a steep model that moved 15 of
-200k decisions (measured on the default model) between LiteRT (XNNPACK on by
-default) and tflite-runtime 2.14 (builtin kernels). Builtin kernels make the
-two backends agree bit for bit, at ~7 M rows/s per thread.
+kernels use fixed-point multipliers, and on a steep model that moves decisions
+near the boundary between LiteRT (XNNPACK on by default) and tflite-runtime
+(builtin kernels). Builtin kernels make the two backends agree bit for bit.
 """
 
 from __future__ import annotations

@@ -27,10 +27,9 @@ mlsched_stat) and appear here lower-cased without the prefix; the consumer's
 own counters (records, rejected, written, double/late answers, drained) are
 kept by the C side of this handle.
 
-Generated injector traffic is splitmix64 (``splitmix64`` below regenerates it):
-per record r, cpu = (r & 0xffff) % N, idle = (r >> 16 & 0xffff) % (N + 1),
-busy = N - idle (+1 when (r >> 54) % 100 < invalid_pct), src = (r >> 32 & 0x7ff)
-% 1025, dst = (r >> 43 & 0x7ff) % 1025.
+Layouts, constants and the table's kernel layout come from ``wire.py``; CPU domains
+from ``topology.py``; the privilege and BTF checks and the error classes from
+``bpfenv.py``.
 """
 
 from __future__ import annotations
@@ -39,18 +38,27 @@ import errno as errno_mod
 import logging
 import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-try:
-    from ._bpf import ffi, lib
-except ImportError as exc:  # pragma: no cover - depends on the build
-    ffi = lib = None
-    _IMPORT_ERROR: ImportError | None = exc
-else:
-    _IMPORT_ERROR = None
+from . import bpfenv, topology
+from ._bpf import ffi, lib
+from .bpfenv import (
+    KernelPathError,
+    NoBTFError,
+    PrivilegeError,
+    VerifierError,
+    check_environment,
+)
+from .wire import (
+    MAX_TABLE_CPUS,
+    REQUEST_DTYPE,
+    as_wire_array,
+    dtype_of,
+    stat_names,
+    table_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,37 +72,16 @@ SLOTS_PER_RING_RECORD = 4
 DEFAULT_CONSUMER_TIMEOUT_NS = 1_000_000_000
 #: Where ``pin=True`` keeps the maps.
 PIN_DIR = "/sys/fs/bpf/mlsched"
-BTF_PATH = "/sys/kernel/btf/vmlinux"
 RING_RECORD_HEADER = 8          # BPF_RINGBUF_HDR_SZ
 LOG_BYTES = 1 << 20
 
-# Linux capability bits (include/uapi/linux/capability.h).
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
-PRIVILEGE_MESSAGE = ("mlsched-lite needs CAP_BPF and CAP_PERFMON: "
-                     "run as root or grant them")
+__all__ = ["KernelPath", "KernelPathError", "LoadOptions", "NoBTFError", "PrivilegeError",
+           "VerifierError", "check_environment", "now_ns", "unavailable_reason"]
 
 
-# ---- errors ---------------------------------------------------------------------
-
-class KernelPathError(RuntimeError):
-    """One-line reason in ``str()``; ``errno`` and the captured libbpf ``log`` for -v."""
-
-    def __init__(self, message: str, errno: int = 0, log: str = ""):
-        super().__init__(message)
-        self.errno = errno
-        self.log = log
-
-
-class PrivilegeError(KernelPathError):
-    """No CAP_BPF/CAP_PERFMON (or CAP_SYS_ADMIN)."""
-
-
-class NoBTFError(KernelPathError):
-    """The kernel exposes no BTF: CO-RE programs cannot be loaded."""
-
-
-class VerifierError(KernelPathError):
-    """The verifier refused a program; ``log`` holds its full output."""
+def now_ns() -> int:
+    """CLOCK_MONOTONIC in ns, the clock of request timestamps (bpf_ktime_get_ns)."""
+    return lib.mls_now_ns()
 
 
 def _take_log() -> str:
@@ -113,7 +100,7 @@ def kernel_error(rc: int, what: str, message: str, text: str) -> KernelPathError
     reason, ``text`` what libbpf printed (a verifier log names the program refused)."""
     err = -rc
     if err in (errno_mod.EPERM,) or (err == errno_mod.EACCES and "LOAD LOG" not in text):
-        return PrivilegeError(PRIVILEGE_MESSAGE, err, text)
+        return PrivilegeError(bpfenv.PRIVILEGE_MESSAGE, err, text)
     prog = re.search(r"prog '([^']+)': BPF program load failed", text)
     if prog and "BEGIN PROG LOAD LOG" in text:
         return VerifierError(f"the kernel's verifier rejected BPF program {prog.group(1)!r}"
@@ -135,148 +122,6 @@ def _check(rc: int, what: str) -> int:
     if rc < 0:
         _raise(rc, what)
     return rc
-
-
-def capabilities() -> int:
-    """Effective capability mask of this process."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
-def check_environment() -> None:
-    """Raise the one-line error a user can act on before libbpf says something obscure."""
-    if _IMPORT_ERROR is not None:
-        raise KernelPathError(f"the BPF extension is not built ({_IMPORT_ERROR}): run `make build`")
-    caps = capabilities()
-    has = lambda bit: bool(caps >> bit & 1)  # noqa: E731
-    if not (has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))):
-        raise PrivilegeError(PRIVILEGE_MESSAGE, errno_mod.EPERM)
-    if not os.path.exists(BTF_PATH):
-        raise NoBTFError(f"kernel BTF not found at {BTF_PATH}: mlsched needs a kernel built "
-                         "with CONFIG_DEBUG_INFO_BTF=y", errno_mod.ENOENT)
-
-
-def unavailable_reason() -> str | None:
-    """Why the kernel path cannot run here (one line), or None when it can."""
-    try:
-        check_environment()
-    except KernelPathError as exc:
-        return str(exc)
-    return None
-
-
-# ---- layouts from the header ------------------------------------------------------
-
-_PRIMITIVES = {
-    "uint8_t": "u1", "unsigned char": "u1", "uint16_t": "u2", "unsigned short": "u2",
-    "uint32_t": "u4", "unsigned int": "u4", "uint64_t": "u8", "unsigned long long": "u8",
-    "int": "i4", "int32_t": "i4", "int64_t": "i8", "long long": "i8",
-}
-
-
-def dtype_of(ctype) -> np.dtype:
-    """A numpy dtype with the exact layout cffi computed for a C type from the header."""
-    if isinstance(ctype, str):
-        ctype = ffi.typeof(ctype)
-    if ctype.kind == "primitive":
-        return np.dtype(_PRIMITIVES[ctype.cname])
-    if ctype.kind == "array":
-        return np.dtype((dtype_of(ctype.item), (ctype.length,)))
-    if ctype.kind == "struct":
-        names, formats, offsets = [], [], []
-        for name, field in ctype.fields:
-            names.append(name)
-            formats.append(dtype_of(field.type))
-            offsets.append(field.offset)
-        return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                         "itemsize": ffi.sizeof(ctype)})
-    raise TypeError(f"no numpy layout for {ctype.cname}")
-
-
-def _const(name: str) -> int:
-    return getattr(lib, name)
-
-
-def stat_names() -> list[str]:
-    """Kernel counter names in enum mlsched_stat order, e.g. 'kernel_hits'."""
-    names = {}
-    for attr in dir(lib):
-        if attr.startswith("MLSCHED_STAT_") and attr != "MLSCHED_STAT_COUNT":
-            names[getattr(lib, attr)] = attr[len("MLSCHED_STAT_"):].lower()
-    return [names[i] for i in range(lib.MLSCHED_STAT_COUNT)]
-
-
-# ---- domains -------------------------------------------------------------------------
-
-def parse_cpu_list(text: str) -> list[int]:
-    """'0-3,8' -> [0, 1, 2, 3, 8] (the sysfs cpulist format)."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi or lo)
-        if b < a:
-            raise ValueError(f"CPU range {part!r} runs backwards")
-        cpus.extend(range(a, b + 1))
-    return cpus
-
-
-def parse_domains(spec: str) -> list[list[int]]:
-    """``--domains`` syntax: '0-3,4-7' -> [[0..3], [4..7]]; each comma-separated item is a
-    domain, an item may join ranges with '+' ('0-1+4-5')."""
-    domains, seen = [], set()
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            raise ValueError(f"--domains {spec!r}: empty domain")
-        try:
-            cpus = [c for part in item.split("+") for c in parse_cpu_list(part)]
-        except ValueError:
-            raise ValueError(f"--domains {spec!r}: {item!r} is not a CPU range like 0-3") from None
-        if seen & set(cpus):
-            raise ValueError(f"--domains {spec!r}: CPU {sorted(seen & set(cpus))[0]} in two domains")
-        seen |= set(cpus)
-        domains.append(cpus)
-    if len(domains) > lib.MLSCHED_MAX_DOMAINS:
-        raise ValueError(f"--domains {spec!r}: at most {lib.MLSCHED_MAX_DOMAINS} domains")
-    if max(seen) >= lib.MLSCHED_MAX_CPUS:
-        raise ValueError(f"--domains {spec!r}: CPU ids must be below {lib.MLSCHED_MAX_CPUS}")
-    return domains
-
-
-def detect_domains(sysfs: str = "/sys/devices/system/cpu") -> list[list[int]]:
-    """CPUs grouped by last-level cache; a single LLC gives one domain per CPU."""
-    try:
-        online = parse_cpu_list(Path(sysfs, "online").read_text())
-    except OSError:
-        online = list(range(os.cpu_count() or 1))
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for cpu in online:
-        best_level, shared = -1, (cpu,)
-        for index in sorted(Path(sysfs, f"cpu{cpu}", "cache").glob("index*")):
-            try:
-                level = int((index / "level").read_text())
-                cpus = tuple(parse_cpu_list((index / "shared_cpu_list").read_text()))
-            except (OSError, ValueError):
-                continue
-            if level > best_level:
-                best_level, shared = level, cpus
-        groups.setdefault(shared, []).append(cpu)
-    domains = sorted(groups.values())
-    if len(domains) <= 1:
-        domains = [[c] for c in online]
-    limit = lib.MLSCHED_MAX_DOMAINS
-    if len(domains) > limit:        # more LLCs (or CPUs) than the collector scans: merge
-        per = -(-len(domains) // limit)
-        domains = [sum(domains[i:i + per], []) for i in range(0, len(domains), per)]
-    return domains
 
 
 # ---- results --------------------------------------------------------------------------
@@ -311,44 +156,52 @@ class ReadResult:
     status: np.ndarray                   # uint8 enum mlsched_answer_status
 
 
-def splitmix64(seed: int, count: int) -> np.ndarray:
-    """The injector's generator, for checking generated records in user space."""
-    gamma = np.uint64(0x9E3779B97F4A7C15)
-    state = np.uint64(seed) + gamma * np.arange(1, count + 1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = state
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+def unavailable_reason() -> str | None:
+    """Why the kernel path cannot run here (one line), or None when it can."""
+    try:
+        check_environment()
+    except KernelPathError as exc:
+        return str(exc)
+    return None
 
 
-def generated_features(seed: int, count: int, ncpus: int, invalid_pct: int = 0) -> np.ndarray:
-    """Features the injector generates from ``seed``: [count, 5] uint32 (wire units)."""
-    r = splitmix64(seed, count)
-    u = np.uint64
-    out = np.empty((count, 5), dtype=np.uint32)
-    out[:, 0] = (r & u(0xFFFF)) % u(ncpus)
-    out[:, 1] = ((r >> u(16)) & u(0xFFFF)) % u(ncpus + 1)
-    out[:, 2] = ncpus - out[:, 1].astype(np.int64) + ((r >> u(54)) % u(100) < u(invalid_pct))
-    out[:, 3] = ((r >> u(32)) & u(0x7FF)) % u(1025)
-    out[:, 4] = ((r >> u(43)) & u(0x7FF)) % u(1025)
-    return out
+# ---- loading ------------------------------------------------------------------------------
+
+@dataclass
+class LoadOptions:
+    """How ``KernelPath.load()`` sets the kernel side up (every field has a default)."""
+
+    #: Host CPUs the collector covers; domains are cut to CPUs below it (None: all online).
+    ncpus: int | None = None
+    #: A ``--domains`` spec, explicit CPU lists, or None for the default (topology.py).
+    domains: str | list[list[int]] | None = None
+    #: Request ring bytes, a power of two.
+    ring_size: int = DEFAULT_RING_BYTES
+    #: Answer slots, a power of two (None: enough for the ring, see decision_slots_for()).
+    decision_slots: int | None = None
+    #: Heartbeat age after which misses count no_consumer (0: never).
+    consumer_timeout_ns: int = DEFAULT_CONSUMER_TIMEOUT_NS
+    #: Keep (or reuse) the maps under ``pin_dir`` so they outlive the process.
+    pin: bool = False
+    pin_dir: str = PIN_DIR
+    #: With no table at load: room for a table of that many CPUs, set later by set_table().
+    table_capacity: int | None = None
+
+    def resolved_domains(self) -> list[list[int]]:
+        if isinstance(self.domains, str):
+            domains = topology.parse_domains(self.domains)
+        elif self.domains is None:
+            domains = topology.detect_domains()
+        else:
+            domains = [list(d) for d in self.domains]
+        return topology.restrict(domains, self.ncpus) if self.ncpus is not None else domains
 
 
-def table_rows(table: np.ndarray) -> np.ndarray:
-    """[N, N+1, 11, 11] uint8 -> the kernel's rows [N*(N+1), MLSCHED_ROW_BYTES]."""
-    t = np.asarray(table)
-    levels = lib.MLSCHED_LOAD_LEVELS
-    if t.ndim != 4 or t.shape[1] != t.shape[0] + 1 or t.shape[2:] != (levels, levels):
-        raise ValueError(f"table shape {t.shape}: expected [N, N+1, {levels}, {levels}]")
-    if t.dtype != np.uint8:
-        raise ValueError(f"table dtype {t.dtype}: expected uint8")
-    if t.size and int(t.max()) > lib.MLSCHED_UNSURE:
-        raise ValueError("table holds values other than STAY/MIGRATE/UNSURE")
-    n = t.shape[0]
-    rows = np.full((n * (n + 1), lib.MLSCHED_ROW_BYTES), lib.MLSCHED_UNSURE, dtype=np.uint8)
-    rows[:, :lib.MLSCHED_ROW_CELLS] = t.reshape(n * (n + 1), levels * levels)
-    return rows
+def decision_slots_for(ring_size: int) -> int:
+    """Answer slots for a ring: SLOTS_PER_RING_RECORD per record it holds, a power of two."""
+    record = ffi.sizeof("struct mlsched_request") + RING_RECORD_HEADER
+    return max(lib.MLSCHED_MIN_DECISION_SLOTS,
+               _pow2_at_least(ring_size // record * SLOTS_PER_RING_RECORD))
 
 
 # ---- the handle ------------------------------------------------------------------------
@@ -366,57 +219,27 @@ class KernelPath:
         self.table_ncpus = 0
         self.domains: list[list[int]] = []
         self.pinned = False
-        self.request_dtype = dtype_of("struct mlsched_request") if lib else None
+        self.request_dtype = REQUEST_DTYPE
 
     # -- life cycle --
 
-    def load(self, table: np.ndarray | None = None, ncpus: int | None = None,
-             ring_size: int = DEFAULT_RING_BYTES,
-             domains: str | list[list[int]] | None = None, pin: bool = False,
-             decision_slots: int | None = None,
-             consumer_timeout_ns: int = DEFAULT_CONSUMER_TIMEOUT_NS,
-             pin_dir: str = PIN_DIR, table_capacity: int | None = None) -> KernelPath:
-        """Load the BPF object with ``table`` ([N, N+1, 11, 11] uint8, None: all misses).
-
-        ``ncpus``: host CPUs the collector covers (default: online CPUs); ``domains``:
-        a ``--domains`` spec, explicit CPU lists, or None for the LLC groups in sysfs.
-        ``pin``: keep (or reuse) the maps under ``pin_dir`` so they outlive the process.
-        ``table_capacity``: with ``table=None``, room for a table of that many CPUs, loaded
-        later with set_table() (until then every key misses).
-        """
+    def load(self, table: np.ndarray | None = None, options: LoadOptions | None = None,
+             **overrides) -> KernelPath:
+        """Load the BPF side with ``table`` ([N, N+1, 11, 11] uint8; None: every key misses
+        until set_table()). ``options`` (a LoadOptions), or its fields as keywords."""
         if self._k is not None:
             raise KernelPathError("already loaded")
+        opts = replace(options or LoadOptions(), **overrides)
         check_environment()
         rows = table_rows(table) if table is not None else None
-        n_table = int(np.asarray(table).shape[0]) if table is not None else table_capacity or 0
-        if n_table > lib.MLSCHED_MAX_TABLE_CPUS:
+        n_table = int(np.asarray(table).shape[0]) if table is not None else opts.table_capacity or 0
+        if n_table > MAX_TABLE_CPUS:
             raise KernelPathError(f"table for {n_table} CPUs: the kernel side takes at most "
-                                  f"{lib.MLSCHED_MAX_TABLE_CPUS}", errno_mod.E2BIG)
-        record = ffi.sizeof("struct mlsched_request") + RING_RECORD_HEADER
-        if decision_slots is None:
-            decision_slots = max(lib.MLSCHED_MIN_DECISION_SLOTS,
-                                 _pow2_at_least(ring_size // record * SLOTS_PER_RING_RECORD))
-        if isinstance(domains, str):
-            domains = parse_domains(domains)
-        elif domains is None:
-            domains = detect_domains()
-        if ncpus is not None:
-            domains = [[c for c in d if c < ncpus] for d in domains]
-            domains = [d for d in domains if d]
-
-        opts = ffi.new("struct mls_load_opts *")
-        opts.ring_bytes = ring_size
-        opts.decision_slots = decision_slots
-        opts.table_ncpus = n_table
-        opts.consumer_timeout_ns = consumer_timeout_ns
-        if pin:
-            pin_path = ffi.new("char[]", os.fsencode(pin_dir))
-            opts.pin_dir = pin_path
-        out = ffi.new("struct mls_kernel **")
-        _check(lib.mls_open(opts, out), "loading the BPF side")
-        self._k = out[0]
+                                  f"{MAX_TABLE_CPUS}", errno_mod.E2BIG)
+        slots = opts.decision_slots or decision_slots_for(opts.ring_size)
+        domains = opts.resolved_domains()
+        self._open(opts, n_table, slots)
         try:
-            self.ring_bytes, self.decision_slots, self.pinned = ring_size, decision_slots, pin
             self._map_views()
             if rows is not None:
                 self.set_table(table, _rows=rows)
@@ -425,8 +248,23 @@ class KernelPath:
             self.close()
             raise
         log.debug("loaded: ring %d B, %d decision slots, %d-CPU table, %d domains",
-                  ring_size, decision_slots, n_table, len(domains))
+                  opts.ring_size, slots, n_table, len(domains))
         return self
+
+    def _open(self, opts: LoadOptions, n_table: int, slots: int) -> None:
+        """libbpf: open the embedded object, size the maps, load the programs."""
+        c_opts = ffi.new("struct mls_load_opts *")
+        c_opts.ring_bytes = opts.ring_size
+        c_opts.decision_slots = slots
+        c_opts.table_ncpus = n_table
+        c_opts.consumer_timeout_ns = opts.consumer_timeout_ns
+        if opts.pin:
+            pin_dir = ffi.new("char[]", os.fsencode(opts.pin_dir))
+            c_opts.pin_dir = pin_dir
+        out = ffi.new("struct mls_kernel **")
+        _check(lib.mls_open(c_opts, out), "loading the BPF side")
+        self._k = out[0]
+        self.ring_bytes, self.decision_slots, self.pinned = opts.ring_size, slots, opts.pin
 
     def close(self) -> None:
         """Detach and free everything (pinned maps stay pinned: see unpin())."""
@@ -443,7 +281,7 @@ class KernelPath:
         self.close()
 
     def __del__(self):
-        if getattr(self, "_k", None) is not None and lib is not None:
+        if getattr(self, "_k", None) is not None:
             self.close()
 
     @property
@@ -455,18 +293,16 @@ class KernelPath:
             raise KernelPathError("the kernel path is not loaded")
         return self._k
 
-    @staticmethod
-    def _layout(which: int) -> np.dtype:
-        """Value layout of a memory-mapped map (enum mls_map, runtime/_native/mlsched_native.h)."""
-        return {
-            lib.MLS_MAP_DECISIONS: lambda: np.dtype(np.uint64),
-            lib.MLS_MAP_CONTROL: lambda: dtype_of("struct mlsched_control"),
-            lib.MLS_MAP_HOST: lambda: dtype_of("struct mlsched_host"),
-            lib.MLS_MAP_TABLE: lambda: np.dtype((np.uint8, (lib.MLSCHED_ROW_BYTES,))),
-            lib.MLS_MAP_DOMAINS: lambda: dtype_of("struct mlsched_domain"),
-            lib.MLS_MAP_INJECT_BUF: lambda: dtype_of("struct mlsched_inject_slot"),
-            lib.MLS_MAP_READBACK: lambda: dtype_of("struct mlsched_readback"),
-        }[which]()
+    #: Value layouts of the memory-mapped maps, by enum mls_map (mlsched_native.h).
+    MMAP_LAYOUTS = {
+        lib.MLS_MAP_DECISIONS: lambda: np.dtype(np.uint64),
+        lib.MLS_MAP_CONTROL: lambda: dtype_of("struct mlsched_control"),
+        lib.MLS_MAP_HOST: lambda: dtype_of("struct mlsched_host"),
+        lib.MLS_MAP_TABLE: lambda: np.dtype((np.uint8, (lib.MLSCHED_ROW_BYTES,))),
+        lib.MLS_MAP_DOMAINS: lambda: dtype_of("struct mlsched_domain"),
+        lib.MLS_MAP_INJECT_BUF: lambda: dtype_of("struct mlsched_inject_slot"),
+        lib.MLS_MAP_READBACK: lambda: dtype_of("struct mlsched_readback"),
+    }
 
     def _view(self, which: int) -> np.ndarray:
         """numpy view of a memory-mapped map, ``which`` one of ``lib.MLS_MAP_*``, mapped on
@@ -474,7 +310,7 @@ class KernelPath:
         v = self._views.get(which)
         if v is not None:
             return v
-        dt = self._layout(which)
+        dt = self.MMAP_LAYOUTS[which]()
         size = ffi.new("size_t *")
         ptr = lib.mls_map_mmap(self._handle(), which, size)
         if ptr == ffi.NULL:
@@ -530,6 +366,15 @@ class KernelPath:
     def set_consumer_timeout(self, ns: int) -> None:
         """Heartbeat age after which misses count no_consumer (0: never)."""
         self.control["consumer_timeout_ns"] = ns
+
+    def clear_heartbeat(self) -> None:
+        """Withdraw this consumer: producers answer misses STAY at once (no_consumer) until
+        the next poll() renews the heartbeat."""
+        self.control["heartbeat_ns"] = 0
+
+    def ring_capacity(self) -> int:
+        """Records the request ring holds when full."""
+        return self.ring_bytes // (ffi.sizeof("struct mlsched_request") + RING_RECORD_HEADER)
 
     def heartbeat(self) -> None:
         """Tell the kernel side a consumer is here (poll() does it on every call)."""
@@ -621,7 +466,7 @@ class KernelPath:
             args.gen_invalid_pct = invalid_pct
             _check(lib.mls_inject(k, args), "injecting")
             return _inject_result(args)
-        feats = _as_wire(features)
+        feats = as_wire_array(features)
         slots = self._view(lib.MLS_MAP_INJECT_BUF)
         total = InjectResult(0, 0, 0, 0, 0, 0, 0, 0, 0)
         parts = []
@@ -704,18 +549,6 @@ class KernelPath:
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def _as_wire(features) -> np.ndarray:
-    """[n, 5] uint32 from an integer array or a structured array with the feature fields."""
-    f = np.asarray(features)
-    if f.dtype.names:
-        f = np.stack([f[n] for n in ("cpu", "idle", "busy", "src_load", "dst_load")], axis=1)
-    if f.ndim != 2 or f.shape[1] != 5:
-        raise ValueError(f"features of shape {f.shape}: expected [n, 5]")
-    if f.dtype.kind not in "iu" or (f.size and (f.min() < 0 or f.max() > 0xFFFFFFFF)):
-        raise ValueError("features must be integers in 0..2**32-1 (loads in 1/1024)")
-    return f.astype(np.uint32)
 
 
 def _inject_result(a) -> InjectResult:

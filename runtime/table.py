@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .features import LOAD_LEVELS, LOAD_STEPS, UNSURE, host_features, load_key
+from .features import LOAD_LEVELS, LOAD_STEPS, host_features, load_key
+from .wire import UNSURE
 
 MODES = ("boundary", "nearest")
 #: Probe lattice points per table cell along each load axis (even: centre and edges both fall on it).
@@ -108,3 +109,20 @@ def lookup(table: np.ndarray, cpu, idle, busy, src, dst) -> tuple[np.ndarray, np
     i = np.where(ok, idle, 0).astype(np.int64)
     vals = table[c, i, load_key(src), load_key(dst)]
     return np.where(ok, vals, UNSURE).astype(np.uint8), ok
+
+
+def check_centres(table: np.ndarray, decide: Callable[[np.ndarray], np.ndarray],
+                  max_cells: int) -> tuple[int, int]:
+    """Compare the sure cells with ``decide`` at their centres: (cells checked, cells differing).
+
+    At most ``max_cells`` cells are checked, a fixed random sample when there are more.
+    """
+    cpu, idle, qs, qd = np.nonzero(table != UNSURE)
+    if cpu.size > max_cells:
+        pick = np.random.default_rng(0).choice(cpu.size, max_cells, replace=False)
+        cpu, idle, qs, qd = cpu[pick], idle[pick], qs[pick], qd[pick]
+    if cpu.size == 0:
+        return 0, 0
+    feats = host_features(table.shape[0], cpu, idle, qs / LOAD_STEPS, qd / LOAD_STEPS)
+    expected = decide(feats)
+    return int(cpu.size), int((expected != table[cpu, idle, qs, qd]).sum())

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from support.paths import DEFAULT_BUNDLE
+
 REQUIRE_BPF_ENV = "MLSCHED_REQUIRE_BPF"
 
 
@@ -64,25 +66,18 @@ def bpffs(tmp_path, require_bpf):
     subprocess.run(["umount", str(mnt)])
 
 
+@pytest.fixture
+def pin_dir(bpffs):
+    """A pin directory on a private BPF filesystem, unpinned after the test."""
+    from support.cli import lite
+
+    d = bpffs / "mlsched"
+    yield d
+    if d.exists():
+        lite("unpin", "--pin-dir", d)
+
+
 # ---- bundles and engines (runtime tests) -------------------------------------------------------
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BUNDLE = ROOT / "models" / "default" / "bundle"
-#: The seed's scenarios on an 8-CPU host: (cpu, idle, busy, src_load, dst_load).
-SEED_SCENARIOS = [
-    (4, 2, 6, 0.9, 0.2),
-    (2, 4, 4, 0.5, 0.5),
-    (1, 7, 1, 0.1, 0.1),
-]
-
-
-def teacher_decisions(rows) -> list[int]:
-    """Independent expectation for seed-like rows: the documented rule the default model learns."""
-    import numpy as np
-    from mlsched.convert import teacher  # numpy only, no TensorFlow
-
-    return [int(d) for d in teacher.decide(np.asarray(rows, dtype=np.float64))]
-
-
 @pytest.fixture(scope="session")
 def bundle8_path() -> Path:
     """The shipped 8-CPU default bundle (read-only: copy it before tampering)."""

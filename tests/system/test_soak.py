@@ -10,7 +10,8 @@ import os
 from dataclasses import asdict
 
 import pytest
-from soak import WARMUP_MAX_S, soak
+
+from support.soak import WARMUP_MAX_S, soak
 
 pytestmark = pytest.mark.bpf
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUEST = ROOT / "guest"
 KERNEL_SOURCE_PKG = "linux-source-6.12"
 #: A full kernel build on 2 cores is ~7 min; everything else is seconds.

@@ -1,4 +1,4 @@
-"""The seed's library API: MLScheduler / MigrationFeatures, default bundle, counters, no TensorFlow."""
+"""The library API: MLScheduler / MigrationFeatures, default bundle, counters, no TensorFlow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SEED_SCENARIOS, teacher_decisions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlsched.runtime import (
@@ -19,7 +18,9 @@ from mlsched.runtime import (
     default_bundle_path,
 )
 from mlsched.runtime.bundle import Bundle
-from mlsched.runtime.features import MIGRATE, STAY
+from mlsched.runtime.wire import MIGRATE, STAY
+
+from support.scenarios import SCENARIOS, teacher_decisions
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +35,13 @@ def test_readme_example():
 
 
 @pytest.mark.parametrize("use_path", [False, True])
-def test_seed_scenarios(bundle8_path, use_path):
+def test_reference_scenarios(bundle8_path, use_path):
     s = MLScheduler(bundle8_path if use_path else None)
-    expected = [d == MIGRATE for d in teacher_decisions(SEED_SCENARIOS)]
-    got = [s.should_migrate(MigrationFeatures(*row)) for row in SEED_SCENARIOS]
+    expected = [d == MIGRATE for d in teacher_decisions(SCENARIOS)]
+    got = [s.should_migrate(MigrationFeatures(*row)) for row in SCENARIOS]
     assert got == expected == [True, False, False]
-    assert list(s.should_migrate_batch([MigrationFeatures(*r) for r in SEED_SCENARIOS])) == expected
-    assert list(s.should_migrate_batch(np.array(SEED_SCENARIOS))) == expected
+    assert list(s.should_migrate_batch([MigrationFeatures(*r) for r in SCENARIOS])) == expected
+    assert list(s.should_migrate_batch(np.array(SCENARIOS))) == expected
 
 
 def test_default_bundle_is_the_shipped_one(bundle8_path):

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bpf_leaks import bpf_ids, eventually_gone
+
+from support.leaks import bpf_ids, eventually_gone
 
 pytestmark = pytest.mark.bpf
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SRC_MIGRATE, SRC_WAKEUP = 1, 2
 STAY, MIGRATE, NONE = 0, 1, 255
 #: Upper bound on how long the collector test waits for traffic (a liveness bound, not a
@@ -171,9 +172,9 @@ def test_unprivileged_user_gets_one_line(require_bpf):
 
 
 def test_missing_btf_is_named(monkeypatch, require_bpf):
-    from mlsched.runtime import kernel
+    from mlsched.runtime import bpfenv, kernel
 
-    monkeypatch.setattr(kernel, "BTF_PATH", "/nonexistent/vmlinux")
+    monkeypatch.setattr(bpfenv, "BTF_PATH", "/nonexistent/vmlinux")
     with pytest.raises(kernel.NoBTFError, match="BTF not found"):
         kernel.KernelPath().load(None)
 
@@ -214,7 +215,7 @@ def test_verifier_rejection_is_short_with_the_log_kept(bpffs, tmp_path):
 
 
 def test_domain_specs():
-    from mlsched.runtime.kernel import detect_domains, parse_cpu_list, parse_domains
+    from mlsched.runtime.topology import detect_domains, parse_cpu_list, parse_domains
 
     assert parse_cpu_list("0-3,8") == [0, 1, 2, 3, 8]
     assert parse_domains("0-3,4-7") == [[0, 1, 2, 3], [4, 5, 6, 7]]
@@ -227,7 +228,7 @@ def test_domain_specs():
 
 
 def test_domains_from_fake_sysfs(tmp_path):
-    from mlsched.runtime.kernel import detect_domains
+    from mlsched.runtime.topology import detect_domains
 
     def cpu(n, llc):
         d = tmp_path / f"cpu{n}" / "cache" / "index3"

@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 import pytest
-from test_bpf_decide import STAY, N, synthetic_table
+
+from support.tables import STAY, N, synthetic_table
 
 pytestmark = pytest.mark.bpf
 
@@ -139,7 +140,7 @@ def test_without_consumer_misses_are_stay_and_hits_still_answered(kernel_path):
 
 def test_engine_answers_reach_the_kernel(kernel_path):
     """Kernel hits, engine decisions written back and the interpreter all agree."""
-    from mlsched.runtime.api import load_bundle
+    from mlsched.runtime.bundle import load_bundle
     from mlsched.runtime.engine import Engine
 
     try:
@@ -148,7 +149,7 @@ def test_engine_answers_reach_the_kernel(kernel_path):
         pytest.skip(f"default bundle unusable here: {exc}")
     n = engine.ncpus
     kp = kernel_path(engine.table, consumer_timeout_ns=0)
-    from mlsched.runtime.kernel import generated_features
+    from support.traffic import generated_features
 
     feats = generated_features(2024, 20000, n, invalid_pct=5)
     res = kp.inject(feats)

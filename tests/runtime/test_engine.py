@@ -1,7 +1,7 @@
 """The decision engine: fidelity to the interpreter, hygiene, one interpreter call per batch,
 the daemon's wire fast path, derived tables for small hosts, backend parity.
 
-Expectations come from outside the engine: the teacher rule for the seed scenarios, a
+Expectations come from outside the engine: the teacher rule for the reference scenarios, a
 separate interpreter instance on exact features for everything else, and a table lookup
 written out here in integer arithmetic for the wire path.
 """
@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SEED_SCENARIOS, teacher_decisions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -23,9 +22,12 @@ from mlsched.runtime.engine import (
     Engine,
     EngineError,
 )
-from mlsched.runtime.features import MIGRATE, STAY, UNSURE, pad
+from mlsched.runtime.features import pad
 from mlsched.runtime.interp import Model, available_backends
 from mlsched.runtime.table import lookup
+from mlsched.runtime.wire import MIGRATE, STAY, UNSURE, from_wire
+
+from support.scenarios import SCENARIOS, teacher_decisions
 
 N = 8
 HYPO = settings(max_examples=2000, deadline=None,
@@ -57,6 +59,13 @@ def healthy_traffic(n: int, seed: int, ncpus: int = N) -> np.ndarray:
                      rng.uniform(0, 1, n), rng.uniform(0, 1, n)], axis=1)
 
 
+def on_wire_grid(x: np.ndarray) -> np.ndarray:
+    """The loads as the wire carries them: rounded to 1/1024 (bpf/mlsched.h)."""
+    y = np.array(x, dtype=np.float64)
+    y[:, 3:5] = np.rint(np.clip(y[:, 3:5], 0, 1) * 1024) / 1024
+    return y
+
+
 def wire_traffic(n: int, seed: int, ncpus: int = N) -> np.ndarray:
     """uint32 [n, 5] wire records: mostly healthy, some off-grid, some loads above 1.0."""
     rng = np.random.default_rng(seed)
@@ -72,13 +81,13 @@ def wire_traffic(n: int, seed: int, ncpus: int = N) -> np.ndarray:
     return np.stack([cpu, idle, busy, loads[:, 0], loads[:, 1]], axis=1).astype(np.uint32)
 
 
-# ---- seed scenarios ---------------------------------------------------------------------------
-def test_seed_scenarios_match_teacher(engine):
-    expected = teacher_decisions(SEED_SCENARIOS)
+# ---- reference scenarios ---------------------------------------------------------------------------
+def test_reference_scenarios_match_teacher(engine):
+    expected = teacher_decisions(SCENARIOS)
     assert expected == [MIGRATE, STAY, STAY]
-    got = [engine.decide_one(*row).decision for row in SEED_SCENARIOS]
+    got = [engine.decide_one(*row).decision for row in SCENARIOS]
     assert got == expected
-    assert list(engine.decide(SEED_SCENARIOS).decisions) == expected
+    assert list(engine.decide(SCENARIOS).decisions) == expected
 
 
 # ---- fidelity ----------------------------------------------------------------------------------
@@ -98,7 +107,8 @@ def test_boundary_engine_equals_interpreter_on_random_traffic(bundle8, oracle, r
 
 
 def test_misses_equal_interpreter_exactly(engine, oracle):
-    """Off-grid rows and UNSURE cells are answered by the interpreter on their exact features."""
+    """Off-grid rows and UNSURE cells are answered by the interpreter on their exact features
+    (loads as the wire carries them)."""
     x = healthy_traffic(20_000, seed=2)
     x[::3, 2] += 1                                  # idle + busy != N
     x[1::7, 0] = N + 5                              # cpu beyond the table
@@ -106,13 +116,13 @@ def test_misses_equal_interpreter_exactly(engine, oracle):
     r = engine.decide(x)
     miss = r.source == SOURCE_INTERPRETER
     assert miss[::3].all() and miss[1::7].all() and miss[2::11].all()
-    np.testing.assert_array_equal(r.decisions[miss], oracle(x[miss]))
+    np.testing.assert_array_equal(r.decisions[miss], oracle(on_wire_grid(x[miss])))
 
 
 def test_sure_hits_are_table_cells(engine, bundle8):
     x = healthy_traffic(20_000, seed=3)
     r = engine.decide(x)
-    vals, _ = lookup(bundle8.table, *x.T)
+    vals, _ = lookup(bundle8.table, *on_wire_grid(x).T)
     hit = r.source == SOURCE_TABLE
     assert ((vals != UNSURE) == hit).all()
     np.testing.assert_array_equal(r.decisions[hit], vals[hit])
@@ -122,7 +132,7 @@ def test_probabilities_come_from_the_interpreter(engine, bundle8):
     x = healthy_traffic(5000, seed=4)
     r = engine.decide(x, probabilities=True)
     model = Model(bundle8.model_bytes)
-    p = model.probability(bundle8.normalization.apply(pad(x)))
+    p = model.probability(bundle8.normalization.apply(pad(on_wire_grid(x))))
     np.testing.assert_array_equal(r.probability, p)
     miss = r.source == SOURCE_INTERPRETER
     np.testing.assert_array_equal(r.decisions[miss], (p[miss] > 0.5).astype(np.uint8))
@@ -273,7 +283,7 @@ def test_wire_path_matches_float_path(bundle8):
     w = wire_traffic(50_000, seed=21)
     src = np.empty(len(w), dtype=np.uint8)
     got = a.decide_wire(w, source=src)
-    r = b.decide(a.wire_features(w))
+    r = b.decide(from_wire(w))
     np.testing.assert_array_equal(got, r.decisions)
     np.testing.assert_array_equal(src, r.source)
     for k in ("requests", "hits", "misses", "off_grid", "interpreter_rows", "invalid"):

@@ -22,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.bpf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BPF = ROOT / "bpf"
 
 

@@ -13,11 +13,10 @@ import math
 import numpy as np
 import pytest
 
+from support.tables import LEVELS, MIGRATE, STAY, N, synthetic_table
+
 pytestmark = pytest.mark.bpf
 
-N = 8
-LEVELS = 11
-STAY, MIGRATE, UNSURE = 0, 1, 2
 FATE_HIT, FATE_SENT = 0, 1
 REASON_UNSURE, REASON_OFF_GRID, REASON_BYPASS = 0, 1, 2
 
@@ -34,12 +33,6 @@ def level_bounds() -> tuple[list[int], list[int]]:
         lo[q] = load if lo[q] is None else lo[q]
         hi[q] = load
     return lo, hi
-
-
-def synthetic_table(seed: int = 7) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.choice(np.array([STAY, MIGRATE, UNSURE], np.uint8), size=(N, N + 1, LEVELS, LEVELS),
-                      p=[0.4, 0.4, 0.2])
 
 
 def every_key_records(rng: np.random.Generator) -> np.ndarray:
@@ -135,7 +128,7 @@ def test_helper_equals_reference_for_every_key(kernel_path):
 
 
 def test_bypass_sends_every_record_with_exact_features(kernel_path):
-    from mlsched.runtime.kernel import generated_features
+    from support.traffic import generated_features
 
     table = synthetic_table()
     kp = kernel_path(table, ring_size=4 << 20, consumer_timeout_ns=0)
@@ -152,7 +145,7 @@ def test_bypass_sends_every_record_with_exact_features(kernel_path):
 
 
 def test_generated_traffic_hits_like_the_reference(kernel_path):
-    from mlsched.runtime.kernel import generated_features
+    from support.traffic import generated_features
 
     table = synthetic_table(seed=3)
     kp = kernel_path(table, consumer_timeout_ns=0)

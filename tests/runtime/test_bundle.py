@@ -172,3 +172,10 @@ def test_decide_refuses_a_tampered_bundle(capfd, bundle_copy):
                  "--src-load", "0.9", "--dst-load", "0.2"])
     out, err = capfd.readouterr()
     assert code == 2 and out == "" and "sha256" in err and len(err.strip().splitlines()) == 1
+
+
+def test_manifest_integer_past_the_digit_limit_is_one_line(capfd, bundle_copy):
+    """Python refuses to parse integers of more than 4300 digits: a bad manifest, exit 2."""
+    text = (bundle_copy / MANIFEST).read_text()
+    (bundle_copy / MANIFEST).write_text(text.replace('"cpus": 8', '"cpus": 8' + "9" * 5000, 1))
+    refused(capfd, bundle_copy, "not a manifest")

@@ -37,16 +37,16 @@ from mlsched.runtime.bundle import Bundle  # noqa: E402
 from mlsched.runtime.features import (  # noqa: E402
     LOAD_LEVELS,
     LOAD_STEPS,
-    UNSURE,
     Normalization,
     host_features,
     pad,
 )
 from mlsched.runtime.interp import Model  # noqa: E402
+from mlsched.runtime.wire import UNSURE  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "models" / "default" / "saved_model"
-SEED_SCENARIOS = [  # (cpu, idle, busy, src, dst) on an 8-CPU host
+SCENARIOS = [  # (cpu, idle, busy, src, dst) on an 8-CPU host
     (4, 2, 6, 0.9, 0.2),
     (2, 4, 4, 0.5, 0.5),
     (1, 7, 1, 0.1, 0.1),
@@ -132,10 +132,10 @@ def test_nearest_mode_never_unsure(tmp_path, capfd):
     assert b.table_mode == "nearest" and not (b.table == UNSURE).any()
 
 
-def test_seed_scenarios_float_int8_table(bundle8):
-    x = pad(np.array(SEED_SCENARIOS, dtype=np.float32))
+def test_reference_scenarios_float_int8_table(bundle8):
+    x = pad(np.array(SCENARIOS, dtype=np.float32))
     expected = teacher.decide(x)
-    assert list(expected) == [1, 0, 0]          # the seed's stated outcomes
+    assert list(expected) == [1, 0, 0]          # the reference design's stated outcomes
     loaded = tf.saved_model.load(str(DEFAULT_MODEL))
     prob = next(iter(loaded.signatures["serving_default"](tf.constant(x)).values())).numpy()[:, 0]
     np.testing.assert_array_equal((prob > 0.5).astype(np.uint8), expected)

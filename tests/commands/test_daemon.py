@@ -6,61 +6,25 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bpf_leaks import eventually_gone
-from conftest import SEED_SCENARIOS, teacher_decisions
 
-LITE = [sys.executable, "-m", "mlsched.runtime.cli"]
+from support.cli import lite, prometheus, start, wait_for
+from support.leaks import eventually_gone
+from support.scenarios import SCENARIOS, teacher_decisions
+
 N = 8
-
-
-def lite(*args, timeout=60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*LITE, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kw)
-
-
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([*LITE, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def prometheus(path: Path) -> dict[str, float]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            assert line.startswith(("# HELP mlsched_", "# TYPE mlsched_")), line
-            continue
-        name, value = line.split(" ")
-        values[name] = float(value)
-    return values
-
-
-@pytest.fixture
-def pin_dir(bpffs):
-    d = bpffs / "mlsched"
-    yield d
-    if d.exists():
-        lite("unpin", "--pin-dir", d)
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_daemon_answers_an_external_producer(pin_dir, tmp_path, bundle8):
     """Injector (this process) -> pinned ring -> daemon (another process) -> decisions map:
     what the kernel side reads is what the engine decides, for every request."""
     from mlsched.runtime.engine import Engine
-    from mlsched.runtime.kernel import KernelPath, generated_features
+    from mlsched.runtime.kernel import KernelPath
+
+    from support.traffic import generated_features
 
     summary, prom = tmp_path / "summary.json", tmp_path / "m.prom"
     daemon = start("run", "--no-collector", "--pin", "--pin-dir", pin_dir, "--interval", "0.5",
@@ -175,12 +139,12 @@ def test_unprivileged_run_names_the_fix(require_bpf):
     # drop every capability inside the child: the interpreter itself may not be
     # readable by an unprivileged user
     child = ("import os, sys, locale, gettext;"
-             " from mlsched.runtime import cli, daemon, kernel, engine, api;"
+             " from mlsched.runtime import cli, serve, kernel, engine, api;"
              " os.setgid(65534); os.setuid(65534); sys.exit(cli.main(['run', '--duration', '1']))")
     r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
                        timeout=60, cwd="/")
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip() == ("mlsched-lite: mlsched-lite needs CAP_BPF and CAP_PERFMON:"
+    assert r.stderr.strip() == ("mlsched-lite needs CAP_BPF and CAP_PERFMON:"
                                 " run as root or grant them")
 
 
@@ -192,7 +156,7 @@ def test_replay_decisions_are_what_the_kernel_reads(require_bpf, tmp_path, bundl
     idle = rng.integers(0, N + 1, n)
     x = np.stack([rng.integers(0, N, n), idle, N - idle,
                   rng.integers(0, 1025, n) / 1024, rng.integers(0, 1025, n) / 1024], axis=1)
-    rows = [",".join(map(str, r)) for r in SEED_SCENARIOS]
+    rows = [",".join(map(str, r)) for r in SCENARIOS]
     rows += [f"{int(a)},{int(b)},{int(c)},{d!r},{e!r}" for a, b, c, d, e in x]
     rows += ["1,nan,7,0.5,0.5", "1,-1,9,0.5,0.5", "x,y,z,1,1", "1,2,6,0.5,inf"]
     csv = tmp_path / "f.csv"
@@ -204,7 +168,7 @@ def test_replay_decisions_are_what_the_kernel_reads(require_bpf, tmp_path, bundl
         out = r.stdout.split()
         assert len(out) == len(rows)
         got = np.array([o == "MIGRATE" for o in out], dtype=np.uint8)
-        assert got[:3].tolist() == teacher_decisions(SEED_SCENARIOS)
+        assert got[:3].tolist() == teacher_decisions(SCENARIOS)
         np.testing.assert_array_equal(got[3:3 + n], expected)
         assert out[-4:] == ["STAY"] * 4
         assert "invalid 4" in r.stderr

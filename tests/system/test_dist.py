@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_BUNDLE, ROOT, SEED_SCENARIOS, teacher_decisions
 
 from mlsched import __version__
+from support.paths import DEFAULT_BUNDLE, ROOT
+from support.scenarios import SCENARIOS, teacher_decisions
 
 MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"
 SYSTEM_PYTHON = Path(f"/usr/bin/python{MINOR}")
@@ -161,9 +162,9 @@ def test_version(dist):
 
 
 def test_decide_seed_scenarios_and_cold_start(dist):
-    expected = ["MIGRATE" if d else "STAY" for d in teacher_decisions(SEED_SCENARIOS)]
+    expected = ["MIGRATE" if d else "STAY" for d in teacher_decisions(SCENARIOS)]
     got, walls = [], []
-    for cpu, idle, busy, src, dst in SEED_SCENARIOS:
+    for cpu, idle, busy, src, dst in SCENARIOS:
         p = dist.run("decide", "--cpu", str(cpu), "--idle", str(idle), "--busy", str(busy),
                      "--src-load", str(src), "--dst-load", str(dst), "--json")
         assert p.returncode == 0, p.stderr
@@ -273,6 +274,32 @@ def test_systemd_unit_verifies(dist):
                            timeout=60)
     finally:
         unit.unlink()
+    assert (p.returncode, p.stdout + p.stderr) == (0, "")
+
+
+def test_pinned_maps_drop_in_verifies(dist):
+    """``run --pin`` writes under /sys/fs/bpf, which ProtectSystem=strict makes read-only:
+    the shipped drop-in runs --pin and opens exactly that path, and verifies with the unit."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed (Debian package systemd)")
+    drop_in = dist.top / "systemd" / "mlsched-lite.service.d" / "pin.conf"
+    text = drop_in.read_text()
+    assert re.search(r"^ReadWritePaths=/sys/fs/bpf$", text, re.M)
+    starts = re.findall(r"^ExecStart=(.*)$", text, re.M)
+    assert starts[0] == "" and " run --pin " in starts[1]      # replaces the unit's command
+    units = dist.work / "stats" / "units"
+    (units / "mlsched-lite.service.d").mkdir(parents=True)
+    try:
+        for src, dst in ((dist.top / "systemd" / "mlsched-lite.service", units /
+                          "mlsched-lite.service"), (drop_in, units / "mlsched-lite.service.d" /
+                                                    "pin.conf")):
+            dst.write_text(src.read_text().replace("/opt/mlsched-lite", str(dist.top)))
+        p = subprocess.run([analyze, "verify", "mlsched-lite.service"], capture_output=True,
+                           text=True, timeout=60,
+                           env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"})
+    finally:
+        shutil.rmtree(units)
     assert (p.returncode, p.stdout + p.stderr) == (0, "")
 
 

@@ -1,0 +1,100 @@
+"""CPU topology: which CPUs are online and how they group into load-balancing domains.
+
+The collector keeps one load per domain; ``mlsched-lite run --domains`` and
+``scx_mlsched --domains`` take the same syntax and default:
+
+* ``SPEC`` is a comma-separated list of domains; each domain is a CPU list in the
+  sysfs ``cpulist`` format, with ``+`` joining ranges inside one domain:
+  ``0-3,4-7`` is two domains, ``0-1+4-5,2-3+6-7`` two domains of four CPUs;
+* without ``--domains``: CPUs that share a last-level cache form a domain; a host
+  with a single LLC gets one domain per CPU (so there is something to balance).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .wire import MAX_CPUS, MAX_DOMAINS
+
+SYSFS_CPU = "/sys/devices/system/cpu"
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'0-3,8' -> [0, 1, 2, 3, 8] (the sysfs cpulist format)."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if b < a:
+            raise ValueError(f"CPU range {part!r} runs backwards")
+        cpus.extend(range(a, b + 1))
+    return cpus
+
+
+def online_cpus(sysfs: str = SYSFS_CPU) -> list[int]:
+    """Online CPU ids from sysfs; all of os.cpu_count() when sysfs cannot be read."""
+    try:
+        return parse_cpu_list(Path(sysfs, "online").read_text())
+    except (OSError, ValueError):
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_count(sysfs: str = SYSFS_CPU) -> int:
+    """CPUs the host's table must cover: the highest online CPU id + 1."""
+    return max(online_cpus(sysfs)) + 1
+
+
+def parse_domains(spec: str) -> list[list[int]]:
+    """``--domains`` syntax (see the module doc): '0-3,4-7' -> [[0..3], [4..7]]."""
+    domains, seen = [], set()
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"--domains {spec!r}: empty domain")
+        try:
+            cpus = [c for part in item.split("+") for c in parse_cpu_list(part)]
+        except ValueError:
+            raise ValueError(f"--domains {spec!r}: {item!r} is not a CPU range like 0-3") from None
+        if seen & set(cpus):
+            raise ValueError(f"--domains {spec!r}: CPU {sorted(seen & set(cpus))[0]} in two domains")
+        seen |= set(cpus)
+        domains.append(cpus)
+    if len(domains) > MAX_DOMAINS:
+        raise ValueError(f"--domains {spec!r}: at most {MAX_DOMAINS} domains")
+    if max(seen) >= MAX_CPUS:
+        raise ValueError(f"--domains {spec!r}: CPU ids must be below {MAX_CPUS}")
+    return domains
+
+
+def detect_domains(sysfs: str = SYSFS_CPU) -> list[list[int]]:
+    """The default domains: CPUs grouped by last-level cache; a single LLC gives one
+    domain per CPU. More groups than the collector scans are merged evenly."""
+    online = online_cpus(sysfs)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for cpu in online:
+        best_level, shared = -1, (cpu,)
+        for index in sorted(Path(sysfs, f"cpu{cpu}", "cache").glob("index*")):
+            try:
+                level = int((index / "level").read_text())
+                cpus = tuple(parse_cpu_list((index / "shared_cpu_list").read_text()))
+            except (OSError, ValueError):
+                continue
+            if level > best_level:
+                best_level, shared = level, cpus
+        groups.setdefault(shared, []).append(cpu)
+    domains = sorted(groups.values())
+    if len(domains) <= 1:
+        domains = [[c] for c in online]
+    if len(domains) > MAX_DOMAINS:
+        per = -(-len(domains) // MAX_DOMAINS)
+        domains = [sum(domains[i:i + per], []) for i in range(0, len(domains), per)]
+    return domains
+
+
+def restrict(domains: list[list[int]], ncpus: int) -> list[list[int]]:
+    """Domains cut to CPUs below ``ncpus``; domains left empty are dropped."""
+    cut = [[c for c in d if c < ncpus] for d in domains]
+    return [d for d in cut if d]
