@@ -253,6 +253,19 @@ def test_run_live_with_the_units_capabilities(dist, require_bpf):
     assert s["peak_rss_mb"] <= RSS_BUDGET_MB
 
 
+def test_replay_through_the_kernel_from_the_tarball(dist, require_bpf):
+    """replay runs the injector, which ships inside the extension (no .bpf.o file) and
+    loads on first use onto the production object's maps."""
+    inputs = dist.work / "input"
+    inputs.mkdir(exist_ok=True)
+    csv = inputs / "scenarios.csv"
+    csv.write_text("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load\n"
+                   + "".join(",".join(map(str, s)) + "\n" for s in SCENARIOS))
+    p = dist.run("replay", str(csv))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["MIGRATE" if d else "STAY" for d in teacher_decisions(SCENARIOS)]
+
+
 def test_systemd_unit_verifies(dist):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
