@@ -124,6 +124,8 @@ def save_module(path: Path, width: int, dtype, head: str, variables: bool, signa
             y = tf.sigmoid(y)
         elif head == "label":
             y = tf.cast(tf.sigmoid(y) > 0.5, dtype)
+        elif head == "argmax":
+            y = tf.argmax(tf.stack([-y, y], axis=-1), axis=-1)
         return {out_name: y}
 
     class Net(tf.Module):
@@ -172,6 +174,13 @@ def _module_label(root: Path) -> Path:
     return save_module(root / "m", 5, tf.float64, "label", variables=True, signature=None)
 
 
+@style("module-call-float64-argmax-label-5-novars", 5, "label")
+def _module_argmax(root: Path) -> Path:
+    """A label made by ArgMax over (STAY, MIGRATE) scores: no comparison to cut, the step is kept."""
+    return save_module(root / "m", 5, tf.float64, "argmax", variables=False, signature=None,
+                       out_name="migrate", flat=True)
+
+
 @style("module-named-float16-logit-flat-10-novars", 10, "logit", "--signature", "decide")
 def _module_named(root: Path) -> Path:
     return save_module(root / "m", 10, tf.float16, "logit", variables=False, signature="decide",
@@ -218,6 +227,9 @@ def test_style_converts_with_fidelity(converted):
     assert len(b.manifest["features"]["names"]) == width and b.normalization.width == width
     assert rep["model"]["input"]["width"] == width
     assert rep["model"]["output"]["kind"] == kind, rep["model"]["output"]
+    head = rep["model"]["output"]["head"]
+    if kind == "label":
+        assert head.startswith("0/1 step kept" if "argmax" in name else "score in front of Greater")
     assert rep["normalization_folded"], name
     assert rep["int8_vs_float_agreement"] >= 0.99, rep
     assert rep["table_vs_int8_agreement"] == 1.0
