@@ -276,6 +276,24 @@ def test_style_seed_scenarios_and_mlsched_lite(converted, tmp_path):
     assert f"input width   {width}" in r.stdout
 
 
+def test_five_wide_bundle_through_the_kernel_side(converted, tmp_path, require_bpf):
+    """Table in the BPF helper, misses over the ring to the engine: the same decisions."""
+    _, _, out, width, _ = converted
+    if width != 5:
+        pytest.skip("the kernel side is shown for 5-wide bundles (10-wide: the default bundle's tests)")
+    rows = np.concatenate([np.array(SEED_SCENARIOS, np.float64), features(300, 5, 11)])
+    rows[:, 3:] = np.round(rows[:, 3:] * 1024) / 1024     # loads exact on the wire (1/1024 units)
+    csv = tmp_path / "f.csv"
+    csv.write_text("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load\n"
+                   + "".join(",".join(f"{v:.17g}" for v in r) + "\n" for r in rows))
+    r = subprocess.run([sys.executable, "-m", "mlsched.runtime.cli", "replay", "--bundle", str(out),
+                        str(csv)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = [1 if w == "MIGRATE" else 0 for w in r.stdout.split()]
+    b = Bundle.load(out)
+    np.testing.assert_array_equal(got, Model(b.model_bytes).decide(b.normalization.apply(pad(rows, 5))))
+
+
 def test_inspect_lists_signatures_and_plan(converted, capfd):
     name, path, _, width, kind = converted
     args = [str(path), "--inspect"] + (["--signature", "decide"] if "named" in name else [])
