@@ -15,9 +15,9 @@
     7. measure_agreement    int8 vs the original's decisions on held-out samples; below
                             --min-agreement: refuse (exit 3) unless --force
     8. build_table          decision table from the int8 interpreter (runtime/table.py)
-    9. make_report          report.json / report.png
+    9. make_report          report.json figures, report.png heatmaps
    10. make_manifest        feature spec (input width 5 or 10), normalization, quantization
-   11. write_bundle         manifest with hashes, atomic write
+   11. write_bundle         model, table, report files and manifest with hashes, atomic write
 """
 
 from __future__ import annotations
@@ -144,8 +144,7 @@ def convert(opt: Options, verbose: bool = False) -> dict:
         m = load(opt.model, opt.signature, opt.model_output, opt.output_kind)
     held = calibration.synthesize(opt.cpus, AGREEMENT_SAMPLES, np.random.default_rng(SEED + 1))
     reference = reference_decisions(m, held, opt.output_kind)
-    with quiet_stderr(keep=verbose):
-        g, norm, folded = fold_normalization(m, opt.cpus, opt.normalize, held[:4096])
+    g, norm, folded = fold_normalization(m, opt.cpus, opt.normalize, held[:4096])
     t_quantize = time.time()
     tflite = quantize(m, g, norm.apply(calib[:, :m.width]), verbose)
     quantize_seconds = time.time() - t_quantize
@@ -155,13 +154,10 @@ def convert(opt: Options, verbose: bool = False) -> dict:
     report = make_report(opt, m, int8, norm, table, held, reference, fidelity, tflite,
                          folded=folded, calib_info={"source": calib_source, "rows": len(calib)},
                          seconds={"quantize": quantize_seconds, "table": table_seconds})
-    files = {bundle_mod.MODEL_FILE: tflite, bundle_mod.TABLE_FILE: table.tobytes()}
     png = _heatmaps(m, int8, norm, table, opt.cpus)
-    if png is not None:
-        files["report.png"] = png
     report["seconds"] = round(time.time() - t0, 2)
-    files["report.json"] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
-    write_bundle(opt, files, make_manifest(opt, m, int8, norm, table, report))
+    manifest = make_manifest(opt, m, int8, norm, table, report)
+    write_bundle(opt, bundle_files(tflite, table, report, png), manifest)
     return report
 
 
@@ -384,6 +380,14 @@ def make_manifest(opt: Options, m: Loaded, int8: Model, norm: Normalization, tab
         "report": {k: report[k] for k in ("int8_vs_float_agreement", "table_vs_int8_agreement",
                                           "table_hit_rate", "unsure_fraction")},
     }
+
+
+def bundle_files(tflite: bytes, table: np.ndarray, report: dict, png: bytes | None) -> dict[str, bytes]:
+    files = {bundle_mod.MODEL_FILE: tflite, bundle_mod.TABLE_FILE: table.tobytes()}
+    if png is not None:
+        files["report.png"] = png
+    files["report.json"] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+    return files
 
 
 def write_bundle(opt: Options, files: dict[str, bytes], manifest: dict) -> None:

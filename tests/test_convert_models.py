@@ -371,7 +371,18 @@ def refused(tmp_path_factory) -> Path:
            lambda x: tf.sigmoid(tf.reduce_sum(tf.math.bessel_i0e(x @ (0.5 * tf.eye(5))), 1, keepdims=True)))
     module("unit_logit", [tf.TensorSpec([None, 5], f32)],
            lambda x: tf.reduce_mean(x[:, 3:], 1, keepdims=True))
+    module("square_first", [tf.TensorSpec([None, 5], f32)],
+           lambda x: tf.sigmoid(40 * (tf.square(x[:, 3:4]) - tf.square(x[:, 4:5]) - 0.1)))
     return root
+
+
+def test_unfoldable_input_scaling_warns_and_stays_raw(refused, tmp_path, capfd, caplog):
+    code, err = run(capfd, refused / "square_first", "-o", tmp_path / "b", "--cpus", 4, "--force")
+    assert code == 0, err
+    assert "cannot fold the input scaling into the model (the input feeds 2 ops)" in caplog.text
+    rep = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert not rep["normalization_folded"]
+    assert Bundle.load(tmp_path / "b").normalization.is_identity
 
 
 @pytest.mark.parametrize("case,needle", [
