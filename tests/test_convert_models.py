@@ -126,6 +126,10 @@ def save_module(path: Path, width: int, dtype, head: str, variables: bool, signa
             y = tf.cast(tf.sigmoid(y) > 0.5, dtype)
         elif head == "argmax":
             y = tf.argmax(tf.stack([-y, y], axis=-1), axis=-1)
+        elif head == "less":              # MIGRATE when the negated logit is below zero
+            y = tf.cast(tf.math.less(-y, tf.constant(0.0, dtype)), tf.int32)
+        elif head == "round":
+            y = tf.round(tf.sigmoid(y))
         return {out_name: y}
 
     class Net(tf.Module):
@@ -181,6 +185,16 @@ def _module_argmax(root: Path) -> Path:
                        out_name="migrate", flat=True)
 
 
+@style("module-call-float32-less-label-10-novars", 10, "label")
+def _module_less(root: Path) -> Path:
+    return save_module(root / "m", 10, tf.float32, "less", variables=False, signature=None)
+
+
+@style("module-named-float64-round-label-5-vars", 5, "label", "--signature", "label")
+def _module_round(root: Path) -> Path:
+    return save_module(root / "m", 5, tf.float64, "round", variables=True, signature="label")
+
+
 @style("module-named-float16-logit-flat-10-novars", 10, "logit", "--signature", "decide")
 def _module_named(root: Path) -> Path:
     return save_module(root / "m", 10, tf.float16, "logit", variables=False, signature="decide",
@@ -229,11 +243,22 @@ def test_style_converts_with_fidelity(converted):
     assert rep["model"]["output"]["kind"] == kind, rep["model"]["output"]
     head = rep["model"]["output"]["head"]
     if kind == "label":
-        assert head.startswith("0/1 step kept" if "argmax" in name else "score in front of Greater")
+        expected = {"argmax": "0/1 step kept", "less": "score in front of Less < 0 kept",
+                    "round": "score in front of Round > 0.5 kept"}
+        key = next((k for k in expected if k in name), None)
+        assert head.startswith(expected[key] if key else "score in front of Greater > 0.5 kept"), head
     assert rep["normalization_folded"], name
     assert rep["int8_vs_float_agreement"] >= 0.99, rep
     assert rep["table_vs_int8_agreement"] == 1.0
     assert Model(b.model_bytes).width == width
+
+
+def test_module_styles_have_no_variables_attribute(converted):
+    """The case that used to end in AttributeError: a restored tf.Module has no ``variables``."""
+    name, path, *_ = converted
+    if not name.startswith("module-"):
+        pytest.skip("not a tf.Module")
+    assert not hasattr(tf.saved_model.load(str(path)), "variables")
 
 
 def test_style_table_equals_interpreter(converted):
@@ -296,7 +321,7 @@ def test_five_wide_bundle_through_the_kernel_side(converted, tmp_path, require_b
 
 def test_inspect_lists_signatures_and_plan(converted, capfd):
     name, path, _, width, kind = converted
-    args = [str(path), "--inspect"] + (["--signature", "decide"] if "named" in name else [])
+    args = [str(path), "--inspect"] + STYLES[name][1]
     before = set(path.parent.iterdir())
     assert convert_main(args) == 0
     text = capfd.readouterr().out
