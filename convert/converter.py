@@ -206,7 +206,16 @@ def load(path: Path, signature: str | None = None, output: str | None = None,
 
 def reference_decisions(m: Loaded, held: np.ndarray, output_kind: str) -> np.ndarray:
     """The original model's decisions on held-out features, after checking its outputs fit its kind."""
-    raw = m.raw(held[:, :m.width])
+    check_output_values(m, m.raw(held[:, :m.width]), output_kind)
+    dec = m.decide(held)
+    log.debug("%s: %s (%s), %s; %.1f%% MIGRATE on held-out rows", m.description, m.kind,
+              m.kind_from, m.head, 100 * float(dec.mean()))
+    return dec
+
+
+def check_output_values(m: Loaded, raw: np.ndarray, output_kind: str) -> None:
+    """Refuse outputs that do not fit their kind: probability in [0, 1], label 0 or 1; an
+    output ``auto`` calls a logit that never leaves [0, 1] is ambiguous."""
     name = f"{m.description} output {m.choice.output.name!r}"
     if not np.all(np.isfinite(raw)):
         raise ConvertError(f"{name} is not finite on {int((~np.isfinite(raw)).sum())} held-out rows")
@@ -222,10 +231,6 @@ def reference_decisions(m: Loaded, held: np.ndarray, output_kind: str) -> np.nda
     if m.kind == "logit" and output_kind == "auto" and in_unit:
         raise ConvertError(f"{name} ({m.kind_from}) stays within [0, 1]: a probability or a"
                            " logit? pass --output-kind probability or --output-kind logit")
-    dec = m.decide(held)
-    log.debug("%s: %s (%s), %s; %.1f%% MIGRATE on held-out rows", name, m.kind, m.kind_from,
-              m.head, 100 * float(dec.mean()))
-    return dec
 
 
 def fold_normalization(m: Loaded, ncpus: int, normalize: bool, probe: np.ndarray

@@ -26,7 +26,7 @@ def inspect(path: Path, signature: str | None = None, output: str | None = None,
     """The report as text; a model that cannot be read at all raises ConvertError."""
     from mlsched.runtime.interp import quiet_stderr
 
-    from .converter import load
+    from .converter import check_output_values, load
 
     with quiet_stderr(keep=verbose):
         source = loader.open_model(path)
@@ -56,6 +56,11 @@ def inspect(path: Path, signature: str | None = None, output: str | None = None,
                 continue
             probe = calibration.synthesize(PROBE_CPUS, PROBE_ROWS, np.random.default_rng(0))
             raw = m.raw(probe[:, :m.width])
+            try:
+                check_output_values(m, raw, output_kind)
+            except ConvertError as e:
+                lines.append(f"  would refuse: {e}")
+                continue
             folded, how = graph.fold_scale(m.graph, np.ones(m.width))
         choice = loader.Choice(source, sig, inp, out)
         lines += [

@@ -436,6 +436,14 @@ def test_inspect_shows_refusal_and_writes_nothing(refused, capfd):
     assert "would refuse" in out and "width 7" in out
 
 
+def test_inspect_shows_kind_that_does_not_fit(two_outputs, capfd):
+    assert convert_main([str(two_outputs), "--inspect", "--model-output", "logit",
+                         "--output-kind", "probability"]) == 0
+    out = capfd.readouterr().out
+    assert "output      prob float32 [n, 1]" in out and "output      logit float32 [n, 1]" in out
+    assert "would refuse" in out and "not a probability" in out
+
+
 def test_output_required_without_inspect(refused, capfd):
     code, err = run(capfd, refused / "width7")
     assert code == 2 and "-o BUNDLE_DIR is required" in err
