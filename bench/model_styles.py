@@ -2,7 +2,7 @@
 
     python -m bench.model_styles [--cpus 8] [--json FILE]
 
-Builds each style exactly as ``tests/test_convert_models.py`` does (its ``STYLES``: the
+Builds each style exactly as ``tests/convert/test_convert_models.py`` does (its ``STYLES``: the
 teacher policy as a hand-set network, saved the ways users save models), adds the
 default model, converts each for ``--cpus`` and prints one markdown row per style:
 int8-vs-float agreement (all held-out rows, and off the knife edge), table-vs-interpreter
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STYLE_TESTS = ROOT / "tests" / "test_convert_models.py"
+STYLE_TESTS = ROOT / "tests" / "convert" / "test_convert_models.py"
 DEFAULT_MODEL = ROOT / "models" / "default" / "saved_model"
 
 

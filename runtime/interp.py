@@ -7,8 +7,9 @@ is installed. TensorFlow itself is never imported.
 
 The bundle's model is full-int8: the input tensor takes normalized features
 (5 or 10 columns, ``Model.width``, as the manifest records) quantized with the
-model's own (scale, zero point), the output is an int8 probability. Quantization of the input happens here, in numpy, so every caller
-(the table builder, the engine, the tests) feeds the interpreter identically.
+model's own (scale, zero point), the output is an int8 probability. Quantization
+of the input happens here, in numpy, so every caller (the table builder, the
+engine, the tests) feeds the interpreter identically.
 
 Interpreters are allocated once per batch-size bucket (``BUCKETS``) and reused;
 a batch is cut into bucket-sized chunks, the last one zero-padded, so a call

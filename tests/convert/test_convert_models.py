@@ -40,11 +40,11 @@ from mlsched.runtime.bundle import Bundle  # noqa: E402
 from mlsched.runtime.features import (  # noqa: E402
     LOAD_LEVELS,
     LOAD_STEPS,
-    UNSURE,
     host_features,
     pad,
 )
 from mlsched.runtime.interp import Model  # noqa: E402
+from mlsched.runtime.wire import UNSURE  # noqa: E402
 
 N = 8
 SEED_SCENARIOS = [(4, 2, 6, 0.9, 0.2), (2, 4, 4, 0.5, 0.5), (1, 7, 1, 0.1, 0.1)]
@@ -278,6 +278,7 @@ def test_style_seed_scenarios_and_mlsched_lite(converted, tmp_path):
     """The teacher's answers through mlsched-lite decide --bundle, and bundle verify."""
     _, _, out, width, _ = converted
     rows = np.concatenate([np.array(SEED_SCENARIOS, np.float64), features(500, 5, 9)])
+    rows[:, 3:] = np.round(rows[:, 3:] * 1024) / 1024     # loads on the wire's 1/1024 grid
     csv = tmp_path / "f.csv"
     csv.write_text("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load\n"
                    + "".join(",".join(f"{v:.17g}" for v in r) + "\n" for r in rows))
