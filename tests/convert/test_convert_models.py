@@ -253,11 +253,11 @@ def test_style_converts_with_fidelity(converted):
     assert Model(b.model_bytes).width == width
 
 
+@pytest.mark.parametrize("converted", [n for n in sorted(STYLES) if n.startswith("module-")],
+                         indirect=True)
 def test_module_styles_have_no_variables_attribute(converted):
     """The case that used to end in AttributeError: a restored tf.Module has no ``variables``."""
-    name, path, *_ = converted
-    if not name.startswith("module-"):
-        pytest.skip("not a tf.Module")
+    _, path, *_ = converted
     assert not hasattr(tf.saved_model.load(str(path)), "variables")
 
 
@@ -302,11 +302,10 @@ def test_style_seed_scenarios_and_mlsched_lite(converted, tmp_path):
     assert f"input width   {width}" in r.stdout
 
 
+@pytest.mark.parametrize("converted", [n for n in sorted(STYLES) if STYLES[n][2] == 5], indirect=True)
 def test_five_wide_bundle_through_the_kernel_side(converted, tmp_path, require_bpf):
     """Table in the BPF helper, misses over the ring to the engine: the same decisions."""
-    _, _, out, width, _ = converted
-    if width != 5:
-        pytest.skip("the kernel side is shown for 5-wide bundles (10-wide: the default bundle's tests)")
+    _, _, out, _, _ = converted
     rows = np.concatenate([np.array(SEED_SCENARIOS, np.float64), features(300, 5, 11)])
     rows[:, 3:] = np.round(rows[:, 3:] * 1024) / 1024     # loads exact on the wire (1/1024 units)
     csv = tmp_path / "f.csv"
