@@ -47,7 +47,7 @@ from mlsched.runtime.interp import Model  # noqa: E402
 from mlsched.runtime.wire import UNSURE  # noqa: E402
 
 N = 8
-SEED_SCENARIOS = [(4, 2, 6, 0.9, 0.2), (2, 4, 4, 0.5, 0.5), (1, 7, 1, 0.1, 0.1)]
+SCENARIOS = [(4, 2, 6, 0.9, 0.2), (2, 4, 4, 0.5, 0.5), (1, 7, 1, 0.1, 0.1)]
 #: Logit steepness of the hand-set network: steep enough to match the teacher, smooth enough
 #: that int8 rounding moves only rows next to the boundary.
 STEEP = 40.0
@@ -274,10 +274,10 @@ def test_style_table_equals_interpreter(converted):
     np.testing.assert_array_equal(b.table[sure], expected[sure])
 
 
-def test_style_seed_scenarios_and_mlsched_lite(converted, tmp_path):
+def test_style_reference_scenarios_and_mlsched_lite(converted, tmp_path):
     """The teacher's answers through mlsched-lite decide --bundle, and bundle verify."""
     _, _, out, width, _ = converted
-    rows = np.concatenate([np.array(SEED_SCENARIOS, np.float64), features(500, 5, 9)])
+    rows = np.concatenate([np.array(SCENARIOS, np.float64), features(500, 5, 9)])
     rows[:, 3:] = np.round(rows[:, 3:] * 1024) / 1024     # loads on the wire's 1/1024 grid
     csv = tmp_path / "f.csv"
     csv.write_text("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load\n"
@@ -287,7 +287,7 @@ def test_style_seed_scenarios_and_mlsched_lite(converted, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     got = [1 if w == "MIGRATE" else 0 for w in r.stdout.split()]
-    assert got[:3] == [1, 0, 0]                          # the seed scenarios' stated answers
+    assert got[:3] == [1, 0, 0]                          # the reference scenarios' answers (teacher.py)
     b = Bundle.load(out)
     int8 = Model(b.model_bytes).decide(b.normalization.apply(pad(rows, width)))
     np.testing.assert_array_equal(got, int8)             # table + interpreter = interpreter
@@ -306,7 +306,7 @@ def test_style_seed_scenarios_and_mlsched_lite(converted, tmp_path):
 def test_five_wide_bundle_through_the_kernel_side(converted, tmp_path, require_bpf):
     """Table in the BPF helper, misses over the ring to the engine: the same decisions."""
     _, _, out, _, _ = converted
-    rows = np.concatenate([np.array(SEED_SCENARIOS, np.float64), features(300, 5, 11)])
+    rows = np.concatenate([np.array(SCENARIOS, np.float64), features(300, 5, 11)])
     rows[:, 3:] = np.round(rows[:, 3:] * 1024) / 1024     # loads exact on the wire (1/1024 units)
     csv = tmp_path / "f.csv"
     csv.write_text("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load\n"
