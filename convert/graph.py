@@ -28,7 +28,6 @@ The int8 model's single input scale then sees every column in [0, 1].
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +35,6 @@ import numpy as np
 from .errors import ConvertError, first_line
 from .lazy_tf import tensorflow
 from .loader import Choice
-
-log = logging.getLogger(__name__)
 
 KINDS = ("probability", "logit", "label")
 #: Ops that hand their first input on unchanged in value (for finding what makes the output).
