@@ -48,6 +48,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from mlsched.runtime.cli import main
 
+from support.cli import wait_for
+
 FEW = 200
 MANY = 10_000
 HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -833,15 +835,6 @@ def test_live_consumer_is_never_taken_for_gone(require_bpf):
 def start_daemon(*args, env=None, cwd=None, prefix=()) -> subprocess.Popen:
     return subprocess.Popen([*prefix, *LITE, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_pinned(daemon, pin_dir: Path) -> None:
