@@ -50,6 +50,7 @@ from .bpfenv import (
     PrivilegeError,
     VerifierError,
     check_environment,
+    unavailable_reason,
 )
 from .wire import (
     MAX_TABLE_CPUS,
@@ -154,15 +155,6 @@ class ReadResult:
     migrate: int
     decision: np.ndarray                 # uint8, STAY where not answered
     status: np.ndarray                   # uint8 enum mlsched_answer_status
-
-
-def unavailable_reason() -> str | None:
-    """Why the kernel path cannot run here (one line), or None when it can."""
-    try:
-        check_environment()
-    except KernelPathError as exc:
-        return str(exc)
-    return None
 
 
 # ---- loading ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ The collector keeps one load per domain; ``mlsched-lite run --domains`` and
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .wire import MAX_CPUS, MAX_DOMAINS
@@ -20,14 +21,21 @@ from .wire import MAX_CPUS, MAX_DOMAINS
 SYSFS_CPU = "/sys/devices/system/cpu"
 
 
+_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+
+
 def parse_cpu_list(text: str) -> list[int]:
-    """'0-3,8' -> [0, 1, 2, 3, 8] (the sysfs cpulist format)."""
+    """'0-3,8' -> [0, 1, 2, 3, 8] (the sysfs cpulist format: ASCII digits, ranges with '-';
+    a trailing newline and empty items, as sysfs writes them, are allowed)."""
     cpus: list[int] = []
     for part in text.strip().split(","):
         if not part:
             continue
-        lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi or lo)
+        m = _RANGE.fullmatch(part)
+        if not m:
+            raise ValueError(f"CPU range {part!r} is not N or N-M")
+        a = int(m[1])
+        b = int(m[2]) if m[2] is not None else a
         if b < a:
             raise ValueError(f"CPU range {part!r} runs backwards")
         cpus.extend(range(a, b + 1))
@@ -55,7 +63,10 @@ def parse_domains(spec: str) -> list[list[int]]:
         if not item:
             raise ValueError(f"--domains {spec!r}: empty domain")
         try:
-            cpus = [c for part in item.split("+") for c in parse_cpu_list(part)]
+            parts = item.split("+")
+            if any(not p or "," in p for p in parts):
+                raise ValueError(item)
+            cpus = [c for part in parts for c in parse_cpu_list(part)]
         except ValueError:
             raise ValueError(f"--domains {spec!r}: {item!r} is not a CPU range like 0-3") from None
         if seen & set(cpus):

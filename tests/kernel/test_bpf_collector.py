@@ -220,7 +220,7 @@ def test_domain_specs():
     assert parse_cpu_list("0-3,8") == [0, 1, 2, 3, 8]
     assert parse_domains("0-3,4-7") == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert parse_domains("0-1+4-5,2-3") == [[0, 1, 4, 5], [2, 3]]
-    for bad in ("0-3,3-4", "a-b", "0-3,", "5-2"):
+    for bad in ("0-3,3-4", "a-b", "0-3,", "5-2", "0-1+", "+0-1", "1_0", "\u0663", "0 -1", "0-1++2"):
         with pytest.raises(ValueError):
             parse_domains(bad)
     flat = sorted(c for d in detect_domains() for c in d)
