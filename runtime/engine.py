@@ -335,7 +335,9 @@ class Engine:
         ok &= np.add(t, busy, dtype=np.int64, casting="unsafe") == ncpus
         t *= self._s_idle
         key += t
-        key += load_level(src, out=t) * LOAD_LEVELS
+        load_level(src, out=t)
+        t *= LOAD_LEVELS
+        key += t
         key += load_level(dst, out=t)
         return key, ok
 
