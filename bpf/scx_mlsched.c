@@ -34,6 +34,7 @@
 #include <bpf/libbpf.h>
 #include <scx/common.h>
 #include "mlsched.h"
+#include "report_file.h"
 #include "scx_mlsched.h"
 #include "scx_mlsched.skel.h"
 
@@ -383,39 +384,45 @@ static void json_string(FILE *f, const char *s)
 	fputc('"', f);
 }
 
-/* Write the report next to `path` and rename it into place: never half a file. */
-static int write_report(const char *path, const struct scx_mlsched_cfg *cfg, double seconds,
-			const __u64 *sched, const __u64 *helper, const struct user_exit_info *ex)
+struct report {
+	const struct scx_mlsched_cfg *cfg;
+	double seconds;
+	const __u64 *sched, *helper;
+	const struct user_exit_info *ex;
+};
+
+static int fill_report(FILE *f, void *arg)
 {
-	char tmp[PATH_MAX];
-	FILE *f;
+	const struct report *r = arg;
 	int i;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, getpid());
-	f = fopen(tmp, "w");
-	if (!f) {
-		fprintf(stderr, PROG ": %s: %s\n", tmp, strerror(errno));
-		return -1;
-	}
 	fprintf(f, "{\n  \"policy\": \"%s\",\n  \"nr_cpus\": %u,\n  \"nr_doms\": %u,\n"
-		"  \"seconds\": %.3f,\n  \"sched\": {", policy_names[cfg->policy], cfg->nr_cpus,
-		cfg->nr_doms, seconds);
+		"  \"seconds\": %.3f,\n  \"sched\": {", policy_names[r->cfg->policy], r->cfg->nr_cpus,
+		r->cfg->nr_doms, r->seconds);
 	for (i = 0; i < SCX_MLSCHED_STAT_COUNT; i++)
 		fprintf(f, "%s\"%s\": %llu", i ? ", " : "", sched_stat_names[i],
-			(unsigned long long)sched[i]);
+			(unsigned long long)r->sched[i]);
 	fprintf(f, "},\n  \"helper\": {");
 	for (i = 0; i < MLSCHED_STAT_COUNT; i++)
 		fprintf(f, "%s\"%s\": %llu", i ? ", " : "", helper_stat_names[i],
-			(unsigned long long)helper[i]);
-	fprintf(f, "},\n  \"exit\": {\"kind\": %d, \"exit_code\": %lld, \"reason\": ", ex->kind,
-		(long long)ex->exit_code);
-	json_string(f, ex->reason);
+			(unsigned long long)r->helper[i]);
+	fprintf(f, "},\n  \"exit\": {\"kind\": %d, \"exit_code\": %lld, \"reason\": ", r->ex->kind,
+		(long long)r->ex->exit_code);
+	json_string(f, r->ex->reason);
 	fprintf(f, ", \"msg\": ");
-	json_string(f, ex->msg);
+	json_string(f, r->ex->msg);
 	fprintf(f, "}\n}\n");
-	if (fflush(f) || fsync(fileno(f)) || fclose(f) || rename(tmp, path)) {
+	return ferror(f) ? -1 : 0;
+}
+
+/* The report as JSON at `path`, whole or not at all (report_file.h). */
+static int write_report(const char *path, const struct scx_mlsched_cfg *cfg, double seconds,
+			const __u64 *sched, const __u64 *helper, const struct user_exit_info *ex)
+{
+	struct report r = { cfg, seconds, sched, helper, ex };
+
+	if (report_file_write(path, fill_report, &r)) {
 		fprintf(stderr, PROG ": writing %s: %s\n", path, strerror(errno));
-		unlink(tmp);
 		return -1;
 	}
 	return 0;
