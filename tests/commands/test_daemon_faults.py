@@ -152,3 +152,13 @@ def test_record_never_changes_a_file_it_did_not_create(require_bpf, tmp_path):
     r = lite("run", "--record", fresh, "--duration", "0.5", "--interval", "0", timeout=60)
     assert r.returncode == 0, r.stderr
     assert fresh.stat().st_mode & 0o777 == 0o644
+
+
+def test_no_environment_variable_chooses_the_bpf_code(require_bpf, tmp_path):
+    """The BPF objects are embedded in the extension (skeletons): an object named by the
+    environment, which root would have loaded without checking who wrote it, is ignored."""
+    planted = tmp_path / "mlsched.bpf.o"
+    planted.write_bytes(b"\x7fELF not really")
+    r = lite("run", "--duration", "0.3", "--interval", "0", timeout=60,
+             env={**os.environ, "MLSCHED_BPF_OBJECT": str(planted)})
+    assert r.returncode == 0, r.stderr
