@@ -181,9 +181,14 @@ class LoadOptions:
     decision_slots: int | None = None
     #: Heartbeat age after which misses count no_consumer (0: never).
     consumer_timeout_ns: int = DEFAULT_CONSUMER_TIMEOUT_NS
-    #: Keep (or reuse) the maps under ``pin_dir`` so they outlive the process.
+    #: Keep (or reuse) the maps under ``pin_dir`` so they outlive the process. The handle is
+    #: the directory's one consumer: it holds a lock on it until close(), and a second
+    #: consumer is refused.
     pin: bool = False
     pin_dir: str = PIN_DIR
+    #: With ``pin``: join the maps of the consumer that holds ``pin_dir`` (a producer: inject,
+    #: read_decisions) without the lock; its table, domains and settings stay as they are.
+    share: bool = False
     #: With no table at load: room for a table of that many CPUs, set later by set_table().
     table_capacity: int | None = None
 
@@ -231,19 +236,26 @@ class KernelPath:
             raise KernelPathError("already loaded")
         opts = replace(options or LoadOptions(), **overrides)
         check_environment()
+        if opts.share and (not opts.pin or table is not None):
+            raise KernelPathError("share=True joins a pinned consumer's maps and its table: "
+                                  "it needs pin=True and takes no table", errno_mod.EINVAL)
         rows = table_rows(table) if table is not None else None
         n_table = int(np.asarray(table).shape[0]) if table is not None else opts.table_capacity or 0
         if n_table > MAX_TABLE_CPUS:
             raise KernelPathError(f"table for {n_table} CPUs: the kernel side takes at most "
                                   f"{MAX_TABLE_CPUS}", errno_mod.E2BIG)
         slots = opts.decision_slots or decision_slots_for(opts.ring_size)
-        domains = opts.resolved_domains()
+        domains = [] if opts.share else opts.resolved_domains()
         self._open(opts, n_table, slots)
         try:
             self._map_views()
-            if rows is not None:
-                self.set_table(table, _rows=rows)
-            self.set_domains(domains)
+            if opts.share:
+                self.table_ncpus = int(self.control["table_ncpus"][0])
+                self.decision_slots = int(self.control["decision_slots"][0])
+            else:
+                if rows is not None:
+                    self.set_table(table, _rows=rows)
+                self.set_domains(domains)
         except BaseException:
             self.close()
             raise
@@ -258,6 +270,7 @@ class KernelPath:
         c_opts.decision_slots = slots
         c_opts.table_ncpus = n_table
         c_opts.consumer_timeout_ns = opts.consumer_timeout_ns
+        c_opts.flags = lib.MLS_OPEN_SHARE if opts.share else 0
         if opts.pin:
             pin_dir = ffi.new("char[]", os.fsencode(opts.pin_dir))
             c_opts.pin_dir = pin_dir

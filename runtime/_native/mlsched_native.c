@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -71,6 +72,8 @@ struct mls_kernel {
 	struct mlsched_control *ctl;	/* mmapped `control` */
 	uint32_t table_capacity;	/* rows in `table` */
 	char pin_dir[PATH_MAX];
+	int pin_dir_fd;			/* the pin directory, flock()ed unless shared */
+	bool shared;			/* MLS_OPEN_SHARE: another handle is the consumer */
 
 	/* current batch, filled by on_record() */
 	struct mlsched_request *batch;
@@ -192,8 +195,13 @@ static bool is_pow2(uint64_t v)
 	return v && !(v & (v - 1));
 }
 
-static int prepare_pin_dir(const char *dir)
+/*
+ * The pin directory: on a BPF filesystem, created if missing (not when joining), opened
+ * without following a link and, for the consumer, locked for the handle's lifetime.
+ */
+static int prepare_pin_dir(struct mls_kernel *k)
 {
+	const char *dir = k->pin_dir;
 	char parent[PATH_MAX];
 	struct statfs st;
 	char *slash;
@@ -205,16 +213,35 @@ static int prepare_pin_dir(const char *dir)
 	if (statfs(parent, &st) || st.f_type != BPF_FS_MAGIC)
 		return fail(-ENODEV, "%s is not on a BPF filesystem: mount -t bpf bpf %s", dir,
 			    parent);
-	if (mkdir(dir, 0700) && errno != EEXIST)
+	if (!k->shared && mkdir(dir, 0700) && errno != EEXIST)
 		return fail(-errno, "cannot create %s: %s", dir, strerror(errno));
+	k->pin_dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (k->pin_dir_fd < 0) {
+		if (k->shared && errno == ENOENT)
+			return fail(-ENOENT, "nothing pinned at %s: start `mlsched-lite run --pin"
+				    " --pin-dir %s` first", dir, dir);
+		return fail(-errno, "cannot open %s: %s", dir, strerror(errno));
+	}
+	if (k->shared)
+		return 0;
+	if (flock(k->pin_dir_fd, LOCK_EX | LOCK_NB)) {
+		if (errno == EWOULDBLOCK)
+			return fail(-EBUSY, "pin directory %s is in use by another consumer: stop it"
+				    " or choose another --pin-dir", dir);
+		return fail(-errno, "cannot lock %s: %s", dir, strerror(errno));
+	}
 	return 0;
 }
 
+/*
+ * The consumer pins every map under the pin directory (libbpf creates or reuses them);
+ * a joining handle takes the consumer's maps as they are (their sizes included).
+ */
 static int set_pins(struct mls_kernel *k)
 {
 	struct bpf_map *map;
 	char path[PATH_MAX];
-	int err;
+	int err, fd;
 
 	bpf_object__for_each_map(map, k->skel->obj) {
 		if (bpf_map__is_internal(map))
@@ -222,9 +249,20 @@ static int set_pins(struct mls_kernel *k)
 		if (snprintf(path, sizeof(path), "%s/%s", k->pin_dir, bpf_map__name(map)) >=
 		    (int)sizeof(path))
 			return fail(-ENAMETOOLONG, "pin path too long: %s", k->pin_dir);
-		err = bpf_map__set_pin_path(map, path);
+		if (!k->shared) {
+			err = bpf_map__set_pin_path(map, path);
+			if (err)
+				return fail(err, "cannot pin %s: %s", path, strerror(-err));
+			continue;
+		}
+		fd = bpf_obj_get(path);
+		if (fd < 0)
+			return fail(-ENOENT, "nothing pinned at %s: start `mlsched-lite run --pin"
+				    " --pin-dir %s` first", path, k->pin_dir);
+		err = bpf_map__reuse_fd(map, fd);
+		close(fd);
 		if (err)
-			return fail(err, "cannot pin %s: %s", path, strerror(-err));
+			return fail(err, "cannot reuse %s: %s", path, strerror(-err));
 	}
 	return 0;
 }
@@ -350,6 +388,8 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	if (!k)
 		return fail(-ENOMEM, "out of memory");
 	k->epoll_fd = -1;
+	k->pin_dir_fd = -1;
+	k->shared = o->flags & MLS_OPEN_SHARE;
 	k->skel = mlsched__open();
 	if (!k->skel) {
 		err = fail(-errno, "cannot open the BPF object: %s", strerror(errno));
@@ -364,8 +404,11 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	k->table_capacity = rows;
 	if (o->pin_dir && *o->pin_dir) {
 		snprintf(k->pin_dir, sizeof(k->pin_dir), "%s", o->pin_dir);
-		if ((err = prepare_pin_dir(k->pin_dir)) || (err = set_pins(k)))
+		if ((err = prepare_pin_dir(k)) || (err = set_pins(k)))
 			goto fail;
+	} else if (k->shared) {
+		err = fail(-EINVAL, "joining another consumer's maps needs its pin directory");
+		goto fail;
 	}
 
 	err = mlsched__load(k->skel);
@@ -382,14 +425,16 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 		err = -ENOMEM;
 		goto fail;
 	}
-	k->slot_mask = o->decision_slots - 1;
+	k->slot_mask = bpf_map__max_entries(k->skel->maps.decisions) - 1;
+	if (k->shared)		/* the consumer's settings stay as it made them */
+		goto rings;
 
 	k->ctl->abi_version = MLSCHED_ABI_VERSION;
 	k->ctl->decision_slots = o->decision_slots;
 	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
 	if (!k->ctl->stale_after_ns)
 		k->ctl->stale_after_ns = 10 * 1000 * 1000;
-
+rings:
 	k->rb = ring_buffer__new(bpf_map__fd(k->skel->maps.requests), on_record, k, NULL);
 	if (!k->rb) {
 		err = fail(-errno, "cannot map the request ring: %s", strerror(errno));
@@ -415,6 +460,8 @@ void mls_close(struct mls_kernel *k)
 			munmap(k->mm[i], k->mm_size[i]);
 	mlsched_inject__destroy(k->inj);
 	mlsched__destroy(k->skel);
+	if (k->pin_dir_fd >= 0)
+		close(k->pin_dir_fd);	/* releases the lock */
 	free(k);
 }
 
@@ -446,6 +493,8 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
 
 	if (!dst)
 		return -ENOMEM;
+	if (k->shared)
+		return fail(-EPERM, "the table belongs to the consumer of %s", k->pin_dir);
 	if (nrows > k->table_capacity)
 		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
 			    ncpus, (unsigned long long)nrows, k->table_capacity);
@@ -465,6 +514,8 @@ int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t n
 
 	if (!doms)
 		return -ENOMEM;
+	if (k->shared)
+		return fail(-EPERM, "the domains belong to the consumer of %s", k->pin_dir);
 	if (k->collector_attached)
 		return fail(-EBUSY, "domains cannot change while the collector is attached");
 	if (ncpus > MLSCHED_MAX_CPUS || ndomains > MLSCHED_MAX_DOMAINS || ndomains == 0)

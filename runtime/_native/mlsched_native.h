@@ -44,11 +44,19 @@ enum mls_map {
 	MLS_MAP_COUNT = 7,
 };
 
+/*
+ * mls_load_opts.flags. A handle with a pin directory is its one consumer: it holds an
+ * exclusive lock on the directory (flock) for its lifetime, and a second consumer is
+ * refused. MLS_OPEN_SHARE joins the maps of the consumer that holds the lock instead
+ * (a producer: injector, reader): no lock, and the control settings are left alone.
+ */
+#define MLS_OPEN_SHARE 1
+
 struct mls_load_opts {
 	uint32_t ring_bytes;		/* `requests` size: power of two, >= page size */
 	uint32_t decision_slots;	/* `decisions` entries: power of two */
 	uint32_t table_ncpus;		/* capacity of `table` (N of the table to load) */
-	uint32_t _pad;
+	uint32_t flags;			/* MLS_OPEN_* */
 	uint64_t consumer_timeout_ns;	/* control.consumer_timeout_ns (0: never) */
 	const char *pin_dir;		/* NULL/"": nothing pinned; else maps live there */
 };
