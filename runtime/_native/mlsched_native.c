@@ -636,21 +636,38 @@ int mls_poll(struct mls_kernel *k, struct mlsched_request *batch, uint32_t max_r
 	return (int)k->n;
 }
 
-/* Store one answer; refuses to overwrite an answer for the same or a newer seq. */
+/*
+ * Store one answer unless the slot already holds the same or a newer seq. A compare-and-
+ * swap, so a writer racing another (a second thread, a second handle on the pinned map)
+ * never stores a seq twice nor puts an older seq over a newer one.
+ */
 static inline void answer(struct mls_kernel *k, uint64_t seq, uint8_t d)
 {
-	volatile uint64_t *slot = &k->slots[seq & k->slot_mask];
-	uint64_t held = *slot >> MLSCHED_ANSWER_SHIFT;
+	uint64_t *slot = (uint64_t *)&k->slots[seq & k->slot_mask];
+	uint64_t want = (seq << MLSCHED_ANSWER_SHIFT) | d;
+	uint64_t old = __atomic_load_n(slot, __ATOMIC_RELAXED);
 
 	if (d > MLSCHED_MIGRATE) {
 		k->cs.bad_decisions++;
-	} else if (held == seq) {
-		k->cs.double_answers++;
-	} else if (held > seq) {
-		k->cs.late_answers++;
-	} else {
-		__atomic_store_n(slot, (seq << MLSCHED_ANSWER_SHIFT) | d, __ATOMIC_RELEASE);
-		k->cs.written++;
+		return;
+	}
+	for (;;) {
+		uint64_t held = old >> MLSCHED_ANSWER_SHIFT;
+
+		if (held == seq) {
+			k->cs.double_answers++;
+			return;
+		}
+		if (held > seq) {
+			k->cs.late_answers++;
+			return;
+		}
+		/* on failure `old` is reloaded with what the slot holds now */
+		if (__atomic_compare_exchange_n(slot, &old, want, false, __ATOMIC_RELEASE,
+						__ATOMIC_RELAXED)) {
+			k->cs.written++;
+			return;
+		}
 	}
 }
 

@@ -14,7 +14,7 @@
  *   mls_poll()        epoll wait, then copy ring records into the caller's
  *                     array of struct mlsched_request (a C callback, no Python)
  *   mls_answer_batch()/mls_write_back()
- *                     one aligned 8-byte store per decision into the mmapped
+ *                     one aligned 8-byte compare-and-swap per decision into the mmapped
  *                     `decisions` map (no syscall)
  */
 #ifndef MLSCHED_NATIVE_H
