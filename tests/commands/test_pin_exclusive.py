@@ -22,15 +22,24 @@ def pinned_domains(pin_dir) -> list[int]:
     return [e["formatted"]["value"]["ncpus"] for e in json.loads(out.stdout)]
 
 
+def serving(pin_dir) -> bool:
+    """The consumer polls: its heartbeat is in the pinned control map."""
+    from mlsched.runtime.kernel import KernelPath
+
+    with KernelPath() as kp:
+        kp.load(None, pin=True, pin_dir=str(pin_dir), share=True)
+        return int(kp.control["heartbeat_ns"][0]) != 0
+
+
 def test_second_consumer_on_one_pin_dir_is_refused(pin_dir):
     daemon = start("run", "--no-collector", "--pin", "--pin-dir", pin_dir, "--interval", "0",
                    "--domains", "0,1")
     try:
         wait_for(lambda: (pin_dir / "control").exists() or daemon.poll() is not None,
                  what="the daemon's pinned maps")
-        wait_for(lambda: daemon.poll() is not None or pinned_domains(pin_dir)[:2] == [1, 1],
-                 what="the daemon's domains")
+        wait_for(lambda: daemon.poll() is not None or serving(pin_dir), what="the daemon to poll")
         assert daemon.poll() is None, daemon.communicate()
+        assert pinned_domains(pin_dir)[:3] == [1, 1, 0]
         before = pinned_domains(pin_dir)
         second = lite("run", "--no-collector", "--pin", "--pin-dir", pin_dir, "--interval", "0",
                       "--duration", "0.3", "--domains", "0-1")
