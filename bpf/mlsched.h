@@ -116,13 +116,16 @@ struct mlsched_request {
 #define MLSCHED_CTL_BYPASS_TABLE 1	/* every decide() goes to the ring */
 #define MLSCHED_CTL_REPORT_HITS 2	/* collector: also emit kernel hits (shadow mode) */
 
+/* control.magic of maps mlsched-lite created ("mlsc"); pinned maps without it are not reused. */
+#define MLSCHED_CTL_MAGIC 0x6d6c7363
+
 struct mlsched_control {
 	__u32 abi_version;		/* set by the loader */
 	__u32 flags;			/* MLSCHED_CTL_* */
 	__u32 table_ncpus;		/* N of the loaded table; 0: no table, all miss */
 	__u32 decision_slots;		/* entries of `decisions`, power of two */
 	__u32 ndomains;			/* domains in use (collector) */
-	__u32 _pad;
+	__u32 magic;			/* MLSCHED_CTL_MAGIC: the loader created these maps */
 	__u64 heartbeat_ns;		/* consumer's last poll (CLOCK_MONOTONIC); 0: none yet */
 	__u64 consumer_timeout_ns;	/* heartbeat older than this: no consumer; 0: never */
 	__u64 stale_after_ns;		/* advice to balancers: how long an answer is worth

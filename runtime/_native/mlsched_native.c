@@ -74,6 +74,7 @@ struct mls_kernel {
 	char pin_dir[PATH_MAX];
 	int pin_dir_fd;			/* the pin directory, flock()ed unless shared */
 	bool shared;			/* MLS_OPEN_SHARE: another handle is the consumer */
+	bool reused;			/* `control` was pinned before this handle */
 
 	/* current batch, filled by on_record() */
 	struct mlsched_request *batch;
@@ -196,6 +197,34 @@ static bool is_pow2(uint64_t v)
 }
 
 /*
+ * The pin directory and each pin in it must be ours: owned by this process's user and
+ * writable by nobody else. A plain BPF filesystem's root is 1777, so anyone may create
+ * the directory first; whoever owns or may write it can rename, remove or pre-pin maps
+ * that libbpf would reuse. `name` NULL: the directory itself (dirfd).
+ */
+static int check_ours(struct mls_kernel *k, int dirfd, const char *name)
+{
+	struct stat st;
+	int rc = name ? fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) : fstat(dirfd, &st);
+
+	if (rc)
+		return errno == ENOENT ? 0 : fail(-errno, "%s%s%s: %s", k->pin_dir,
+						  name ? "/" : "", name ?: "", strerror(errno));
+	if (st.st_uid != geteuid())
+		return fail(-EEXIST, "%s%s%s is owned by uid %u, not by this user (uid %u): remove"
+			    " it or choose another --pin-dir", k->pin_dir, name ? "/" : "",
+			    name ?: "", st.st_uid, geteuid());
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return fail(-EEXIST, "%s%s%s is writable by others (mode %03o): remove it or"
+			    " choose another --pin-dir", k->pin_dir, name ? "/" : "", name ?: "",
+			    st.st_mode & 07777);
+	if (name ? !S_ISREG(st.st_mode) : !S_ISDIR(st.st_mode))
+		return fail(-EEXIST, "%s%s%s is not a pinned map", k->pin_dir, name ? "/" : "",
+			    name ?: "");
+	return 0;
+}
+
+/*
  * The pin directory: on a BPF filesystem, created if missing (not when joining), opened
  * without following a link and, for the consumer, locked for the handle's lifetime.
  */
@@ -205,6 +234,7 @@ static int prepare_pin_dir(struct mls_kernel *k)
 	char parent[PATH_MAX];
 	struct statfs st;
 	char *slash;
+	int err;
 
 	snprintf(parent, sizeof(parent), "%s", dir);
 	slash = strrchr(parent, '/');
@@ -222,6 +252,8 @@ static int prepare_pin_dir(struct mls_kernel *k)
 				    " --pin-dir %s` first", dir, dir);
 		return fail(-errno, "cannot open %s: %s", dir, strerror(errno));
 	}
+	if ((err = check_ours(k, k->pin_dir_fd, NULL)))
+		return err;
 	if (k->shared)
 		return 0;
 	if (flock(k->pin_dir_fd, LOCK_EX | LOCK_NB)) {
@@ -243,12 +275,17 @@ static int set_pins(struct mls_kernel *k)
 	char path[PATH_MAX];
 	int err, fd;
 
+	k->reused = k->shared ||
+		    !faccessat(k->pin_dir_fd, bpf_map__name(k->skel->maps.control), F_OK,
+			       AT_SYMLINK_NOFOLLOW);
 	bpf_object__for_each_map(map, k->skel->obj) {
 		if (bpf_map__is_internal(map))
 			continue;
 		if (snprintf(path, sizeof(path), "%s/%s", k->pin_dir, bpf_map__name(map)) >=
 		    (int)sizeof(path))
 			return fail(-ENAMETOOLONG, "pin path too long: %s", k->pin_dir);
+		if ((err = check_ours(k, k->pin_dir_fd, bpf_map__name(map))))
+			return err;
 		if (!k->shared) {
 			err = bpf_map__set_pin_path(map, path);
 			if (err)
@@ -426,10 +463,16 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 		goto fail;
 	}
 	k->slot_mask = bpf_map__max_entries(k->skel->maps.decisions) - 1;
+	if (k->reused && k->ctl->magic != MLSCHED_CTL_MAGIC) {
+		err = fail(-EEXIST, "%s: the pinned maps were not created by mlsched (no marker in"
+			   " `control`): remove them or choose another --pin-dir", k->pin_dir);
+		goto fail;
+	}
 	if (k->shared)		/* the consumer's settings stay as it made them */
 		goto rings;
 
 	k->ctl->abi_version = MLSCHED_ABI_VERSION;
+	k->ctl->magic = MLSCHED_CTL_MAGIC;
 	k->ctl->decision_slots = o->decision_slots;
 	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
 	if (!k->ctl->stale_after_ns)
@@ -494,7 +537,7 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
 	if (!dst)
 		return -ENOMEM;
 	if (k->shared)
-		return fail(-EPERM, "the table belongs to the consumer of %s", k->pin_dir);
+		return fail(-EBUSY, "the table belongs to the consumer of %s", k->pin_dir);
 	if (nrows > k->table_capacity)
 		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
 			    ncpus, (unsigned long long)nrows, k->table_capacity);
@@ -515,7 +558,7 @@ int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t n
 	if (!doms)
 		return -ENOMEM;
 	if (k->shared)
-		return fail(-EPERM, "the domains belong to the consumer of %s", k->pin_dir);
+		return fail(-EBUSY, "the domains belong to the consumer of %s", k->pin_dir);
 	if (k->collector_attached)
 		return fail(-EBUSY, "domains cannot change while the collector is attached");
 	if (ncpus > MLSCHED_MAX_CPUS || ndomains > MLSCHED_MAX_DOMAINS || ndomains == 0)
