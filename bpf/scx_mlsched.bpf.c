@@ -41,38 +41,21 @@
  * above 1.0 the helper clamps.
  *
  * Statistics: per-CPU counters in `sched_stats`, enum scx_mlsched_stat in
- * scx_mlsched.h; the decision helper keeps its own in `stats`.
+ * scx_mlsched.h; the decision helper keeps its own in `stats`. How the
+ * scheduler ended goes to the loader in `uei` (user_exit_info.h).
+ *
+ * Built against the guest kernel's vmlinux.h and the kernel source's sched_ext
+ * headers (tools/sched_ext/include: kfuncs, BPF_STRUCT_OPS, UEI,
+ * SCX_OPS_DEFINE): bpf/Makefile's `scx` target, called from guest/Makefile.
  *
  * Future improvements: weighted vtime instead of FIFO inside a domain; the
  * domain scan is linear in the CPU count (fine for the <= 64 CPUs here).
  */
-#include <vmlinux.h>	/* the guest kernel's types: -I<its build cache>, not bpf/vmlinux.h */
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
+#include <scx/common.bpf.h>	/* the guest kernel's vmlinux.h, kfuncs, UEI, compat */
 #include "mlsched_decide.h"
 #include "scx_mlsched.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-/* ---- sched_ext kfuncs used here (kernel/sched/ext.c, 6.12) -------------------- */
-s32 scx_bpf_create_dsq(u64 dsq_id, s32 node) __ksym;
-void scx_bpf_dispatch(struct task_struct *p, u64 dsq_id, u64 slice, u64 enq_flags) __ksym;
-bool scx_bpf_consume(u64 dsq_id) __ksym;
-s32 scx_bpf_dsq_nr_queued(u64 dsq_id) __ksym;
-void scx_bpf_kick_cpu(s32 cpu, u64 flags) __ksym;
-bool scx_bpf_test_and_clear_cpu_idle(s32 cpu) __ksym;
-const struct cpumask *scx_bpf_get_idle_cpumask(void) __ksym;
-void scx_bpf_put_idle_cpumask(const struct cpumask *cpumask) __ksym;
-s32 scx_bpf_pick_any_cpu(const struct cpumask *cpus_allowed, u64 flags) __ksym;
-s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym;
-bool bpf_cpumask_test_cpu(u32 cpu, const struct cpumask *cpumask) __ksym;
-int bpf_iter_scx_dsq_new(struct bpf_iter_scx_dsq *it, u64 dsq_id, u64 flags) __ksym;
-struct task_struct *bpf_iter_scx_dsq_next(struct bpf_iter_scx_dsq *it) __ksym;
-void bpf_iter_scx_dsq_destroy(struct bpf_iter_scx_dsq *it) __ksym;
-bool scx_bpf_dispatch_from_dsq(struct bpf_iter_scx_dsq *it, struct task_struct *p,
-			       u64 dsq_id, u64 enq_flags) __ksym;
-
-#define SCX_OP(name, args...) SEC("struct_ops/" #name) BPF_PROG(name, ##args)
 
 /* Tasks of another domain looked at per pull, at most. */
 #define PULL_SCAN_MAX		4
@@ -109,12 +92,7 @@ struct {
 	__uint(max_entries, 1);
 } sched_stats SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, u32);
-	__type(value, struct scx_mlsched_exit);
-	__uint(max_entries, 1);
-} sched_exit SEC(".maps");
+UEI_DEFINE(uei);
 
 static u32 dom_load_avg[SCX_MLSCHED_MAX_DOMS];	/* 1/1024 */
 static u64 dom_last_nudge[SCX_MLSCHED_MAX_DOMS];
@@ -299,7 +277,7 @@ static __always_inline void nudge_from(u32 dom, const struct snapshot *s)
 	}
 }
 
-s32 SCX_OP(mls_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
+s32 BPF_STRUCT_OPS(mls_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_ctx *t = task_ctx(p);
 	struct snapshot s;
@@ -342,7 +320,7 @@ direct:
 	return cpu;
 }
 
-void SCX_OP(mls_enqueue, struct task_struct *p, u64 enq_flags)
+void BPF_STRUCT_OPS(mls_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *t = task_ctx(p);
 	struct snapshot s;
@@ -396,7 +374,7 @@ static __always_inline bool pull(s32 cpu, u32 dom)
 				continue;
 			stat_inc(SCX_MLSCHED_STAT_ASK_PULL);
 			if (ask(p, t, &s, src, dom, cpu) == MLSCHED_MIGRATE) {
-				if (scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
+				if (__COMPAT_scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
 					t->dom = dom;
 					stat_inc(SCX_MLSCHED_STAT_MOVED_PULL);
 					moved = true;
@@ -428,7 +406,7 @@ static __always_inline bool consume_warm(s32 cpu, u32 dom)
 		if (++seen > WARM_SCAN_MAX)
 			break;
 		if (scx_bpf_task_cpu(p) == cpu &&
-		    scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
+		    __COMPAT_scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
 			got = true;
 			break;
 		}
@@ -437,7 +415,7 @@ static __always_inline bool consume_warm(s32 cpu, u32 dom)
 	return got;
 }
 
-void SCX_OP(mls_dispatch, s32 cpu, struct task_struct *prev)
+void BPF_STRUCT_OPS(mls_dispatch, s32 cpu, struct task_struct *prev)
 {
 	u32 dom = cpu_dom(cpu);
 
@@ -447,7 +425,7 @@ void SCX_OP(mls_dispatch, s32 cpu, struct task_struct *prev)
 }
 
 /* A busy CPU with work queued at home: let an idle CPU elsewhere look at it. */
-void SCX_OP(mls_tick, struct task_struct *p)
+void BPF_STRUCT_OPS(mls_tick, struct task_struct *p)
 {
 	u32 dom = cpu_dom(bpf_get_smp_processor_id());
 	struct snapshot s;
@@ -458,14 +436,14 @@ void SCX_OP(mls_tick, struct task_struct *p)
 	nudge_from(dom, &s);
 }
 
-s32 SCX_OP(mls_init_task, struct task_struct *p, struct scx_init_task_args *args)
+s32 BPF_STRUCT_OPS(mls_init_task, struct task_struct *p, struct scx_init_task_args *args)
 {
 	if (!bpf_task_storage_get(&task_ctxs, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE))
-		return -12;	/* -ENOMEM */
+		return -ENOMEM;
 	return 0;
 }
 
-void SCX_OP(mls_enable, struct task_struct *p)
+void BPF_STRUCT_OPS(mls_enable, struct task_struct *p)
 {
 	struct task_ctx *t = task_ctx(p);
 
@@ -475,8 +453,8 @@ void SCX_OP(mls_enable, struct task_struct *p)
 	}
 }
 
-/* Sleepable (the loader sets BPF_F_SLEEPABLE): creating DSQs may allocate. */
-s32 SCX_OP(mls_init)
+/* Sleepable: creating DSQs may allocate. */
+s32 BPF_STRUCT_OPS_SLEEPABLE(mls_init)
 {
 	u32 d;
 	s32 err;
@@ -489,28 +467,18 @@ s32 SCX_OP(mls_init)
 	return 0;
 }
 
-void SCX_OP(mls_exit, struct scx_exit_info *ei)
+void BPF_STRUCT_OPS(mls_exit, struct scx_exit_info *ei)
 {
-	u32 zero = 0;
-	struct scx_mlsched_exit *e = bpf_map_lookup_elem(&sched_exit, &zero);
-
-	if (!e)
-		return;
-	bpf_probe_read_kernel_str(e->reason, sizeof(e->reason), ei->reason);
-	bpf_probe_read_kernel_str(e->msg, sizeof(e->msg), ei->msg);
-	e->exit_code = ei->exit_code;
-	e->kind = ei->kind;
+	UEI_RECORD(uei, ei);
 }
 
-SEC(".struct_ops")
-struct sched_ext_ops mlsched_ops = {
-	.select_cpu	= (void *)mls_select_cpu,
-	.enqueue	= (void *)mls_enqueue,
-	.dispatch	= (void *)mls_dispatch,
-	.tick		= (void *)mls_tick,
-	.init_task	= (void *)mls_init_task,
-	.enable		= (void *)mls_enable,
-	.init		= (void *)mls_init,
-	.exit		= (void *)mls_exit,
-	.name		= "mlsched",
-};
+SCX_OPS_DEFINE(mlsched_ops,
+	       .select_cpu	= (void *)mls_select_cpu,
+	       .enqueue		= (void *)mls_enqueue,
+	       .dispatch	= (void *)mls_dispatch,
+	       .tick		= (void *)mls_tick,
+	       .init_task	= (void *)mls_init_task,
+	       .enable		= (void *)mls_enable,
+	       .init		= (void *)mls_init,
+	       .exit		= (void *)mls_exit,
+	       .name		= "mlsched");

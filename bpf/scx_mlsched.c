@@ -2,22 +2,28 @@
 /*
  * scx_mlsched - load the mlsched sched_ext scheduler, run it, report.
  *
- *   open scx_mlsched.bpf.o -> reuse mlsched-lite's pinned maps (policy model)
- *   -> write the configuration into .rodata -> load (verifier) -> attach
- *   struct_ops (every normal task is now ours) -> wait for SIGINT/SIGTERM,
- *   --duration or a scheduler exit -> detach -> counters and exit reason.
+ *   SCX_OPS_OPEN (the skeleton, scx_mlsched.skel.h, embeds scx_mlsched.bpf.o)
+ *   -> reuse mlsched-lite's pinned maps (policy model) -> skel->rodata->cfg
+ *   -> SCX_OPS_LOAD (verifier) -> SCX_OPS_ATTACH (every normal task is now
+ *   ours) -> wait for SIGINT/SIGTERM, --duration or a scheduler exit (UEI)
+ *   -> detach -> counters and exit reason.
  *
  * With --policy model the decision maps (requests, table, decisions, control,
  * host, stats) are the ones `mlsched-lite run --pin` pinned under --pin-dir:
  * the table mlsched-lite loaded answers in the kernel and mlsched-lite itself
  * answers the misses. The control policies (stay, migrate) need no daemon.
+ *
+ * Built against the kernel source's sched_ext user-space headers
+ * (tools/sched_ext/include/scx: common.h, compat.h, user_exit_info.h) and the
+ * libbpf of the same tree; see guest/Makefile.
  */
 #include <errno.h>
 #include <getopt.h>
-#include <libgen.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,10 +31,11 @@
 #include <unistd.h>
 #include <linux/types.h>
 #include <bpf/bpf.h>
-#include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <scx/common.h>
 #include "mlsched.h"
 #include "scx_mlsched.h"
+#include "scx_mlsched.skel.h"
 
 #define PROG "scx_mlsched"
 #define DEFAULT_SLICE_US	5000
@@ -52,11 +59,6 @@ static const char *const helper_stat_names[] = {
 _Static_assert(sizeof(helper_stat_names) / sizeof(helper_stat_names[0]) == MLSCHED_STAT_COUNT,
 	       "one name per helper counter");
 
-/* The maps mlsched_decide.h brings, shared with mlsched-lite under --pin-dir. */
-static const char *const shared_maps[] = {
-	"requests", "table", "decisions", "control", "host", "stats",
-};
-
 static const char *const policy_names[] = { "model", "stay", "migrate" };
 
 static const char usage[] =
@@ -66,13 +68,16 @@ static const char usage[] =
 "  -p, --policy NAME     model (ask mlsched_decide(); needs --pin-dir), stay or\n"
 "                        migrate (controls: fixed answers)            [model]\n"
 "  -P, --pin-dir DIR     maps pinned by `mlsched-lite run --pin`      [none]\n"
-"  -d, --domains SPEC    CPU domains, e.g. 0-1,2-3        [one per CPU package]\n"
+"  -d, --domains SPEC    CPU domains: comma-separated CPU lists, '+' joins ranges\n"
+"                        inside one (0-3,4-7 or 0-1+4-5,2-3+6-7); default: CPUs\n"
+"                        sharing a last-level cache, one domain per CPU when\n"
+"                        there is a single LLC\n"
 "  -s, --slice-us N      time slice                                    [%d]\n"
 "  -t, --ttl-ms N        wait this long for mlsched-lite's answer      [%d]\n"
 "  -n, --nudge-us N      at most one pull nudge per domain this often  [%d]\n"
+"  -L, --list-domains    print the domains, in --domains syntax, and exit\n"
 "  -D, --duration S      run S seconds (0: until a signal)             [0]\n"
 "  -o, --stats-file PATH write counters and exit reason as JSON there at the end\n"
-"  -O, --object PATH     BPF object    [scx_mlsched.bpf.o next to this program]\n"
 "  -v, --verbose         libbpf debug output (verifier log)\n"
 "  -h, --help            this help\n"
 "\n"
@@ -121,122 +126,222 @@ static long parse_num(const char *s, const char *what, long lo, long hi)
 	return v;
 }
 
-/* "0-1,2-3" -> cpu_dom[], dom_ncpus[]; every CPU 0..ncpus-1 exactly once. */
+/*
+ * --domains, the syntax mlsched-lite's --domains takes (runtime/topology.py): domains
+ * separated by ',', each a CPU list whose ranges ("N" or "N-M") '+' joins, blanks
+ * around a domain allowed. "0-1+4-5,2-3+6-7" -> cpu_dom[], dom_ncpus[].
+ */
+static void domains_error(const char *spec, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, PROG ": --domains '%s': ", spec);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(2);
+}
+
+/* "N" or "N-M" (N <= M) from [s, end); false when it is anything else. */
+static bool parse_range(const char *s, const char *end, long *lo, long *hi)
+{
+	char *stop;
+
+	if (s == end || *s < '0' || *s > '9')
+		return false;
+	*lo = strtol(s, &stop, 10);
+	*hi = *lo;
+	if (stop < end && *stop == '-') {
+		if (stop + 1 == end || stop[1] < '0' || stop[1] > '9')
+			return false;
+		*hi = strtol(stop + 1, &stop, 10);
+	}
+	return stop == end && *lo <= *hi && *hi < INT32_MAX;
+}
+
 static void parse_domains(const char *spec, struct scx_mlsched_cfg *cfg)
 {
-	char *copy = strdup(spec), *save = NULL, *tok;
-	int seen[SCX_MLSCHED_MAX_CPUS] = {0};
-	__u32 d = 0, cpu;
+	uint64_t seen = 0;
+	const char *item = spec;
+	__u32 d = 0;
 
-	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save), d++) {
-		char *dash = strchr(tok, '-');
+	for (;; d++) {
+		const char *end = item + strcspn(item, ","), *a = item, *b = end, *part, *stop;
+		int len;
+
+		while (a < b && (*a == ' ' || *a == '\t'))
+			a++;
+		while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+			b--;
+		if (a == b)
+			domains_error(spec, "empty domain");
+		if (d >= SCX_MLSCHED_MAX_DOMS)
+			domains_error(spec, "at most %d domains", SCX_MLSCHED_MAX_DOMS);
+		len = (int)(b - a);
+		for (part = a;; part = stop + 1) {
+			long lo, hi, cpu;
+
+			stop = part + strcspn(part, "+");
+			if (stop > b)
+				stop = b;
+			if (!parse_range(part, stop, &lo, &hi))
+				domains_error(spec, "'%.*s' is not a CPU range like 0-3", len, a);
+			if (hi >= SCX_MLSCHED_MAX_CPUS)
+				domains_error(spec, "CPU ids must be below %d", SCX_MLSCHED_MAX_CPUS);
+			for (cpu = lo; cpu <= hi; cpu++) {
+				if (seen >> cpu & 1)
+					domains_error(spec, "CPU %ld in two domains", cpu);
+				if (cpu >= cfg->nr_cpus)
+					domains_error(spec, "CPU %ld: this host has CPUs 0-%u", cpu,
+						      cfg->nr_cpus - 1);
+				seen |= 1ull << cpu;
+				cfg->cpu_dom[cpu] = d;
+				cfg->dom_ncpus[d]++;
+			}
+			if (stop == b)
+				break;
+		}
+		if (!*end)
+			break;
+		item = end + 1;
+	}
+	cfg->nr_doms = d + 1;
+	/* a scheduler has to place every CPU */
+	for (__u32 cpu = 0; cpu < cfg->nr_cpus; cpu++)
+		if (!(seen >> cpu & 1))
+			domains_error(spec, "CPU %u is in no domain", cpu);
+}
+
+/* A sysfs cpulist ("0-3,8") as a mask of CPUs below SCX_MLSCHED_MAX_CPUS; 0 if unreadable. */
+static uint64_t read_cpulist(const char *path)
+{
+	char buf[256], *tok, *save = NULL;
+	uint64_t mask = 0;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return 0;
+	if (!fgets(buf, sizeof(buf), f))
+		buf[0] = '\0';
+	fclose(f);
+	buf[strcspn(buf, "\n")] = '\0';
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		long lo, hi;
 
-		if (d >= SCX_MLSCHED_MAX_DOMS)
-			die("--domains: at most %d domains", SCX_MLSCHED_MAX_DOMS);
-		if (dash)
-			*dash = '\0';
-		lo = parse_num(tok, "--domains", 0, cfg->nr_cpus - 1);
-		hi = dash ? parse_num(dash + 1, "--domains", lo, cfg->nr_cpus - 1) : lo;
-		for (cpu = lo; cpu <= hi; cpu++) {
-			if (seen[cpu]++)
-				die("--domains: CPU %u appears twice in '%s'", cpu, spec);
-			cfg->cpu_dom[cpu] = d;
-			cfg->dom_ncpus[d]++;
-		}
+		if (!parse_range(tok, tok + strlen(tok), &lo, &hi))
+			return 0;
+		for (; lo <= hi && lo < SCX_MLSCHED_MAX_CPUS; lo++)
+			mask |= 1ull << lo;
 	}
-	for (cpu = 0; cpu < cfg->nr_cpus; cpu++)
-		if (!seen[cpu])
-			die("--domains: CPU %u is in no domain ('%s')", cpu, spec);
-	cfg->nr_doms = d;
-	free(copy);
+	return mask;
 }
 
-/* One domain per CPU package (sysfs topology), in order of first appearance. */
-static void detect_domains(struct scx_mlsched_cfg *cfg)
+/* The CPUs sharing `cpu`'s last-level cache: its highest-level cache index; only itself
+ * when sysfs says nothing. */
+static uint64_t llc_of(__u32 cpu)
 {
-	long pkg_of_dom[SCX_MLSCHED_MAX_DOMS];
-	__u32 cpu, d;
+	uint64_t shared = 1ull << cpu;
+	long best = -1;
+	char path[160];
 
-	cfg->nr_doms = 0;
-	for (cpu = 0; cpu < cfg->nr_cpus; cpu++) {
-		char path[128];
-		long pkg = 0;
+	for (int i = 0; i < 16; i++) {
+		uint64_t cpus;
+		long level;
 		FILE *f;
 
-		snprintf(path, sizeof(path),
-			 "/sys/devices/system/cpu/cpu%u/topology/physical_package_id", cpu);
+		snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%u/cache/index%d/level",
+			 cpu, i);
 		f = fopen(path, "r");
-		if (f) {
-			if (fscanf(f, "%ld", &pkg) != 1)
-				pkg = 0;
-			fclose(f);
+		if (!f)
+			continue;
+		if (fscanf(f, "%ld", &level) != 1)
+			level = -1;
+		fclose(f);
+		snprintf(path, sizeof(path),
+			 "/sys/devices/system/cpu/cpu%u/cache/index%d/shared_cpu_list", cpu, i);
+		cpus = read_cpulist(path);
+		if (level > best && cpus) {
+			best = level;
+			shared = cpus;
 		}
-		for (d = 0; d < cfg->nr_doms && pkg_of_dom[d] != pkg; d++)
+	}
+	return shared;
+}
+
+/*
+ * The default domains, as mlsched-lite's: CPUs grouped by last-level cache, in order of
+ * their first CPU; a single LLC gives one domain per CPU; more groups than the scheduler
+ * has domains are merged evenly (consecutive groups).
+ */
+static void detect_domains(struct scx_mlsched_cfg *cfg)
+{
+	uint64_t key[SCX_MLSCHED_MAX_CPUS];
+	__u32 group[SCX_MLSCHED_MAX_CPUS], ngroups = 0, cpu, g, per;
+
+	for (cpu = 0; cpu < cfg->nr_cpus; cpu++) {
+		uint64_t k = llc_of(cpu);
+
+		for (g = 0; g < ngroups && key[g] != k; g++)
 			;
-		if (d == cfg->nr_doms) {
-			if (d >= SCX_MLSCHED_MAX_DOMS)
-				die("more than %d CPU packages: pass --domains", SCX_MLSCHED_MAX_DOMS);
-			pkg_of_dom[d] = pkg;
-			cfg->nr_doms++;
-		}
-		cfg->cpu_dom[cpu] = d;
-		cfg->dom_ncpus[d]++;
+		if (g == ngroups)
+			key[ngroups++] = k;
+		group[cpu] = g;
+	}
+	if (ngroups <= 1) {
+		ngroups = cfg->nr_cpus;
+		for (cpu = 0; cpu < cfg->nr_cpus; cpu++)
+			group[cpu] = cpu;
+	}
+	per = (ngroups + SCX_MLSCHED_MAX_DOMS - 1) / SCX_MLSCHED_MAX_DOMS;
+	cfg->nr_doms = (ngroups + per - 1) / per;
+	for (cpu = 0; cpu < cfg->nr_cpus; cpu++) {
+		cfg->cpu_dom[cpu] = group[cpu] / per;
+		cfg->dom_ncpus[group[cpu] / per]++;
 	}
 }
 
-/* Copy cfg into the `cfg` variable of .rodata (found through the object's BTF). */
-static void set_rodata_cfg(struct bpf_object *obj, const struct scx_mlsched_cfg *cfg)
+/* The domains in --domains syntax: "0-1+4-5,2-3+6-7". */
+static void print_domains(const struct scx_mlsched_cfg *cfg)
 {
-	struct btf *btf = bpf_object__btf(obj);
-	const struct btf_var_secinfo *vs;
-	const struct btf_type *sec;
-	struct bpf_map *map;
-	size_t size = 0;
-	char *data;
-	int id, i;
+	for (__u32 d = 0; d < cfg->nr_doms; d++) {
+		bool first = true;
 
-	bpf_object__for_each_map(map, obj) {
-		const char *name = bpf_map__name(map);
-		size_t len = strlen(name);
+		for (__u32 cpu = 0; cpu < cfg->nr_cpus; cpu++) {
+			__u32 last = cpu;
 
-		if (len >= 7 && !strcmp(name + len - 7, ".rodata"))
-			break;
-	}
-	id = btf ? btf__find_by_name_kind(btf, ".rodata", BTF_KIND_DATASEC) : -1;
-	if (!map || id < 0 || !(data = (char *)bpf_map__initial_value(map, &size)))
-		die("the BPF object has no .rodata with `cfg`: rebuild scx_mlsched.bpf.o");
-	sec = btf__type_by_id(btf, id);
-	vs = btf_var_secinfos(sec);
-	for (i = 0; i < btf_vlen(sec); i++, vs++) {
-		const char *name = btf__name_by_offset(btf, btf__type_by_id(btf, vs->type)->name_off);
-
-		if (!strcmp(name, "cfg")) {
-			if (vs->size != sizeof(*cfg) || vs->offset + vs->size > size)
-				die("`cfg` in the BPF object is %u bytes, this loader writes %zu:"
-				    " rebuild both", vs->size, sizeof(*cfg));
-			memcpy(data + vs->offset, cfg, sizeof(*cfg));
-			return;
+			if (cfg->cpu_dom[cpu] != d)
+				continue;
+			while (last + 1 < cfg->nr_cpus && cfg->cpu_dom[last + 1] == d)
+				last++;
+			printf("%s%u", first ? (d ? "," : "") : "+", cpu);
+			if (last > cpu)
+				printf("-%u", last);
+			first = false;
+			cpu = last;
 		}
 	}
-	die("no `cfg` in the BPF object's .rodata: rebuild scx_mlsched.bpf.o");
+	putchar('\n');
 }
 
-static void reuse_pinned_maps(struct bpf_object *obj, const char *dir)
+/* With --policy model, the decision maps are the ones mlsched-lite pinned under `dir`. */
+static void reuse_pinned_maps(struct scx_mlsched *skel, const char *dir)
 {
-	for (size_t i = 0; i < sizeof(shared_maps) / sizeof(shared_maps[0]); i++) {
-		struct bpf_map *map = bpf_object__find_map_by_name(obj, shared_maps[i]);
+	struct bpf_map *shared[] = {	/* the maps mlsched_decide.h brings */
+		skel->maps.requests, skel->maps.table, skel->maps.decisions,
+		skel->maps.control, skel->maps.host, skel->maps.stats,
+	};
+
+	for (size_t i = 0; i < sizeof(shared) / sizeof(shared[0]); i++) {
 		char path[PATH_MAX];
 		int fd, err;
 
-		snprintf(path, sizeof(path), "%s/%s", dir, shared_maps[i]);
-		if (!map)
-			die("map %s missing from the BPF object", shared_maps[i]);
+		snprintf(path, sizeof(path), "%s/%s", dir, bpf_map__name(shared[i]));
 		fd = bpf_obj_get(path);
 		if (fd < 0)
 			die("%s: %s (start `mlsched-lite run --pin --pin-dir %s` first)",
 			    path, strerror(errno), dir);
-		err = bpf_map__reuse_fd(map, fd);
+		err = bpf_map__reuse_fd(shared[i], fd);
 		close(fd);
 		if (err)
 			die("reusing %s: %s", path, strerror(-err));
@@ -280,7 +385,7 @@ static void json_string(FILE *f, const char *s)
 
 /* Write the report next to `path` and rename it into place: never half a file. */
 static int write_report(const char *path, const struct scx_mlsched_cfg *cfg, double seconds,
-			const __u64 *sched, const __u64 *helper, const struct scx_mlsched_exit *ex)
+			const __u64 *sched, const __u64 *helper, const struct user_exit_info *ex)
 {
 	char tmp[PATH_MAX];
 	FILE *f;
@@ -334,8 +439,8 @@ int main(int argc, char **argv)
 		{ "ttl-ms", required_argument, NULL, 't' },
 		{ "nudge-us", required_argument, NULL, 'n' },
 		{ "duration", required_argument, NULL, 'D' },
+		{ "list-domains", no_argument, NULL, 'L' },
 		{ "stats-file", required_argument, NULL, 'o' },
-		{ "object", required_argument, NULL, 'O' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
@@ -346,20 +451,19 @@ int main(int argc, char **argv)
 		.answer_ttl_ns = DEFAULT_TTL_MS * 1000000ULL,
 		.nudge_interval_ns = DEFAULT_NUDGE_US * 1000ULL,
 	};
-	const char *pin_dir = NULL, *domains = NULL, *stats_file = NULL, *object = NULL;
+	const char *pin_dir = NULL, *domains = NULL, *stats_file = NULL;
 	__u64 sched[SCX_MLSCHED_STAT_COUNT], helper[MLSCHED_STAT_COUNT];
 	__u64 helper_before[MLSCHED_STAT_COUNT];
-	struct scx_mlsched_exit ex = { 0 };
-	char default_object[PATH_MAX];
-	struct bpf_program *init_prog;
+	struct user_exit_info ex;
+	struct scx_mlsched *skel;
 	struct bpf_link *link;
-	struct bpf_object *obj;
 	long duration = 0, ncpus;
+	bool list_domains = false;
 	double started;
-	__u32 zero = 0;
-	int c, err, i;
+	__u64 err_kind;
+	int c, i;
 
-	while ((c = getopt_long(argc, argv, "p:P:d:s:t:n:D:o:O:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "p:P:d:s:t:n:D:Lo:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p':
 			for (i = 0; i < 3 && strcmp(optarg, policy_names[i]); i++)
@@ -375,8 +479,8 @@ int main(int argc, char **argv)
 		case 'n': cfg.nudge_interval_ns = parse_num(optarg, "--nudge-us", 0, 1000000) * 1000ULL;
 			break;
 		case 'D': duration = parse_num(optarg, "--duration", 0, 86400 * 365); break;
+		case 'L': list_domains = true; break;
 		case 'o': stats_file = optarg; break;
-		case 'O': object = optarg; break;
 		case 'v': verbose = 1; break;
 		case 'h': printf(usage, DEFAULT_SLICE_US, DEFAULT_TTL_MS, DEFAULT_NUDGE_US); return 0;
 		default:
@@ -386,13 +490,6 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc)
 		die("unexpected argument '%s'", argv[optind]);
-	if (cfg.policy == SCX_MLSCHED_POLICY_MODEL && !pin_dir)
-		die("--policy model needs --pin-dir (the maps of `mlsched-lite run --pin`)");
-	if (geteuid() != 0)
-		die("loading a sched_ext scheduler needs root (CAP_SYS_ADMIN and CAP_BPF)");
-	if (access("/sys/kernel/sched_ext/state", R_OK))
-		die("this kernel has no sched_ext (CONFIG_SCHED_CLASS_EXT)");
-
 	ncpus = sysconf(_SC_NPROCESSORS_CONF);
 	if (ncpus < 1 || ncpus > SCX_MLSCHED_MAX_CPUS)
 		die("%ld CPUs: this scheduler handles 1..%d", ncpus, SCX_MLSCHED_MAX_CPUS);
@@ -401,74 +498,59 @@ int main(int argc, char **argv)
 		parse_domains(domains, &cfg);
 	else
 		detect_domains(&cfg);
-
-	if (!object) {
-		char self[PATH_MAX];
-		ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-		if (n < 0)
-			die("cannot find myself (/proc/self/exe): pass --object");
-		self[n] = '\0';
-		snprintf(default_object, sizeof(default_object), "%s/scx_mlsched.bpf.o",
-			 dirname(self));
-		object = default_object;
+	if (list_domains) {
+		print_domains(&cfg);
+		return 0;
 	}
+	if (cfg.policy == SCX_MLSCHED_POLICY_MODEL && !pin_dir)
+		die("--policy model needs --pin-dir (the maps of `mlsched-lite run --pin`)");
+	if (geteuid() != 0)
+		die("loading a sched_ext scheduler needs root (CAP_SYS_ADMIN and CAP_BPF)");
+	if (access("/sys/kernel/sched_ext/state", R_OK))
+		die("this kernel has no sched_ext (CONFIG_SCHED_CLASS_EXT)");
 
 	libbpf_set_print(libbpf_log);
-	obj = bpf_object__open_file(object, NULL);
-	if (!obj)
-		die("%s: %s", object, strerror(errno));
+	skel = SCX_OPS_OPEN(mlsched_ops, scx_mlsched);
 	if (pin_dir)
-		reuse_pinned_maps(obj, pin_dir);
-	set_rodata_cfg(obj, &cfg);
-	init_prog = bpf_object__find_program_by_name(obj, "mls_init");
-	if (!init_prog)
-		die("%s has no mls_init program", object);
-	bpf_program__set_flags(init_prog, bpf_program__flags(init_prog) | BPF_F_SLEEPABLE);
-
-	err = bpf_object__load(obj);
-	if (err)
-		die("loading %s failed: %s (run with -v for the verifier log)", object,
-		    strerror(-err));
+		reuse_pinned_maps(skel, pin_dir);
+	skel->rodata->cfg = cfg;
+	SCX_OPS_LOAD(skel, mlsched_ops, scx_mlsched, uei);
 	/* The helper's counters live in maps that outlive us (pinned): report our share. */
-	sum_percpu(bpf_object__find_map_by_name(obj, "stats"), MLSCHED_STAT_COUNT, helper_before);
+	sum_percpu(skel->maps.stats, MLSCHED_STAT_COUNT, helper_before);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	link = bpf_map__attach_struct_ops(bpf_object__find_map_by_name(obj, "mlsched_ops"));
-	if (!link)
-		die("attaching the scheduler failed: %s", strerror(errno));
+	link = SCX_OPS_ATTACH(skel, mlsched_ops, scx_mlsched);
 	started = now_s();
 	fprintf(stderr, PROG ": running, policy %s, %u CPUs in %u domains\n",
 		policy_names[cfg.policy], cfg.nr_cpus, cfg.nr_doms);
 
-	while (!stop_requested && (!duration || now_s() - started < duration)) {
-		if (!bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(obj, "sched_exit")),
-					 &zero, &ex) && ex.kind)
-			break;
+	while (!stop_requested && !UEI_EXITED(skel, uei) &&
+	       (!duration || now_s() - started < duration))
 		usleep(100000);
-	}
 
-	sum_percpu(bpf_object__find_map_by_name(obj, "sched_stats"), SCX_MLSCHED_STAT_COUNT, sched);
-	sum_percpu(bpf_object__find_map_by_name(obj, "stats"), MLSCHED_STAT_COUNT, helper);
+	sum_percpu(skel->maps.sched_stats, SCX_MLSCHED_STAT_COUNT, sched);
+	sum_percpu(skel->maps.stats, MLSCHED_STAT_COUNT, helper);
 	for (i = 0; i < MLSCHED_STAT_COUNT; i++)
 		helper[i] -= helper_before[i];
 	bpf_link__destroy(link);
 	/* ops.exit runs from a kernel worker after the unregistration: wait for it. */
-	for (i = 0; i < 50; i++) {
-		if (!bpf_map_lookup_elem(bpf_map__fd(bpf_object__find_map_by_name(obj, "sched_exit")),
-					 &zero, &ex) && ex.kind)
-			break;
+	for (i = 0; i < 50 && !UEI_EXITED(skel, uei); i++)
 		usleep(20000);
-	}
-	bpf_object__close(obj);
+	ex = skel->data->uei;
+	fprintf(stderr, PROG ": stopped after %.1f s\n", now_s() - started);
+	if (ex.kind)
+		UEI_REPORT(skel, uei);
+	else
+		fprintf(stderr, PROG ": exit not reported\n");
+	scx_mlsched__destroy(skel);
 
-	fprintf(stderr, PROG ": stopped after %.1f s: %s%s%s\n", now_s() - started,
-		ex.kind ? ex.reason : "exit not reported", ex.msg[0] ? ": " : "", ex.msg);
 	for (i = 0; i < SCX_MLSCHED_STAT_COUNT; i++)
 		fprintf(stderr, "%s%s=%llu", i ? " " : "  ", sched_stat_names[i],
 			(unsigned long long)sched[i]);
 	fputc('\n', stderr);
 	if (stats_file && write_report(stats_file, &cfg, now_s() - started, sched, helper, &ex))
 		return 1;
-	return ex.kind >= SCX_MLSCHED_EXIT_ERROR ? 1 : 0;
+	/* enum scx_exit_kind: UNREG* below ERROR, errors from ERROR on (kernel BTF) */
+	err_kind = __COMPAT_ENUM_OR_ZERO("scx_exit_kind", "SCX_EXIT_ERROR");
+	return err_kind && (__u64)ex.kind >= err_kind ? 1 : 0;
 }

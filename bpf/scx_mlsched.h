@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * scx_mlsched.h - what scx_mlsched.bpf.c and its loader (scx_mlsched.c) share:
- * the configuration the loader writes into .rodata before load, the
- * scheduler's own counters and its exit record. The request/decision wire
- * format is not here: it is bpf/mlsched.h, as for every other producer.
+ * the configuration the loader writes into .rodata before load and the
+ * scheduler's own counters. The exit record is the kernel source's
+ * (user_exit_info.h); the request/decision wire format is bpf/mlsched.h, as
+ * for every other producer.
  */
 #ifndef SCX_MLSCHED_H
 #define SCX_MLSCHED_H
@@ -54,19 +55,6 @@ struct scx_mlsched_cfg {
 	__u64 nudge_interval_ns;		/* at most one nudge per domain this often */
 	__u32 cpu_dom[SCX_MLSCHED_MAX_CPUS];	/* CPU -> domain */
 	__u32 dom_ncpus[SCX_MLSCHED_MAX_DOMS];	/* CPUs per domain */
-};
-
-/* enum scx_exit_kind (kernel/sched/ext.c): UNREG* below ERROR, errors from ERROR on. */
-#define SCX_MLSCHED_EXIT_UNREG	64
-#define SCX_MLSCHED_EXIT_ERROR	1024
-
-/* How the scheduler ended (copied from struct scx_exit_info in ops.exit). */
-struct scx_mlsched_exit {
-	__s32 kind;			/* enum scx_exit_kind; 0 while running */
-	__s32 _pad;
-	__s64 exit_code;
-	char reason[128];
-	char msg[1024];
 };
 
 #endif /* SCX_MLSCHED_H */

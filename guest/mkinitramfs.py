@@ -14,7 +14,7 @@ Guest layout::
 
     /init                      guest/init.sh
     /bin/busybox               Debian's busybox-static (applets installed by /init)
-    /opt/mlsched/              scx_mlsched, scx_mlsched.bpf.o, mlsched-workload,
+    /opt/mlsched/              scx_mlsched (its BPF object embedded), mlsched-workload,
                                run.sh, bundle/
     /usr/local/bin/python3     the interpreter; PYTHONHOME=/usr/local
     /usr/local/lib/python3.11  stdlib + site-packages
@@ -156,7 +156,7 @@ def build_tree(tree: Path, sched_dir: Path, bundle: Path) -> None:
 
     # The scheduler, the workload, the scripts, the bundle.
     opt = tree / "opt/mlsched"
-    for name in ("scx_mlsched", "scx_mlsched.bpf.o", "mlsched-workload"):
+    for name in ("scx_mlsched", "mlsched-workload"):
         if not (sched_dir / name).is_file():
             raise BuildError(f"{sched_dir / name} missing")
         shutil.copy2(sched_dir / name, opt / name)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="initramfs to write (cpio)")
     ap.add_argument("--sched-dir", required=True, type=Path,
-                    help="directory with scx_mlsched, scx_mlsched.bpf.o, mlsched-workload")
+                    help="directory with scx_mlsched and mlsched-workload")
     ap.add_argument("--bundle", required=True, type=Path, help="bundle the guest uses")
     args = ap.parse_args(argv)
     if not (args.bundle / "manifest.json").is_file():

@@ -15,6 +15,7 @@ Skipped only where qemu or the kernel source package cannot be installed.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,8 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
     assert helper["answered"] == sched["from_daemon"]
     assert helper["misses_sent"] == sched["sent"]
     assert scx["exit"]["kind"] == SCX_EXIT_UNREG, f"unclean unload: {scx['exit']}"
+    # default domains, as mlsched-lite's: CPUs sharing a last-level cache (one L3 a socket)
+    assert (scx["nr_cpus"], scx["nr_doms"]) == (4, 2)
 
     (daemon,) = b.of("daemon")
     assert daemon["answered"] > 0, "mlsched-lite answered requests"
@@ -101,6 +104,52 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
 
     assert b.of("done"), f"scenario did not finish:\n{tail}"
     assert b.powered_off, f"guest did not power off (rc {b.returncode}):\n{tail}"
+
+
+#: --domains specs for a 2-CPU host: (spec, the domains both sides make of it, or None
+#: when both refuse it).
+DOMAIN_SPECS = [
+    ("0-1", [[0, 1]]), ("0,1", [[0], [1]]), ("1,0", [[1], [0]]), ("0+1", [[0, 1]]),
+    (" 0 , 1 ", [[0], [1]]), ("0-0+1-1", [[0, 1]]),
+    ("0-1,1", None), ("a", None), ("0,", None), ("1-0", None), (",0-1", None),
+    ("0;1", None),
+]
+
+
+def test_scheduler_takes_mlsched_lite_domains(guest_cache):
+    """scx_mlsched reads --domains and makes its default domains the way mlsched-lite
+    does (the loader is a static binary: it runs on the host too)."""
+    from mlsched.runtime.topology import detect_domains, parse_domains
+
+    loader = guest_cache / "scx_mlsched"
+
+    def listed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(loader), "--list-domains", *args], capture_output=True,
+                              text=True, timeout=30)
+
+    if os.sysconf("SC_NPROCESSORS_CONF") != 2:
+        pytest.skip("the specs below are written for a 2-CPU host")
+    out = listed()
+    assert out.returncode == 0, out.stderr
+    assert parse_domains(out.stdout.strip()) == detect_domains()
+    for spec, want in DOMAIN_SPECS:
+        out = listed("--domains", spec)
+        if want is None:
+            with pytest.raises(ValueError):
+                parse_domains(spec)
+            assert out.returncode == 2 and out.stdout == "", spec
+            assert out.stderr.startswith(f"scx_mlsched: --domains '{spec}': "), out.stderr
+            assert out.stderr.count("\n") == 1, out.stderr
+        else:
+            assert parse_domains(spec) == want, spec
+            assert out.returncode == 0, out.stderr
+            assert parse_domains(out.stdout.strip()) == want, (spec, out.stdout)
+    # a scheduler places every CPU of its host and no other: specs mlsched-lite's collector
+    # takes (and cuts to the host) are refused here
+    out = listed("--domains", "0")
+    assert out.returncode == 2 and "CPU 1 is in no domain" in out.stderr
+    out = listed("--domains", "0-1,2")
+    assert out.returncode == 2 and "CPU 2: this host has CPUs 0-1" in out.stderr
 
 
 def test_records_parse_multiline_json():
