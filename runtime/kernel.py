@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import logging
+import mmap
 import os
 import re
 from dataclasses import dataclass, replace
@@ -282,8 +283,8 @@ class KernelPath:
     def close(self) -> None:
         """Detach and free everything (pinned maps stay pinned: see unpin())."""
         if self._k is not None:
-            self._views.clear()
-            self._batch_view = None
+            self._views.clear()     # views handed out keep their own mappings
+            self._batch = self._batch_view = None
             lib.mls_close(self._k)
             self._k = None
 
@@ -325,13 +326,17 @@ class KernelPath:
             return v
         dt = self.MMAP_LAYOUTS[which]()
         size = ffi.new("size_t *")
-        ptr = lib.mls_map_mmap(self._handle(), which, size)
-        if ptr == ffi.NULL:
-            _raise(-errno_mod.ENOENT, "mapping a BPF map")
+        fd = lib.mls_map_fd(self._handle(), which, size)
+        if fd < 0:
+            _raise(fd, "mapping a BPF map")
         if dt.itemsize % 8:     # array map values sit at 8-byte strides
             raise KernelPathError(f"map {which}: value size {dt.itemsize} is not a "
                                   "multiple of 8; fix bpf/mlsched.h")
-        v = np.frombuffer(ffi.buffer(ptr, size[0] // dt.itemsize * dt.itemsize), dtype=dt)
+        # A mapping of our own (mmap keeps a reference to the map): the view stays valid
+        # after close(), when the handle's own mappings are gone.
+        mm = mmap.mmap(fd, size[0], flags=mmap.MAP_SHARED,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        v = np.frombuffer(mm, dtype=dt, count=size[0] // dt.itemsize)
         self._views[which] = v
         return v
 
@@ -350,7 +355,7 @@ class KernelPath:
         rows = table_rows(table) if _rows is None else _rows
         n = int(np.asarray(table).shape[0])
         buf = np.ascontiguousarray(rows)
-        _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), n),
+        _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), buf.nbytes, n),
                "loading the table")
         self.table_ncpus = n
 
@@ -362,7 +367,7 @@ class KernelPath:
         for i, d in enumerate(domains):
             cpu_domain[d] = i
         _check(lib.mls_set_domains(self._handle(), ffi.from_buffer("uint32_t[]", cpu_domain),
-                                   ncpus, len(domains)), "setting domains")
+                                   len(cpu_domain), ncpus, len(domains)), "setting domains")
         self.domains = [list(d) for d in domains]
 
     def set_flags(self, *, bypass_table: bool | None = None, report_hits: bool | None = None

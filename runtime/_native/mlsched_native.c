@@ -529,7 +529,7 @@ int mls_unpin(struct mls_kernel *k)
 
 /* ---- configuration ------------------------------------------------------------ */
 
-int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
+int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus)
 {
 	uint8_t *dst = map_mm(k, MLS_MAP_TABLE);
 	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
@@ -538,6 +538,9 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
 		return -ENOMEM;
 	if (k->shared)
 		return fail(-EBUSY, "the table belongs to the consumer of %s", k->pin_dir);
+	if (len < nrows * MLSCHED_ROW_BYTES)
+		return fail(-EINVAL, "table for %u CPUs needs %llu bytes, got %zu", ncpus,
+			    (unsigned long long)(nrows * MLSCHED_ROW_BYTES), len);
 	if (nrows > k->table_capacity)
 		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
 			    ncpus, (unsigned long long)nrows, k->table_capacity);
@@ -549,8 +552,8 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
 	return 0;
 }
 
-int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t ncpus,
-		    uint32_t ndomains)
+int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len,
+		    uint32_t ncpus, uint32_t ndomains)
 {
 	struct mlsched_domain *doms = map_mm(k, MLS_MAP_DOMAINS);
 	int fd = bpf_map__fd(k->skel->maps.cpu_domain);
@@ -564,6 +567,8 @@ int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t n
 	if (ncpus > MLSCHED_MAX_CPUS || ndomains > MLSCHED_MAX_DOMAINS || ndomains == 0)
 		return fail(-EINVAL, "%u CPUs in %u domains: at most %d CPUs, 1..%d domains",
 			    ncpus, ndomains, MLSCHED_MAX_CPUS, MLSCHED_MAX_DOMAINS);
+	if (len < ncpus)
+		return fail(-EINVAL, "domains of %u CPUs from %zu entries", ncpus, len);
 	memset(doms, 0, sizeof(*doms) * MLSCHED_MAX_DOMAINS);
 	for (uint32_t cpu = 0; cpu < ncpus; cpu++) {
 		uint32_t d = cpu_domain[cpu];
@@ -880,6 +885,15 @@ void *mls_map_mmap(struct mls_kernel *k, enum mls_map which, size_t *size)
 
 	*size = p ? k->mm_size[which] : 0;
 	return p;
+}
+
+int mls_map_fd(struct mls_kernel *k, enum mls_map which, size_t *size)
+{
+	*size = 0;
+	if (!map_mm(k, which))	/* loads the injector for its maps; gives the size */
+		return -ENOENT;
+	*size = k->mm_size[which];
+	return bpf_map__fd(mmap_map(k, which));
 }
 
 /* Kernel ids of what this handle owns, so tests can check nothing outlives close(). */

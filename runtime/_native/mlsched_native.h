@@ -76,9 +76,10 @@ struct mls_consumer_stats {
 /* life cycle */
 int mls_open(const struct mls_load_opts *opts, struct mls_kernel **out);
 void mls_close(struct mls_kernel *k);
-int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus);
-int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t ncpus,
-		    uint32_t ndomains);
+/* rows: `len` bytes; cpu_domain: `len` entries; a buffer short of the geometry is refused */
+int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus);
+int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len,
+		    uint32_t ncpus, uint32_t ndomains);
 int mls_attach_collector(struct mls_kernel *k);
 int mls_detach_collector(struct mls_kernel *k);
 int mls_unpin(struct mls_kernel *k);
@@ -101,6 +102,9 @@ int mls_read_decisions(struct mls_kernel *k, struct mlsched_read_args *args);
 int mls_read_stats(struct mls_kernel *k, uint64_t *out, uint32_t n);
 void mls_consumer_stats(struct mls_kernel *k, struct mls_consumer_stats *out);
 void *mls_map_mmap(struct mls_kernel *k, enum mls_map map, size_t *size);
+/* The map's fd (owned by the handle) and the length to mmap it with: callers that map it
+ * themselves keep their mapping as long as they like, past mls_close(). */
+int mls_map_fd(struct mls_kernel *k, enum mls_map map, size_t *size);
 int mls_prog_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
 int mls_map_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
 int mls_link_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
