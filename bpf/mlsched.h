@@ -54,10 +54,17 @@ struct mlsched_features {
 };
 
 /* ---- table ------------------------------------------------------------------
- * Array map, key = cpu * (N + 1) + idle, N = control.table_ncpus; the value
- * is one row: cell[q(src) * LEVELS + q(dst)] in {STAY, MIGRATE, UNSURE}.
+ * Array map of two halves of control.table_half_rows rows each; the table in
+ * use is in one half, and the next one is written into the other before it is
+ * published. control.table_sel names both its geometry and its half in one word
+ * (one store publishes a table): N = table_sel & MLSCHED_TABLE_NCPUS_MASK, base =
+ * table_half_rows if table_sel & MLSCHED_TABLE_SECOND, else 0.
+ * key = base + cpu * (N + 1) + idle; the value is one row:
+ * cell[q(src) * LEVELS + q(dst)] in {STAY, MIGRATE, UNSURE}.
  * A key is valid iff cpu < N and idle + busy == N; anything else misses.
  */
+#define MLSCHED_TABLE_NCPUS_MASK 65535
+#define MLSCHED_TABLE_SECOND 65536
 #define MLSCHED_ROW_CELLS 121
 #define MLSCHED_ROW_BYTES 128
 /* Largest table the loader accepts (64 CPUs: 4160 rows, 520 KiB). */
@@ -122,7 +129,7 @@ struct mlsched_request {
 struct mlsched_control {
 	__u32 abi_version;		/* set by the loader */
 	__u32 flags;			/* MLSCHED_CTL_* */
-	__u32 table_ncpus;		/* N of the loaded table; 0: no table, all miss */
+	__u32 table_sel;		/* N and half of the table in use (see table); 0: none */
 	__u32 decision_slots;		/* entries of `decisions`, power of two */
 	__u32 ndomains;			/* domains in use (collector) */
 	__u32 magic;			/* MLSCHED_CTL_MAGIC: the loader created these maps */
@@ -131,6 +138,8 @@ struct mlsched_control {
 	__u64 stale_after_ns;		/* advice to balancers: how long an answer is worth
 					 * waiting for; the helper itself enforces no deadline
 					 * (stale = not in the slot when the kernel side reads) */
+	__u32 table_half_rows;		/* rows in each half of `table`; set once at load */
+	__u32 _pad;
 };
 
 /* ---- host state: kernel -> user space (1-entry BPF_F_MMAPABLE array) ---------- */

@@ -251,7 +251,8 @@ class KernelPath:
         try:
             self._map_views()
             if opts.share:
-                self.table_ncpus = int(self.control["table_ncpus"][0])
+                self.table_ncpus = (int(self.control["table_sel"][0])
+                                    & lib.MLSCHED_TABLE_NCPUS_MASK)
                 self.decision_slots = int(self.control["decision_slots"][0])
             else:
                 if rows is not None:

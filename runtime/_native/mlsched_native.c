@@ -436,9 +436,8 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	rows = o->table_ncpus ? o->table_ncpus * (o->table_ncpus + 1) : 1;
 	if ((err = set_size(k->skel->maps.requests, o->ring_bytes)) ||
 	    (err = set_size(k->skel->maps.decisions, o->decision_slots)) ||
-	    (err = set_size(k->skel->maps.table, rows)))
+	    (err = set_size(k->skel->maps.table, 2 * rows)))	/* two halves */
 		goto fail;
-	k->table_capacity = rows;
 	if (o->pin_dir && *o->pin_dir) {
 		snprintf(k->pin_dir, sizeof(k->pin_dir), "%s", o->pin_dir);
 		if ((err = prepare_pin_dir(k)) || (err = set_pins(k)))
@@ -463,6 +462,7 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 		goto fail;
 	}
 	k->slot_mask = bpf_map__max_entries(k->skel->maps.decisions) - 1;
+	k->table_capacity = bpf_map__max_entries(k->skel->maps.table) / 2;
 	if (k->reused && k->ctl->magic != MLSCHED_CTL_MAGIC) {
 		err = fail(-EEXIST, "%s: the pinned maps were not created by mlsched (no marker in"
 			   " `control`): remove them or choose another --pin-dir", k->pin_dir);
@@ -474,6 +474,10 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	k->ctl->abi_version = MLSCHED_ABI_VERSION;
 	k->ctl->magic = MLSCHED_CTL_MAGIC;
 	k->ctl->decision_slots = o->decision_slots;
+	if (k->ctl->table_half_rows != k->table_capacity) {	/* a new map: no table yet */
+		k->ctl->table_sel = 0;
+		k->ctl->table_half_rows = k->table_capacity;
+	}
 	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
 	if (!k->ctl->stale_after_ns)
 		k->ctl->stale_after_ns = 10 * 1000 * 1000;
@@ -529,10 +533,16 @@ int mls_unpin(struct mls_kernel *k)
 
 /* ---- configuration ------------------------------------------------------------ */
 
+/*
+ * Write the table into the half of `table` not in use, then publish geometry and half
+ * with one store: a lookup reads table_sel once, so it sees the old table or the new
+ * one, never the old geometry over new cells.
+ */
 int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus)
 {
 	uint8_t *dst = map_mm(k, MLS_MAP_TABLE);
 	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
+	uint32_t cur, sel;
 
 	if (!dst)
 		return -ENOMEM;
@@ -544,11 +554,12 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	if (nrows > k->table_capacity)
 		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
 			    ncpus, (unsigned long long)nrows, k->table_capacity);
-	k->ctl->table_ncpus = 0;	/* no lookups into a half-written table */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	cur = __atomic_load_n(&k->ctl->table_sel, __ATOMIC_ACQUIRE);
+	sel = (cur & MLSCHED_TABLE_SECOND) ? 0 : MLSCHED_TABLE_SECOND;	/* the other half */
+	if (sel)
+		dst += (size_t)k->table_capacity * MLSCHED_ROW_BYTES;
 	memcpy(dst, rows, nrows * MLSCHED_ROW_BYTES);
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	__atomic_store_n(&k->ctl->table_ncpus, ncpus, __ATOMIC_RELEASE);
+	__atomic_store_n(&k->ctl->table_sel, sel | ncpus, __ATOMIC_RELEASE);
 	return 0;
 }
 
