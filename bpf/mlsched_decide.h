@@ -100,14 +100,19 @@ static __always_inline struct mlsched_host *mlsched_host_state(void)
 	return bpf_map_lookup_elem(&host, &zero);
 }
 
-/* Per-CPU counters: plain increments, each CPU owns its copy. */
+/*
+ * Per-CPU counters, added atomically: each CPU owns its copy, but programs interleave on
+ * one CPU (a preemptible SEC("syscall") program, a tracepoint program run from an
+ * interrupt in the middle of another), and a plain load-add-store loses the count of
+ * whichever ran in between.
+ */
 static __always_inline void mlsched_count(enum mlsched_stat which)
 {
 	__u32 zero = 0;
 	struct mlsched_stats *s = bpf_map_lookup_elem(&stats, &zero);
 
 	if (s && which < MLSCHED_STAT_COUNT)
-		s->v[which]++;
+		__sync_fetch_and_add(&s->v[which], 1);
 }
 
 /* Quantize a fixed-point load to a table level; must equal features.load_key(). */
