@@ -563,11 +563,41 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	return 0;
 }
 
+/*
+ * Forget what the collector knew of each CPU (pinned maps keep it across runs): with the
+ * domains' busy counts zeroed, a CPU still marked busy would take one away that was never
+ * added. Each CPU starts unknown and is counted again at its next switch; the host-wide
+ * idle/busy counts restart with it.
+ */
+static int reset_cpu_state(struct mls_kernel *k)
+{
+	struct mlsched_host *h = map_mm(k, MLS_MAP_HOST);
+	int ncpu = libbpf_num_possible_cpus(), err = 0;
+	uint32_t zero = 0;
+	uint64_t *none;
+
+	if (!h)
+		return -ENOMEM;
+	if (ncpu <= 0)
+		return fail(ncpu ? ncpu : -EINVAL, "cannot count possible CPUs");
+	none = calloc(ncpu, sizeof(*none));	/* per-CPU values sit at 8-byte strides */
+	if (!none)
+		return fail(-ENOMEM, "out of memory");
+	if (bpf_map_update_elem(bpf_map__fd(k->skel->maps.cpu_state), &zero, none, BPF_ANY))
+		err = fail(-errno, "cpu_state reset: %s", strerror(errno));
+	free(none);
+	if (!err) {
+		__atomic_store_n(&h->idle_cpus, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&h->busy_cpus, 0, __ATOMIC_RELAXED);
+	}
+	return err;
+}
+
 int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len,
 		    uint32_t ncpus, uint32_t ndomains)
 {
 	struct mlsched_domain *doms = map_mm(k, MLS_MAP_DOMAINS);
-	int fd = bpf_map__fd(k->skel->maps.cpu_domain);
+	int fd = bpf_map__fd(k->skel->maps.cpu_domain), err;
 
 	if (!doms)
 		return -ENOMEM;
@@ -580,6 +610,8 @@ int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len
 			    ncpus, ndomains, MLSCHED_MAX_CPUS, MLSCHED_MAX_DOMAINS);
 	if (len < ncpus)
 		return fail(-EINVAL, "domains of %u CPUs from %zu entries", ncpus, len);
+	if ((err = reset_cpu_state(k)))
+		return err;
 	memset(doms, 0, sizeof(*doms) * MLSCHED_MAX_DOMAINS);
 	for (uint32_t cpu = 0; cpu < ncpus; cpu++) {
 		uint32_t d = cpu_domain[cpu];
