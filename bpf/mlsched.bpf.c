@@ -37,7 +37,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* Per-CPU state as on_sched_switch last saw it. */
 enum cpu_run_state { RUN_UNKNOWN = 0, RUN_IDLE = 1, RUN_BUSY = 2 };
 
-/* cpu -> domain id, filled by user space before the collector is attached. */
+/* cpu -> domain id (MLSCHED_DOMAIN_NONE: no domain), filled by user space before the
+ * collector is attached. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);

@@ -153,6 +153,8 @@ struct mlsched_host {
 /* ---- domains (collector) ------------------------------------------------------- */
 #define MLSCHED_MAX_CPUS 1024
 #define MLSCHED_MAX_DOMAINS 64
+/* cpu_domain value of a CPU in no domain (the collector then keeps no load for it). */
+#define MLSCHED_DOMAIN_NONE 4294967295
 /* Domain load: time-averaged busy fraction with this time constant. */
 #define MLSCHED_LOAD_TAU_NS 32000000
 

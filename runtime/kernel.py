@@ -364,7 +364,7 @@ class KernelPath:
         if not domains:
             raise KernelPathError("no CPU domains")
         ncpus = max(max(d) for d in domains) + 1
-        cpu_domain = np.zeros(ncpus, dtype=np.uint32)
+        cpu_domain = np.full(ncpus, lib.MLSCHED_DOMAIN_NONE, dtype=np.uint32)  # gaps: none
         for i, d in enumerate(domains):
             cpu_domain[d] = i
         _check(lib.mls_set_domains(self._handle(), ffi.from_buffer("uint32_t[]", cpu_domain),

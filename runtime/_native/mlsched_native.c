@@ -613,14 +613,18 @@ int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len
 	if ((err = reset_cpu_state(k)))
 		return err;
 	memset(doms, 0, sizeof(*doms) * MLSCHED_MAX_DOMAINS);
-	for (uint32_t cpu = 0; cpu < ncpus; cpu++) {
-		uint32_t d = cpu_domain[cpu];
+	for (uint32_t cpu = 0; cpu < ncpus; cpu++)
+		if (cpu_domain[cpu] >= ndomains && cpu_domain[cpu] != MLSCHED_DOMAIN_NONE)
+			return fail(-EINVAL, "CPU %u in domain %u of %u", cpu, cpu_domain[cpu],
+				    ndomains);
+	/* every CPU the map can name: those in no domain (or past ncpus) count nowhere */
+	for (uint32_t cpu = 0; cpu < MLSCHED_MAX_CPUS; cpu++) {
+		uint32_t d = cpu < ncpus ? cpu_domain[cpu] : MLSCHED_DOMAIN_NONE;
 
-		if (d >= ndomains)
-			return fail(-EINVAL, "CPU %u in domain %u of %u", cpu, d, ndomains);
 		if (bpf_map_update_elem(fd, &cpu, &d, BPF_ANY))
 			return fail(-errno, "cpu_domain update: %s", strerror(errno));
-		doms[d].ncpus++;
+		if (d != MLSCHED_DOMAIN_NONE)
+			doms[d].ncpus++;
 	}
 	k->ctl->ndomains = ndomains;
 	return 0;
