@@ -185,7 +185,8 @@ struct mlsched_stats {
 };
 
 /* ---- injector: SEC("syscall") inject, ctx = struct mlsched_inject_args -------- */
-/* Batch records come from the `inject` array (BPF_F_MMAPABLE, one slot each). */
+/* In mlsched_inject.bpf.c, not the production object. Batch records come from its
+ * `inject_buf` array (BPF_F_MMAPABLE, one slot each). */
 #define MLSCHED_INJECT_SLOTS 65536
 
 /* inject_args.flags */
@@ -233,6 +234,7 @@ struct mlsched_inject_args {
 };
 
 /* ---- reader: SEC("syscall") read_decisions, ctx = struct mlsched_read_args ----- */
+/* In mlsched_inject.bpf.c too. */
 #define MLSCHED_READBACK_SLOTS 65536
 
 /* readback.status */

@@ -18,6 +18,16 @@ examples:
   mlsched-convert model.keras -o bundle/ --calibration features.csv
         calibrate on recorded features (mlsched-lite run --record features.csv)
   mlsched-convert model/ -o bundle/ --signature serve --min-agreement 0.995
+  mlsched-convert --inspect model/
+        list every signature and what the converter would do with it; writes nothing
+  mlsched-convert model.h5 -o bundle/ --model-output migrate --output-kind logit
+        convert the output named 'migrate', a logit (> 0 is MIGRATE)
+
+models: a SavedModel (Keras export(), tf.saved_model.save of a Keras model or of a
+tf.Module) or a .keras/.h5 file; one input [n, 5] (the five features) or [n, 10]
+(five features, five zero pads), float16/32/64; one output per row ([n, 1] or [n]):
+a probability, a logit or a 0/1 label (--output-kind auto tells them by the op that
+makes the output: Sigmoid, a comparison or Round, anything else = logit)
 
 exit status: 0 done, 2 bad input (nothing written), 3 int8 agreement below
 --min-agreement (nothing written; --force accepts it)
@@ -29,14 +39,22 @@ def parse_args(argv):
         prog="mlsched-convert", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert a migration model (SavedModel directory or .keras/.h5) into an mlsched"
                     " bundle: full-int8 TFLite, decision table, manifest with hashes, fidelity report.")
-    ap.add_argument("model", type=Path, help="SavedModel directory or .keras/.h5 file: [*, 10] float32 -> [*, 1]")
-    ap.add_argument("-o", "--output", type=Path, required=True, metavar="BUNDLE_DIR",
+    ap.add_argument("model", type=Path,
+                    help="SavedModel directory or .keras/.h5 file: [n, 5|10] float -> [n, 1] or [n]")
+    ap.add_argument("-o", "--output", type=Path, metavar="BUNDLE_DIR",
                     help="bundle directory to create (refused if it exists, unless --force)")
+    ap.add_argument("--inspect", action="store_true",
+                    help="print the model's signatures and what the converter would do; write nothing")
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 1,
                     help="CPUs of the target host: table geometry and feature ranges (default: this host's, %(default)s)")
     ap.add_argument("--calibration", type=Path, metavar="FILE",
                     help="representative features: .npz with 'features' [n, 10] or CSV with a header")
     ap.add_argument("--signature", help="SavedModel signature (default: serving_default, else the only one)")
+    ap.add_argument("--model-output", metavar="NAME",
+                    help="the model output to convert, when the signature has several")
+    ap.add_argument("--output-kind", choices=("auto", "probability", "logit", "label"), default="auto",
+                    help="what the output is: probability (> 0.5 MIGRATE), logit (> 0), label (0/1);"
+                         " auto: from the op that makes it (default)")
     ap.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
                     help="refuse when int8 and float decisions agree on fewer held-out samples (default %(default)s)")
     ap.add_argument("--table-mode", choices=("boundary", "nearest"), default="boundary",
@@ -53,9 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
                         format="mlsched-convert: %(message)s")
     from .converter import ConvertError, Options, convert
+    from .inspection import inspect
 
+    if a.inspect:
+        try:
+            print(inspect(a.model, a.signature, a.model_output, a.output_kind, verbose=a.verbose))
+        except ConvertError as e:
+            print(f"mlsched-convert: {e}", file=sys.stderr)
+            return e.code
+        return 0
+    if a.output is None:
+        print("mlsched-convert: -o BUNDLE_DIR is required (or --inspect to look only)", file=sys.stderr)
+        return 2
     opt = Options(model=a.model, output=a.output, cpus=a.cpus, calibration=a.calibration,
-                  signature=a.signature, min_agreement=a.min_agreement, table_mode=a.table_mode,
+                  signature=a.signature, model_output=a.model_output, output_kind=a.output_kind,
+                  min_agreement=a.min_agreement, table_mode=a.table_mode,
                   force=a.force, progress=True, normalize=a.normalize)
     try:
         report = convert(opt, verbose=a.verbose)
@@ -65,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlsched-convert: interrupted, nothing written", file=sys.stderr)
         return 130
-    keys = ("cpus", "table_mode", "int8_vs_float_agreement", "table_vs_int8_agreement",
+    keys = ("cpus", "table_mode", "model", "int8_vs_float_agreement", "table_vs_int8_agreement",
             "table_hit_rate", "unsure_fraction", "tflite_bytes", "table_bytes", "seconds")
     print(json.dumps({"bundle": str(a.output), **{k: report[k] for k in keys}}, indent=2))
     return 0

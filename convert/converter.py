@@ -1,27 +1,31 @@
-"""SavedModel / Keras model -> bundle: calibrate, fold normalization, quantize, table, report.
+"""SavedModel / Keras model -> bundle: load, calibrate, fold normalization, quantize, table, report.
 
-Workflow of ``convert()``::
+``convert()`` is the list of steps below, one function each::
 
-    1. load      SavedModel (signature by name, serving_default, or the only one)
-                 or .keras/.h5; check input [*, 10] float32 and output [*, 1]
-    2. fold      counts are divided by N before quantization (one int8 input scale
-                 serves every column); the model's first dense kernel is rescaled
-                 so the model still computes the same function (verified
-                 numerically, else the raw features are quantized and a warning says so)
-    3. quantize  full-int8 TFLite (int8 input and output), calibrated on --calibration
-                 or on features synthesized for an N-CPU host
-    4. measure   int8-vs-float decision agreement on held-out samples; below
-                 --min-agreement: refuse (exit 3) unless --force
-    5. table     decision table from the int8 interpreter (runtime/table.py)
-    6. report    report.json / report.png, manifest with hashes, atomic write
+    1. check_options        flag values, output not there yet (unless --force)
+    2. read_calibration     --calibration file, or features synthesized for an N-CPU host
+    3. load                 any style (loader.py) -> chosen signature, input, output;
+                            frozen float32 graph, output kind, head (graph.py)
+    4. reference_decisions  the original model, in its own dtype, on held-out features;
+                            its outputs must fit the kind (probability in [0, 1], label 0/1)
+    5. fold_normalization   counts are divided by N before quantization (one int8 input
+                            scale serves every column); the graph absorbs the scale
+                            (verified numerically, else raw features and a warning)
+    6. quantize             full-int8 TFLite (int8 input and output), calibrated on step 2
+    7. measure_agreement    int8 vs the original's decisions on held-out samples; below
+                            --min-agreement: refuse (exit 3) unless --force
+    8. build_table          decision table from the int8 interpreter (runtime/table.py)
+    9. make_report          report.json figures, report.png heatmaps
+   10. make_manifest        feature spec (input width 5 or 10), normalization, quantization
+   11. write_bundle         model, table, report files and manifest with hashes, atomic write
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
+import re
 import sys
 import time
 import warnings
@@ -33,7 +37,7 @@ from mlsched.runtime import bundle as bundle_mod
 from mlsched.runtime import table as table_mod
 from mlsched.runtime.features import (
     FEATURE_NAMES,
-    FEATURE_WIDTH,
+    LOAD_COLUMNS,
     LOAD_STEPS,
     THRESHOLD,
     Normalization,
@@ -43,23 +47,22 @@ from mlsched.runtime.wire import UNSURE
 
 import mlsched
 
-from . import calibration
+from . import calibration, graph, loader
+from .errors import EXIT_BAD_INPUT, EXIT_LOW_AGREEMENT, ConvertError, first_line
+from .lazy_tf import tensorflow
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_LOW_AGREEMENT", "ConvertError", "Options", "convert"]
 
 log = logging.getLogger(__name__)
 
 #: Held-out samples for the agreement figures (never used for calibration).
 AGREEMENT_SAMPLES = 100_000
 SEED = 1125
-EXIT_BAD_INPUT = 2
-EXIT_LOW_AGREEMENT = 3
-
-
-class ConvertError(Exception):
-    """A conversion that cannot go on; ``code`` is the process exit status."""
-
-    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
-        super().__init__(message)
-        self.code = code
+OUTPUT_KINDS = ("auto",) + graph.KINDS
+#: Raw outputs below this for "logit" decide STAY; probability and label use THRESHOLD.
+LOGIT_THRESHOLD = 0.0
+#: Slack on the [0, 1] range a probability output must keep (float rounding).
+PROBABILITY_SLACK = 1e-6
 
 
 @dataclass
@@ -69,6 +72,8 @@ class Options:
     cpus: int
     calibration: Path | None = None
     signature: str | None = None
+    model_output: str | None = None
+    output_kind: str = "auto"
     min_agreement: float = 0.99
     table_mode: str = "boundary"
     force: bool = False
@@ -77,160 +82,40 @@ class Options:
     extra: dict = field(default_factory=dict)
 
 
-def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow as tf
+@dataclass
+class Loaded:
+    """The chosen model: the original signature and its frozen float32 graph with its head."""
 
-    tf.get_logger().setLevel(logging.ERROR)
-    return tf
+    choice: loader.Choice
+    graph: graph.FloatGraph
+    kind: str            # probability, logit or label
+    kind_from: str       # how the kind was found: the output's last op, or the flag
+    head: str            # what was done to the output so that > 0.5 means MIGRATE
 
+    @property
+    def width(self) -> int:
+        return self.choice.width
 
-class LoadedModel:
-    """A float model as a callable ``[n, 10] float32 -> [n] probability``, plus its variables."""
+    @property
+    def description(self) -> str:
+        return self.choice.describe()
 
-    def __init__(self, fn, holder, variables, description: str):
-        self.fn = fn                 # concrete function, takes a [n, 10] float32 tensor
-        self.holder = holder         # object that owns the variables (for the converter)
-        self.variables = variables
-        self.description = description
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        tf = _tf()
-        out = []
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """The original model's output [n] (float64) on features [n, width], in its own dtype."""
+        tf = tensorflow()
+        dtype = tf.as_dtype(self.choice.input.dtype)
+        name, out = self.choice.input.name, self.choice.output.name
+        parts = []
         for start in range(0, len(x), 65536):
-            y = self.fn(tf.constant(np.asarray(x[start:start + 65536], dtype=np.float32)))
-            if isinstance(y, dict):
-                y = next(iter(y.values()))
-            out.append(np.asarray(y).reshape(-1))
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+            feed = tf.constant(np.asarray(x[start:start + 65536], np.float64), dtype=dtype)
+            y = self.choice.signature.call({name: feed})[out]
+            parts.append(np.asarray(y, dtype=np.float64).reshape(-1))
+        return np.concatenate(parts) if parts else np.zeros(0)
 
-
-def load_model(path: Path, signature: str | None) -> LoadedModel:
-    tf = _tf()
-    if not path.exists():
-        raise ConvertError(f"{path}: no such file or directory (give a SavedModel directory or a .keras/.h5 file)")
-    if path.is_file():
-        if path.suffix not in (".keras", ".h5"):
-            raise ConvertError(f"{path}: a file but not .keras or .h5: give a SavedModel directory or a Keras file")
-        try:
-            model = tf.keras.models.load_model(path, compile=False)
-        except Exception as e:  # noqa: BLE001 - Keras raises many kinds; one line for all
-            raise ConvertError(f"{path}: cannot load the Keras model ({_first_line(e)})") from None
-        spec = tf.TensorSpec([None, FEATURE_WIDTH], tf.float32)
-        _check_keras_shapes(model, path)
-        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec]).get_concrete_function()
-        return LoadedModel(fn, model, list(model.weights), f"keras:{path.name}")
-    if not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
-        raise ConvertError(f"{path}: a directory without saved_model.pb: not a SavedModel")
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise ConvertError(f"{path}: cannot read the SavedModel ({_first_line(e)}): is it truncated?") from None
-    sigs = dict(loaded.signatures)
-    if signature is not None:
-        if signature not in sigs:
-            raise ConvertError(f"{path}: no signature {signature!r} (has: {', '.join(sigs) or 'none'})")
-        name = signature
-    elif "serving_default" in sigs:
-        name = "serving_default"
-    elif len(sigs) == 1:
-        name = next(iter(sigs))
-    elif not sigs:
-        raise ConvertError(f"{path}: the SavedModel has no signatures: export it with one")
-    else:
-        raise ConvertError(f"{path}: several signatures ({', '.join(sorted(sigs))}): choose one with --signature")
-    fn = sigs[name]
-    args, kwargs = fn.structured_input_signature
-    inputs = list(args) + list(kwargs.values())
-    if len(inputs) != 1:
-        raise ConvertError(f"{path}: signature {name!r} takes {len(inputs)} inputs, expected one [*, 10] float32")
-    spec = inputs[0]
-    if spec.dtype != tf.float32 or spec.shape.rank != 2 or spec.shape[1] != FEATURE_WIDTH:
-        raise ConvertError(f"{path}: signature {name!r} input is {spec.dtype.name} {spec.shape},"
-                           f" expected float32 [*, {FEATURE_WIDTH}]")
-    outs = fn.structured_outputs
-    outs = list(outs.values()) if isinstance(outs, dict) else [outs]
-    if len(outs) != 1 or outs[0].shape.rank != 2 or outs[0].shape[1] != 1:
-        shapes = ", ".join(str(o.shape) for o in outs)
-        raise ConvertError(f"{path}: signature {name!r} outputs {shapes}, expected one [*, 1]")
-    in_key = next(iter(kwargs)) if kwargs else None
-
-    if in_key is not None:
-        base = fn
-
-        @tf.function(input_signature=[tf.TensorSpec([None, FEATURE_WIDTH], tf.float32)])
-        def call(x):
-            return next(iter(base(**{in_key: x}).values()))
-
-        fn = call.get_concrete_function()
-    return LoadedModel(fn, loaded, list(loaded.variables), f"saved_model:{path.name}[{name}]")
-
-
-def _check_keras_shapes(model, path: Path) -> None:
-    try:
-        ins, outs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        return
-    if len(ins) != 1 or tuple(ins[0].shape[1:]) != (FEATURE_WIDTH,):
-        raise ConvertError(f"{path}: model input {[tuple(i.shape) for i in ins]}, expected one [*, {FEATURE_WIDTH}]")
-    if len(outs) != 1 or tuple(outs[0].shape[1:]) != (1,):
-        raise ConvertError(f"{path}: model output {[tuple(o.shape) for o in outs]}, expected one [*, 1]")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
-
-
-def fold_normalization(m: LoadedModel, norm: Normalization, probe: np.ndarray) -> bool:
-    """Rescale the first dense kernel so the model takes normalized features; verify it.
-
-    For ``u = x / s`` (offsets are zero for our features): ``x W + b = u (diag(s) W) + b``.
-    The kernel is the single variable of shape [10, k]; the check compares the model on
-    ``u`` after folding with the original on ``x`` and undoes the change when they differ.
-    """
-    if np.any(norm.offset != 0):
-        raise ValueError("folding supports scale-only normalization")
-    cands = [v for v in m.variables if len(v.shape) == 2 and v.shape[0] == FEATURE_WIDTH]
-    if len(cands) != 1:
-        log.warning("no single [10, k] kernel found (%d candidates): features stay raw", len(cands))
-        return False
-    kernel = cands[0]
-    before = m.predict(probe)
-    original = kernel.numpy()
-    kernel.assign(original * norm.scale[:, None].astype(original.dtype))
-    after = m.predict(norm.apply(probe))
-    if np.allclose(before, after, rtol=1e-4, atol=1e-5):
-        return True
-    kernel.assign(original)
-    log.warning("the model does not start with a dense layer over its input: features stay raw")
-    return False
-
-
-def quantize(m: LoadedModel, calib_u: np.ndarray, verbose: bool) -> bytes:
-    tf = _tf()
-    if isinstance(m.holder, tf.keras.Model):
-        conv = tf.lite.TFLiteConverter.from_keras_model(m.holder)
-    else:
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([m.fn], m.holder)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    rows = calib_u.astype(np.float32)
-
-    def representative():
-        for i in range(len(rows)):
-            yield [rows[i:i + 1]]
-
-    conv.representative_dataset = representative
-    try:
-        with quiet_stderr(keep=verbose), warnings.catch_warnings():
-            warnings.simplefilter("default" if verbose else "ignore")
-            return conv.convert()
-    except Exception as e:  # noqa: BLE001
-        raise ConvertError(f"{m.description}: TFLite int8 conversion failed ({_first_line(e)})") from None
+    def decide(self, x: np.ndarray) -> np.ndarray:
+        """The original model's decisions (1 = MIGRATE) on raw features [n, >= width]."""
+        y = self.raw(np.asarray(x)[:, :self.width])
+        return (y > (LOGIT_THRESHOLD if self.kind == "logit" else THRESHOLD)).astype(np.uint8)
 
 
 class Progress:
@@ -250,115 +135,273 @@ class Progress:
         sys.stderr.flush()
 
 
-def pipeline_decide(table: np.ndarray, model: Model, norm: Normalization, x: np.ndarray):
-    """Table first, interpreter for misses: (decisions, hit mask). Used for the report."""
-    vals, _ = table_mod.lookup(table, x[:, 0], x[:, 1], x[:, 2], x[:, 3], x[:, 4])
-    hit = vals != UNSURE
-    out = vals.copy()
-    if (~hit).any():
-        out[~hit] = model.decide(norm.apply(x[~hit]))
-    return out, hit
-
-
 def convert(opt: Options, verbose: bool = False) -> dict:
+    """Convert ``opt.model`` into the bundle ``opt.output``; returns the report (module doc)."""
     t0 = time.time()
+    check_options(opt)
+    calib, calib_source = read_calibration(opt)
+    with quiet_stderr(keep=verbose):
+        m = load(opt.model, opt.signature, opt.model_output, opt.output_kind)
+    held = calibration.synthesize(opt.cpus, AGREEMENT_SAMPLES, np.random.default_rng(SEED + 1))
+    reference = reference_decisions(m, held, opt.output_kind)
+    g, norm, folded = fold_normalization(m, opt.cpus, opt.normalize, held[:4096])
+    t_quantize = time.time()
+    tflite = quantize(m, g, norm.apply(calib[:, :m.width]), verbose)
+    quantize_seconds = time.time() - t_quantize
+    int8 = Model(tflite)
+    fidelity = measure_agreement(m, int8, norm, held, reference, opt)
+    table, table_seconds = build_table(int8, norm, opt)
+    report = make_report(opt, m, int8, norm, table, held, reference, fidelity, tflite,
+                         folded=folded, calib_info={"source": calib_source, "rows": len(calib)},
+                         seconds={"quantize": quantize_seconds, "table": table_seconds})
+    png = _heatmaps(m, int8, norm, table, opt.cpus)
+    report["seconds"] = round(time.time() - t0, 2)
+    manifest = make_manifest(opt, m, int8, norm, table, report)
+    write_bundle(opt, bundle_files(tflite, table, report, png), manifest)
+    return report
+
+
+def check_options(opt: Options) -> None:
     if opt.cpus < 1 or opt.cpus > bundle_mod.MAX_CPUS:
         raise ConvertError(f"--cpus {opt.cpus}: must be 1..{bundle_mod.MAX_CPUS}")
     if not 0 <= opt.min_agreement <= 1:
         raise ConvertError(f"--min-agreement {opt.min_agreement}: must be within [0, 1]")
     if opt.table_mode not in table_mod.MODES:
         raise ConvertError(f"--table-mode {opt.table_mode}: use {' or '.join(table_mod.MODES)}")
+    if opt.output_kind not in OUTPUT_KINDS:
+        raise ConvertError(f"--output-kind {opt.output_kind}: use {', '.join(OUTPUT_KINDS)}")
     if opt.output.exists() and not opt.force:
         raise ConvertError(f"{opt.output} exists: pass --force to replace it")
+
+
+def read_calibration(opt: Options) -> tuple[np.ndarray, str]:
+    """Raw calibration features [n, 10] (padding zero) and where they come from."""
     rng = np.random.default_rng(SEED)
-    if opt.calibration is not None:
-        try:
-            calib = calibration.load(opt.calibration)
-        except calibration.CalibrationError as e:
-            raise ConvertError(f"{e}: give .npz with 'features' [n, 10] or CSV with a header"
-                               f" naming {', '.join(FEATURE_NAMES)}") from None
-        if len(calib) > calibration.CALIBRATION_ROWS:
-            calib = calib[rng.choice(len(calib), calibration.CALIBRATION_ROWS, replace=False)]
-        source = str(opt.calibration)
+    if opt.calibration is None:
+        return (calibration.synthesize(opt.cpus, calibration.CALIBRATION_ROWS, rng),
+                f"synthesized for {opt.cpus} CPUs")
+    try:
+        calib = calibration.load(opt.calibration)
+    except calibration.CalibrationError as e:
+        raise ConvertError(f"{e}: give .npz with 'features' [n, 10] or CSV with a header"
+                           f" naming {', '.join(FEATURE_NAMES)}") from None
+    if len(calib) > calibration.CALIBRATION_ROWS:
+        calib = calib[rng.choice(len(calib), calibration.CALIBRATION_ROWS, replace=False)]
+    return calib, str(opt.calibration)
+
+
+def load(path: Path, signature: str | None = None, output: str | None = None,
+         output_kind: str = "auto") -> Loaded:
+    """Read the model, choose signature/input/output, freeze it, find its kind, add the head."""
+    choice = loader.choose(loader.open_model(path), signature, output)
+    g = graph.freeze(choice)
+    if output_kind == "auto":
+        kind, op = graph.output_kind(g)
+        kind_from = f"auto: the output comes from {op}"
     else:
-        calib = calibration.synthesize(opt.cpus, calibration.CALIBRATION_ROWS, rng)
-        source = f"synthesized for {opt.cpus} CPUs"
+        kind, kind_from = output_kind, "--output-kind"
+    g, head = graph.with_head(choice, g, kind)
+    return Loaded(choice, g, kind, kind_from, head)
 
-    with quiet_stderr(keep=verbose):
-        m = load_model(opt.model, opt.signature)
-    held = calibration.synthesize(opt.cpus, AGREEMENT_SAMPLES, np.random.default_rng(SEED + 1))
-    float_prob = m.predict(held)
-    float_dec = (float_prob > THRESHOLD).astype(np.uint8)
 
-    norm = Normalization.for_host(opt.cpus)
-    folded = opt.normalize and fold_normalization(m, norm, held[:4096])
-    if not folded:
-        norm = Normalization.identity()
-    tflite = quantize(m, norm.apply(calib), verbose)
-    model = Model(tflite)
+def reference_decisions(m: Loaded, held: np.ndarray, output_kind: str) -> np.ndarray:
+    """The original model's decisions on held-out features, after checking its outputs fit its kind."""
+    check_output_values(m, m.raw(held[:, :m.width]), output_kind)
+    dec = m.decide(held)
+    log.debug("%s: %s (%s), %s; %.1f%% MIGRATE on held-out rows", m.description, m.kind,
+              m.kind_from, m.head, 100 * float(dec.mean()))
+    return dec
 
-    int8_dec = model.decide(norm.apply(held))
-    agreement = float((int8_dec == float_dec).mean())
+
+def check_output_values(m: Loaded, raw: np.ndarray, output_kind: str) -> None:
+    """Refuse outputs that do not fit their kind: probability in [0, 1], label 0 or 1; an
+    output ``auto`` calls a logit that never leaves [0, 1] is ambiguous."""
+    name = f"{m.description} output {m.choice.output.name!r}"
+    if not np.all(np.isfinite(raw)):
+        raise ConvertError(f"{name} is not finite on {int((~np.isfinite(raw)).sum())} held-out rows")
+    lo, hi = float(raw.min()), float(raw.max())
+    in_unit = lo >= -PROBABILITY_SLACK and hi <= 1 + PROBABILITY_SLACK
+    if m.kind == "probability" and not in_unit:
+        raise ConvertError(f"{name} ranges {lo:.3g}..{hi:.3g}: not a probability"
+                           " (pass --output-kind logit if it is one)")
+    if m.kind == "label" and not np.all((raw == 0) | (raw == 1)):
+        odd = raw[(raw != 0) & (raw != 1)][0]
+        raise ConvertError(f"{name} takes values other than 0 and 1 (e.g. {odd:.4g}): not a label"
+                           " (pass --output-kind probability or logit)")
+    if m.kind == "logit" and output_kind == "auto" and in_unit:
+        raise ConvertError(f"{name} ({m.kind_from}) stays within [0, 1]: a probability or a"
+                           " logit? pass --output-kind probability or --output-kind logit")
+
+
+def fold_normalization(m: Loaded, ncpus: int, normalize: bool, probe: np.ndarray
+                       ) -> tuple[graph.FloatGraph, Normalization, bool]:
+    """The graph to quantize and the normalization the runtime applies before it.
+
+    For ``u = x / s`` (counts / N): the graph is rewritten to compute ``f(u * s)``
+    (graph.fold_scale) and compared with the original on ``probe``; when it cannot be
+    folded or the numbers differ, the features stay raw and a warning says so.
+    """
+    identity = Normalization.identity(m.width)
+    if not normalize:
+        return m.graph, identity, False
+    norm = Normalization.for_host(ncpus, m.width)
+    folded, how = graph.fold_scale(m.graph, norm.scale)
+    if folded is None:
+        log.warning("cannot fold the input scaling into the model (%s): features stay raw", how)
+        return m.graph, identity, False
+    x = probe[:, :m.width]
+    before, after = m.graph.predict(x), folded.predict(norm.apply(x))
+    if not np.allclose(before, after, rtol=1e-4, atol=1e-5):
+        log.warning("folding the input scaling %s changed the model's output: features stay raw", how)
+        return m.graph, identity, False
+    log.debug("input scaling folded %s", how)
+    return folded, norm, True
+
+
+def quantize(m: Loaded, g: graph.FloatGraph, calib_u: np.ndarray, verbose: bool) -> bytes:
+    """Full-int8 TFLite of ``g`` (int8 input and output), calibrated on normalized features."""
+    tf = tensorflow()
+    fn = g.function()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], tf.Module())
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    rows = np.asarray(calib_u, dtype=np.float32)
+
+    def representative():
+        for i in range(len(rows)):
+            yield [rows[i:i + 1]]
+
+    conv.representative_dataset = representative
+    try:
+        with quiet_stderr(keep=verbose), warnings.catch_warnings():
+            warnings.simplefilter("default" if verbose else "ignore")
+            return conv.convert()
+    except Exception as e:  # noqa: BLE001 - the converter raises many kinds; one line for all
+        ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(e))))
+        if ops:
+            raise ConvertError(f"{m.description}: TFLite has no int8 builtin for op"
+                               f" {', '.join(ops)}: rewrite the model without it") from None
+        raise ConvertError(f"{m.description}: TFLite int8 conversion failed ({first_line(e)})") from None
+
+
+def knife_edge(m: Loaded, held: np.ndarray, reference: np.ndarray, step: float) -> np.ndarray:
+    """Rows whose float decision flips within half an int8 input step of either load."""
+    edge = np.zeros(len(held), dtype=bool)
+    for col in LOAD_COLUMNS:
+        for delta in (-step / 2, step / 2):
+            moved = held.copy()
+            moved[:, col] = np.clip(moved[:, col] + delta, 0.0, 1.0)
+            edge |= m.decide(moved) != reference
+    return edge
+
+
+def measure_agreement(m: Loaded, int8: Model, norm: Normalization, held: np.ndarray,
+                      reference: np.ndarray, opt: Options) -> dict:
+    """int8 vs float decisions on held-out rows, overall and off the knife edge; gate on overall."""
+    dec = int8.decide(norm.apply(held[:, :m.width]))
+    agree = dec == reference
+    agreement = float(agree.mean())
+    edge = knife_edge(m, held, reference, float(int8.in_scale))
+    off_edge = float(agree[~edge].mean()) if (~edge).any() else 1.0
     if agreement < opt.min_agreement and not opt.force:
         raise ConvertError(f"int8 model agrees with the float model on {agreement:.2%} of"
-                           f" {len(held)} held-out decisions, below --min-agreement"
-                           f" {opt.min_agreement:.2%}: give representative --calibration data,"
-                           " or --force to accept it", EXIT_LOW_AGREEMENT)
+                           f" {len(held)} held-out decisions ({off_edge:.2%} off the"
+                           f" {edge.mean():.2%} of rows within half an input step of the boundary),"
+                           f" below --min-agreement {opt.min_agreement:.2%}: give representative"
+                           " --calibration data, or --force to accept it", EXIT_LOW_AGREEMENT)
+    return {"int8_decisions": dec, "int8_vs_float_agreement": agreement,
+            "knife_edge_fraction": float(edge.mean()), "int8_vs_float_agreement_off_edge": off_edge}
 
-    t_table = time.time()
-    table = table_mod.build(lambda x: model.decide(norm.apply(x)), opt.cpus, opt.table_mode,
+
+def build_table(int8: Model, norm: Normalization, opt: Options) -> tuple[np.ndarray, float]:
+    t0 = time.time()
+    width = int8.width
+    table = table_mod.build(lambda x: int8.decide(norm.apply(x[:, :width])), opt.cpus, opt.table_mode,
                             progress=Progress("table", opt.progress))
-    table_seconds = time.time() - t_table
-    pipe_dec, hit = pipeline_decide(table, model, norm, held)
+    return table, time.time() - t0
 
-    report = {
+
+def pipeline_decide(table: np.ndarray, model: Model, norm: Normalization, x: np.ndarray):
+    """Table first, interpreter for misses: (decisions, hit mask). Used for the report."""
+    vals, _ = table_mod.lookup(table, x[:, 0], x[:, 1], x[:, 2], x[:, 3], x[:, 4])
+    hit = vals != UNSURE
+    out = vals.copy()
+    if (~hit).any():
+        out[~hit] = model.decide(norm.apply(x[~hit][:, :model.width]))
+    return out, hit
+
+
+def make_report(opt: Options, m: Loaded, int8: Model, norm: Normalization, table: np.ndarray,
+                held: np.ndarray, reference: np.ndarray, fidelity: dict, tflite: bytes, *,
+                folded: bool, calib_info: dict, seconds: dict) -> dict:
+    pipe_dec, hit = pipeline_decide(table, int8, norm, held)
+    inp, out = m.choice.input, m.choice.output
+    return {
         "cpus": opt.cpus,
         "table_mode": opt.table_mode,
-        "int8_vs_float_agreement": agreement,
-        "table_vs_int8_agreement": float((pipe_dec == int8_dec).mean()),
-        "table_vs_float_agreement": float((pipe_dec == float_dec).mean()),
+        "model": {"style": m.choice.source.style, "signature": m.choice.signature.name,
+                  "input": {"name": inp.name, "dtype": inp.dtype, "width": m.width},
+                  "output": {"name": out.name, "dtype": out.dtype, "kind": m.kind,
+                             "kind_from": m.kind_from, "head": m.head}},
+        "int8_vs_float_agreement": fidelity["int8_vs_float_agreement"],
+        "int8_vs_float_agreement_off_edge": fidelity["int8_vs_float_agreement_off_edge"],
+        "knife_edge_fraction": fidelity["knife_edge_fraction"],
+        "table_vs_int8_agreement": float((pipe_dec == fidelity["int8_decisions"]).mean()),
+        "table_vs_float_agreement": float((pipe_dec == reference).mean()),
         "table_hit_rate": float(hit.mean()),
         "unsure_fraction": float((table == UNSURE).mean()),
         "held_out_samples": len(held),
-        "calibration": {"source": source, "rows": len(calib)},
+        "calibration": calib_info,
         "normalization_folded": folded,
         "float_model_bytes": _tree_bytes(opt.model),
         "tflite_bytes": len(tflite),
         "table_bytes": int(table.nbytes),
-        "table_seconds": round(table_seconds, 2),
-        "backend": model.backend,
+        "quantize_seconds": round(seconds["quantize"], 2),
+        "table_seconds": round(seconds["table"], 2),
+        "backend": int8.backend,
     }
-    files = {bundle_mod.MODEL_FILE: tflite, bundle_mod.TABLE_FILE: table.tobytes()}
-    png = _heatmaps(m, model, norm, table, opt.cpus)
-    if png is not None:
-        files["report.png"] = png
-    report["seconds"] = round(time.time() - t0, 2)
-    files["report.json"] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
 
-    manifest = {
+
+def make_manifest(opt: Options, m: Loaded, int8: Model, norm: Normalization, table: np.ndarray,
+                  report: dict) -> dict:
+    pads = [f"pad{i}" for i in range(m.width - len(FEATURE_NAMES))]
+    return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": opt.cpus,
-        "features": {"names": list(FEATURE_NAMES) + [f"pad{i}" for i in range(FEATURE_WIDTH - 5)],
-                     "width": FEATURE_WIDTH, "normalization": norm.to_json()},
+        "features": {"names": list(FEATURE_NAMES) + pads, "width": m.width,
+                     "normalization": norm.to_json()},
         "model": {"file": bundle_mod.MODEL_FILE, "input_dtype": "int8", "threshold": THRESHOLD,
-                  "input_quantization": [float(model.in_scale), int(model.in_zero)],
-                  "output_quantization": [float(model.out_scale), int(model.out_zero)]},
+                  "input_quantization": [float(int8.in_scale), int(int8.in_zero)],
+                  "output_quantization": [float(int8.out_scale), int(int8.out_zero)]},
         "table": {"file": bundle_mod.TABLE_FILE, "dtype": "uint8", "mode": opt.table_mode,
                   "shape": list(table.shape), "load_steps": LOAD_STEPS,
                   "axes": ["cpu", "cpu_idle", "q(src_dom_load)", "q(dst_dom_load)"],
                   "values": {"STAY": 0, "MIGRATE": 1, "UNSURE": 2}},
-        "source": {"model": str(opt.model), "description": m.description},
+        "source": {"model": str(opt.model), "description": m.description,
+                   "input": report["model"]["input"], "output": report["model"]["output"]},
         "tool_versions": _versions(),
         "report": {k: report[k] for k in ("int8_vs_float_agreement", "table_vs_int8_agreement",
                                           "table_hit_rate", "unsure_fraction")},
     }
+
+
+def bundle_files(tflite: bytes, table: np.ndarray, report: dict, png: bytes | None) -> dict[str, bytes]:
+    files = {bundle_mod.MODEL_FILE: tflite, bundle_mod.TABLE_FILE: table.tobytes()}
+    if png is not None:
+        files["report.png"] = png
+    files["report.json"] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+    return files
+
+
+def write_bundle(opt: Options, files: dict[str, bytes], manifest: dict) -> None:
     try:
         bundle_mod.write(opt.output, files, manifest, force=opt.force)
     except FileExistsError as e:
         raise ConvertError(str(e)) from None
     except OSError as e:
         raise ConvertError(f"{opt.output}: cannot write the bundle ({e.strerror})") from None
-    return report
 
 
 def _tree_bytes(path: Path) -> int:
@@ -368,13 +411,13 @@ def _tree_bytes(path: Path) -> int:
 
 
 def _versions() -> dict:
-    tf = _tf()
+    tf = tensorflow()
     out = {"mlsched": mlsched.__version__, "tensorflow": tf.__version__,
            "numpy": np.__version__, "python": platform.python_version()}
     return out
 
 
-def _heatmaps(m: LoadedModel, model: Model, norm: Normalization, table: np.ndarray,
+def _heatmaps(m: Loaded, model: Model, norm: Normalization, table: np.ndarray,
               ncpus: int) -> bytes | None:
     """Decision maps over src x dst load (cpu 0 and N-1, three idle counts): float, int8, table."""
     try:
@@ -398,7 +441,7 @@ def _heatmaps(m: LoadedModel, model: Model, norm: Normalization, table: np.ndarr
     fig, axes = plt.subplots(3, len(cases), figsize=(3.2 * len(cases), 9), squeeze=False)
     for col, (cpu, idle) in enumerate(cases):
         x = host_features(ncpus, cpu, idle, s.ravel(), d.ravel())
-        maps = [(m.predict(x) > THRESHOLD).astype(np.uint8), model.decide(norm.apply(x)),
+        maps = [m.decide(x), model.decide(norm.apply(x[:, :model.width])),
                 table_mod.lookup(table, x[:, 0], x[:, 1], x[:, 2], x[:, 3], x[:, 4])[0]]
         for row, (name, dec) in enumerate(zip(("float", "int8", "table"), maps, strict=True)):
             ax = axes[row][col]

@@ -3,7 +3,8 @@
 ::
 
     bundle/
-      manifest.json   format version, feature spec + normalization, table geometry,
+      manifest.json   format version, feature spec (input width 5 or 10; absent
+                      means 10) + normalization, table geometry,
                       sha256 and size of every other file, tool versions, cpus
       model.tflite    full-int8 model taking normalized features
       table.bin       uint8 decision table [N, N+1, 11, 11] (see table.py)
@@ -31,7 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import FEATURE_NAMES, FEATURE_WIDTH, LOAD_LEVELS, LOAD_STEPS, Normalization
+from .features import (
+    FEATURE_NAMES,
+    FEATURE_WIDTH,
+    FEATURE_WIDTHS,
+    LOAD_LEVELS,
+    LOAD_STEPS,
+    Normalization,
+)
 from .table import MODES, table_bytes, table_shape
 
 FORMAT = "mlsched-bundle"
@@ -90,6 +98,11 @@ class Bundle:
         return int(self.manifest["cpus"])
 
     @property
+    def width(self) -> int:
+        """Columns the model takes: the five features (5) or five more zero pads (10)."""
+        return int(self.manifest["features"].get("width", FEATURE_WIDTH))
+
+    @property
     def table_mode(self) -> str:
         return self.manifest["table"]["mode"]
 
@@ -146,6 +159,7 @@ class Bundle:
             f"created       {m.get('created', '?')} by mlsched {m.get('tool_versions', {}).get('mlsched', '?')}",
             f"source model  {m.get('source', {}).get('model', '?')}",
             f"cpus          {self.cpus}",
+            f"input width   {self.width}" + (" (five zero pads)" if self.width > len(FEATURE_NAMES) else ""),
             f"table         {self.table_mode}, {self.table.nbytes} bytes,"
             f" {float((self.table == 2).mean()) * 100:.2f}% UNSURE",
             f"normalization {'identity' if self.normalization.is_identity else 'per-feature scale ' + str([round(s, 4) for s in self.normalization.scale[:5]])}",
@@ -279,10 +293,13 @@ def _check_manifest(m, where: Path) -> Normalization:
     if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= MAX_CPUS:
         raise bad(f"cpus must be an integer in 1..{MAX_CPUS}, got {cpus!r}")
     feats = m.get("features")
-    if not isinstance(feats, dict) or feats.get("width") != FEATURE_WIDTH \
-            or not isinstance(feats.get("names"), list) \
+    if not isinstance(feats, dict) or not isinstance(feats.get("names"), list) \
             or feats["names"][:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
-        raise bad(f"feature spec must name {', '.join(FEATURE_NAMES)} padded to {FEATURE_WIDTH}")
+        raise bad(f"feature spec must name {', '.join(FEATURE_NAMES)}")
+    width = feats.get("width", FEATURE_WIDTH)
+    if isinstance(width, bool) or width not in FEATURE_WIDTHS or len(feats["names"]) != width:
+        raise bad(f"feature width {width!r} with {len(feats['names'])} names: expected"
+                  f" {len(FEATURE_NAMES)} (the features) or {FEATURE_WIDTH} (padded), one name per column")
     try:
         with np.errstate(over="ignore", divide="ignore"):
             norm = Normalization.from_json(feats["normalization"])
@@ -292,6 +309,8 @@ def _check_manifest(m, where: Path) -> Normalization:
         raise bad(f"bad feature normalization ({e})") from None
     if not in_range:
         raise bad("bad feature normalization (scale or offset outside float32 range)")
+    if norm.width != width:
+        raise bad(f"feature normalization has {norm.width} columns, the model takes {width}")
     for key in ("report", "source", "tool_versions"):
         if not isinstance(m.get(key, {}), dict):
             raise bad(f"{key} must be an object")

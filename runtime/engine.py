@@ -174,7 +174,9 @@ class Engine:
     def __init__(self, bundle: Bundle, ncpus: int | None = None, backend: str = "auto",
                  model: Model | None = None):
         self.bundle = bundle
-        self.model = model if model is not None else Model(bundle.model_bytes, backend=backend)
+        if model is None:
+            model = Model(bundle.model_bytes, backend=backend, width=bundle.width)
+        self.model = model
         self.backend = self.model.backend
         self.normalization = bundle.normalization
         self.mode = bundle.table_mode
@@ -213,14 +215,14 @@ class Engine:
         """
         raw = np.asarray(raw, dtype=np.float64)[:, :RAW_COLUMNS]
         with np.errstate(over="ignore", invalid="ignore"):
-            return self.model.decide(self.normalization.apply(pad(raw)))
+            return self.model.decide(self.normalization.apply(pad(raw, self.model.width)))
 
     def _interpret(self, raw5: np.ndarray, probabilities: bool) -> np.ndarray:
         """One shim call over raw features [m, 5]: probabilities (float32) or decisions (uint8)."""
         self.counters.interpreter_calls += 1
         self.counters.interpreter_rows += len(raw5)
         with np.errstate(over="ignore", invalid="ignore"):   # huge finite counts saturate int8
-            u = self.normalization.apply(pad(raw5))
+            u = self.normalization.apply(pad(raw5, self.model.width))
             return self.model.probability(u) if probabilities else self.model.decide(u)
 
     # ---- batch API ----------------------------------------------------------------------

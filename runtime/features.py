@@ -1,7 +1,8 @@
 """Feature contract shared by every path that turns raw features into a decision.
 
-A migration request carries five features; the model takes them padded to
-``FEATURE_WIDTH`` columns::
+A migration request carries five features; a model takes them as they are
+(width 5) or padded with zeros to ``FEATURE_WIDTH`` columns (width 10), as its
+bundle's manifest says::
 
     0 cpu            current CPU id            (integer, 0..N-1)
     1 cpu_idle       idle CPUs on the host     (integer, 0..N)
@@ -28,6 +29,8 @@ from .wire import LOAD_LEVELS, LOAD_STEPS
 
 FEATURE_NAMES = ("cpu", "cpu_idle", "cpu_not_idle", "src_dom_load", "dst_dom_load")
 FEATURE_WIDTH = 10
+#: Input widths a model may have: the five features, or the five features and five zero pads.
+FEATURE_WIDTHS = (len(FEATURE_NAMES), FEATURE_WIDTH)
 CPU, IDLE, BUSY, SRC_LOAD, DST_LOAD = range(5)
 COUNT_COLUMNS = (CPU, IDLE, BUSY)
 LOAD_COLUMNS = (SRC_LOAD, DST_LOAD)
@@ -38,13 +41,14 @@ __all__ = ["COUNT_COLUMNS", "FEATURE_NAMES", "FEATURE_WIDTH", "LOAD_COLUMNS", "L
 THRESHOLD = 0.5
 
 
-def pad(features5: np.ndarray) -> np.ndarray:
-    """Return [n, FEATURE_WIDTH] float32 with the five features in front, zeros behind."""
+def pad(features5: np.ndarray, width: int = FEATURE_WIDTH) -> np.ndarray:
+    """Return [n, width] float32 with the five features in front, zeros behind."""
     f = np.asarray(features5, dtype=np.float32)
     if f.ndim == 1:
         f = f[None, :]
-    out = np.zeros((f.shape[0], FEATURE_WIDTH), dtype=np.float32)
-    out[:, : f.shape[1]] = f
+    out = np.zeros((f.shape[0], width), dtype=np.float32)
+    take = min(f.shape[1], width)
+    out[:, :take] = f[:, :take]
     return out
 
 
@@ -66,15 +70,18 @@ def host_features(ncpus: int, cpu, idle, src, dst) -> np.ndarray:
 class Normalization:
     """Per-feature affine normalization ``u = (x - offset) / scale`` recorded in the manifest.
 
-    The int8 model's single input scale serves all ten columns, so every column is
-    brought to [0, 1] first; raw CPU ids would otherwise crush the loads to a few
-    quantization levels.
+    The int8 model's single input scale serves all its columns (5 or 10), so every
+    column is brought to [0, 1] first; raw CPU ids would otherwise crush the loads to
+    a few quantization levels. Its width is the model's input width.
     """
 
     def __init__(self, scale, offset=None):
-        self.scale = np.asarray(scale, dtype=np.float64).reshape(FEATURE_WIDTH)
-        self.offset = (np.zeros(FEATURE_WIDTH) if offset is None
-                       else np.asarray(offset, dtype=np.float64).reshape(FEATURE_WIDTH))
+        self.scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+        if self.scale.size not in FEATURE_WIDTHS:
+            raise ValueError(f"normalization has {self.scale.size} columns, expected"
+                             f" {' or '.join(map(str, FEATURE_WIDTHS))}")
+        self.offset = (np.zeros(self.scale.size) if offset is None
+                       else np.asarray(offset, dtype=np.float64).reshape(self.scale.size))
         if not np.all(np.isfinite(self.scale)) or np.any(self.scale <= 0):
             raise ValueError("normalization scale must be finite and > 0")
         if not np.all(np.isfinite(self.offset)):
@@ -83,15 +90,19 @@ class Normalization:
         self._off = self.offset.astype(np.float32)
 
     @classmethod
-    def identity(cls) -> Normalization:
-        return cls(np.ones(FEATURE_WIDTH))
+    def identity(cls, width: int = FEATURE_WIDTH) -> Normalization:
+        return cls(np.ones(width))
 
     @classmethod
-    def for_host(cls, ncpus: int) -> Normalization:
+    def for_host(cls, ncpus: int, width: int = FEATURE_WIDTH) -> Normalization:
         """Counts divided by the host's CPU count, loads and padding unchanged."""
-        scale = np.ones(FEATURE_WIDTH)
+        scale = np.ones(width)
         scale[list(COUNT_COLUMNS)] = max(int(ncpus), 1)
         return cls(scale)
+
+    @property
+    def width(self) -> int:
+        return int(self.scale.size)
 
     @property
     def is_identity(self) -> bool:

@@ -6,9 +6,10 @@ one ``invoke`` per batch, never one per row. Either interpreter package serves:
 is installed. TensorFlow itself is never imported.
 
 The bundle's model is full-int8: the input tensor takes normalized features
-quantized with the model's own (scale, zero point), the output is an int8
-probability. Quantization of the input happens here, in numpy, so every caller
-(the table builder, the engine, the tests) feeds the interpreter identically.
+(5 or 10 columns, ``Model.width``, as the manifest records) quantized with the
+model's own (scale, zero point), the output is an int8 probability. Quantization
+of the input happens here, in numpy, so every caller (the table builder, the
+engine, the tests) feeds the interpreter identically.
 
 Interpreters are allocated once per batch-size bucket (``BUCKETS``) and reused;
 a batch is cut into bucket-sized chunks, the last one zero-padded, so a call
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import FEATURE_WIDTH, THRESHOLD
+from .features import FEATURE_WIDTH, FEATURE_WIDTHS, THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -107,17 +108,26 @@ def pick_bucket(rows: int) -> int:
 class Model:
     """An int8 TFLite migration model: normalized float features in, probabilities out."""
 
-    def __init__(self, model: str | Path | bytes, backend: str = "auto", threads: int = 1):
+    def __init__(self, model: str | Path | bytes, backend: str = "auto", threads: int = 1,
+                 width: int | None = None):
+        """``width``: the input width the caller will feed (the manifest's); None takes the model's."""
         self.backend, self._cls = load_backend(backend)
         self._resolver = getattr(sys.modules[self._cls.__module__], "OpResolverType", None)
         self._content = model if isinstance(model, bytes) else Path(model).read_bytes()
         self._threads = threads
         self._interps: dict[int, tuple] = {}
-        probe = self._interpreter(1)[0]
+        self.width = FEATURE_WIDTH
+        probe = self._interpreter(1, resize=False)[0]
         inp, out = probe.get_input_details()[0], probe.get_output_details()[0]
-        if list(inp["shape"][1:]) != [FEATURE_WIDTH] or list(out["shape"][1:]) != [1]:
-            raise ValueError(f"model takes {list(inp['shape'])} -> {list(out['shape'])},"
-                             f" expected [n, {FEATURE_WIDTH}] -> [n, 1]")
+        shape = [int(v) for v in inp["shape"]]
+        if len(shape) != 2 or shape[1] not in FEATURE_WIDTHS or list(out["shape"][1:]) != [1]:
+            raise ValueError(f"model takes {shape} -> {list(out['shape'])}, expected"
+                             f" [n, {' or '.join(map(str, FEATURE_WIDTHS))}] -> [n, 1]")
+        if width is not None and shape[1] != width:
+            raise ValueError(f"model takes {shape[1]} features, the manifest says {width}")
+        self.width = shape[1]
+        if shape[0] != 1:        # the probe was not allocated at bucket 1's shape
+            self._interps.clear()
         self.input_dtype = np.dtype(inp["dtype"])
         self.output_dtype = np.dtype(out["dtype"])
         self.in_scale, self.in_zero = inp["quantization"]
@@ -127,7 +137,7 @@ class Model:
             info = np.iinfo(self.input_dtype)
             self._qmin, self._qmax = info.min, info.max
 
-    def _interpreter(self, bucket: int):
+    def _interpreter(self, bucket: int, resize: bool = True):
         entry = self._interps.get(bucket)
         if entry is None:
             with quiet_stderr(keep=log.isEnabledFor(logging.DEBUG)):
@@ -137,7 +147,8 @@ class Model:
                 it = self._cls(model_content=self._content, num_threads=self._threads, **kw)
                 idx_in = it.get_input_details()[0]["index"]
                 idx_out = it.get_output_details()[0]["index"]
-                it.resize_tensor_input(idx_in, [bucket, FEATURE_WIDTH])
+                if resize:
+                    it.resize_tensor_input(idx_in, [bucket, self.width])
                 it.allocate_tensors()
             entry = (it, idx_in, idx_out)
             self._interps[bucket] = entry
@@ -152,8 +163,10 @@ class Model:
         return np.clip(q, self._qmin, self._qmax).astype(self.input_dtype)
 
     def raw(self, u: np.ndarray) -> np.ndarray:
-        """Run the interpreter over normalized features [n, 10]; returns the raw output [n]."""
+        """Run the interpreter over normalized features [n, width]; returns the raw output [n]."""
         x = self.quantize_input(u)
+        if x.ndim != 2 or x.shape[1] != self.width:
+            raise ValueError(f"features {list(x.shape)}: this model takes [n, {self.width}]")
         n = x.shape[0]
         out = np.empty(n, dtype=self.output_dtype)
         start = 0
@@ -164,7 +177,7 @@ class Model:
             if take == bucket:
                 chunk = x[start:start + take]
             else:
-                chunk = np.zeros((bucket, FEATURE_WIDTH), dtype=x.dtype)
+                chunk = np.zeros((bucket, self.width), dtype=x.dtype)
                 chunk[:take] = x[start:start + take]
             it.set_tensor(idx_in, np.ascontiguousarray(chunk))
             it.invoke()

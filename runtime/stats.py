@@ -185,10 +185,9 @@ def prometheus_text(values: dict) -> str:
         v = values.get(key)
         if v is None:
             continue
+        value = f"{v:g}" if isinstance(v, float) else str(v)
         out.append(f"# HELP mlsched_{name} {text}\n# TYPE mlsched_{name} {kind}\n"
-                   f"mlsched_{name} {v:g}\n" if isinstance(v, float) else
-                   f"# HELP mlsched_{name} {text}\n# TYPE mlsched_{name} {kind}\n"
-                   f"mlsched_{name} {v}\n")
+                   f"mlsched_{name} {value}\n")
     return "".join(out)
 
 

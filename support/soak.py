@@ -210,7 +210,6 @@ class Soak:
                 self.daemon_out.seek(0)
                 raise RuntimeError(f"daemon did not start: {self.daemon_out.read()[-500:]}")
             time.sleep(0.05)
-        time.sleep(0.5)                     # the daemon finishes loading and starts polling
 
     def attach_producer(self) -> None:
         from mlsched.runtime.bundle import load_bundle
@@ -220,6 +219,23 @@ class Soak:
         self.engine = Engine(load_bundle(None))
         self.kp = KernelPath().load(None, pin=True, pin_dir=str(self.pin_dir), share=True,
                                     ring_size=self.s.ring_size)
+        self.wait_serving()
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        """Until the daemon polls (its heartbeat in the shared control map is fresh): it pins
+        the maps before it has built its engine, and requests sent before its first poll
+        would count as finding no consumer."""
+        from mlsched.runtime.kernel import now_ns
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.daemon.poll() is not None:
+                raise RuntimeError("daemon exited before serving")
+            beat = int(self.kp.control["heartbeat_ns"][0])
+            if beat and now_ns() - beat < 300_000_000:
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"daemon did not poll within {timeout:.0f} s")
 
     # ---- 2. produce, check, watch memory ------------------------------------------------------
     def produce(self, now: float, count: int, seed: int) -> None:

@@ -51,7 +51,7 @@ def run(args) -> int:
     engine = Engine(bundle, backend=args.backend)
     model = engine.model
     lines = [bundle.summary(),
-             f"interpreter   {engine.backend}: input {model.input_dtype} [n, 10],"
+             f"interpreter   {engine.backend}: input {model.input_dtype} [n, {model.width}],"
              f" output {model.output_dtype} [n, 1]"]
     checked, wrong = check_centres(engine.table, engine.interpreter_decide, VERIFY_MAX_CELLS)
     if wrong:
