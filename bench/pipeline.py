@@ -3,7 +3,7 @@
 1. mount a private BPF filesystem (a temporary directory) for the pins;
 2. start the consumer: ``mlsched-lite run --no-collector --pin --pin-dir D`` (or, on a
    checkout without it, the stand-in ``bench.consumer``) and wait until it polls;
-3. load the same BPF object in this process with ``pin=True``: libbpf reuses the pinned
+3. load the same BPF object in this process with ``pin=True, share=True``: libbpf reuses the pinned
    maps, so records injected here land in the consumer's ring and its answers land in
    the ``decisions`` map this process reads back through the kernel's own reader;
 4. stop the consumer (SIGINT), read its summary and its peak RSS (VmHWM), unmount.
@@ -121,7 +121,7 @@ class Session:
             self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
                                          stderr=self._err)
             self._wait_for_pins()
-            self.kp = KernelPath().load(self.table, pin=True, pin_dir=self.pin_dir,
+            self.kp = KernelPath().load(None, pin=True, pin_dir=self.pin_dir, share=True,
                                         ring_size=self.ring_bytes,
                                         consumer_timeout_ns=DEFAULT_CONSUMER_TIMEOUT_NS)
             self._wait_for_heartbeat()

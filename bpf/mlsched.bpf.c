@@ -37,7 +37,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* Per-CPU state as on_sched_switch last saw it. */
 enum cpu_run_state { RUN_UNKNOWN = 0, RUN_IDLE = 1, RUN_BUSY = 2 };
 
-/* cpu -> domain id, filled by user space before the collector is attached. */
+/* cpu -> domain id (MLSCHED_DOMAIN_NONE: no domain), filled by user space before the
+ * collector is attached. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -143,9 +144,10 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		return 0;
 	*state = new;
 
-	if (old == RUN_IDLE)
+	/* counts never go below zero, whatever state a previous run left behind */
+	if (old == RUN_IDLE && h->idle_cpus)
 		__sync_fetch_and_add(&h->idle_cpus, -1);
-	else if (old == RUN_BUSY)
+	else if (old == RUN_BUSY && h->busy_cpus)
 		__sync_fetch_and_add(&h->busy_cpus, -1);
 	if (new == RUN_IDLE)
 		__sync_fetch_and_add(&h->idle_cpus, 1);
@@ -160,7 +162,7 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	/* settle the average under the old busy count, then change the count */
 	d->load_avg = domain_load(d, now);
 	d->last_update_ns = now;
-	if (old == RUN_BUSY)
+	if (old == RUN_BUSY && d->nr_busy)
 		__sync_fetch_and_add(&d->nr_busy, -1);
 	if (new == RUN_BUSY)
 		__sync_fetch_and_add(&d->nr_busy, 1);

@@ -54,10 +54,17 @@ struct mlsched_features {
 };
 
 /* ---- table ------------------------------------------------------------------
- * Array map, key = cpu * (N + 1) + idle, N = control.table_ncpus; the value
- * is one row: cell[q(src) * LEVELS + q(dst)] in {STAY, MIGRATE, UNSURE}.
+ * Array map of two halves of control.table_half_rows rows each; the table in
+ * use is in one half, and the next one is written into the other before it is
+ * published. control.table_sel names both its geometry and its half in one word
+ * (one store publishes a table): N = table_sel & MLSCHED_TABLE_NCPUS_MASK, base =
+ * table_half_rows if table_sel & MLSCHED_TABLE_SECOND, else 0.
+ * key = base + cpu * (N + 1) + idle; the value is one row:
+ * cell[q(src) * LEVELS + q(dst)] in {STAY, MIGRATE, UNSURE}.
  * A key is valid iff cpu < N and idle + busy == N; anything else misses.
  */
+#define MLSCHED_TABLE_NCPUS_MASK 65535
+#define MLSCHED_TABLE_SECOND 65536
 #define MLSCHED_ROW_CELLS 121
 #define MLSCHED_ROW_BYTES 128
 /* Largest table the loader accepts (64 CPUs: 4160 rows, 520 KiB). */
@@ -116,18 +123,23 @@ struct mlsched_request {
 #define MLSCHED_CTL_BYPASS_TABLE 1	/* every decide() goes to the ring */
 #define MLSCHED_CTL_REPORT_HITS 2	/* collector: also emit kernel hits (shadow mode) */
 
+/* control.magic of maps mlsched-lite created ("mlsc"); pinned maps without it are not reused. */
+#define MLSCHED_CTL_MAGIC 0x6d6c7363
+
 struct mlsched_control {
 	__u32 abi_version;		/* set by the loader */
 	__u32 flags;			/* MLSCHED_CTL_* */
-	__u32 table_ncpus;		/* N of the loaded table; 0: no table, all miss */
+	__u32 table_sel;		/* N and half of the table in use (see table); 0: none */
 	__u32 decision_slots;		/* entries of `decisions`, power of two */
 	__u32 ndomains;			/* domains in use (collector) */
-	__u32 _pad;
+	__u32 magic;			/* MLSCHED_CTL_MAGIC: the loader created these maps */
 	__u64 heartbeat_ns;		/* consumer's last poll (CLOCK_MONOTONIC); 0: none yet */
 	__u64 consumer_timeout_ns;	/* heartbeat older than this: no consumer; 0: never */
 	__u64 stale_after_ns;		/* advice to balancers: how long an answer is worth
 					 * waiting for; the helper itself enforces no deadline
 					 * (stale = not in the slot when the kernel side reads) */
+	__u32 table_half_rows;		/* rows in each half of `table`; set once at load */
+	__u32 _pad;
 };
 
 /* ---- host state: kernel -> user space (1-entry BPF_F_MMAPABLE array) ---------- */
@@ -141,6 +153,8 @@ struct mlsched_host {
 /* ---- domains (collector) ------------------------------------------------------- */
 #define MLSCHED_MAX_CPUS 1024
 #define MLSCHED_MAX_DOMAINS 64
+/* cpu_domain value of a CPU in no domain (the collector then keeps no load for it). */
+#define MLSCHED_DOMAIN_NONE 4294967295
 /* Domain load: time-averaged busy fraction with this time constant. */
 #define MLSCHED_LOAD_TAU_NS 32000000
 

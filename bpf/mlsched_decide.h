@@ -17,7 +17,7 @@
  * Workflow of mlsched_decide():
  *
  *   1. clamp both loads to [0, 1024] (count `clamped`), q = (10 L + 512) >> 10
- *   2. cpu < N and idle + busy == N ?  row = table[cpu * (N + 1) + idle]
+ *   2. cpu < N and idle + busy == N ?  row = table[base + cpu * (N + 1) + idle]
  *        cell sure            -> count kernel_hits, return it
  *        cell UNSURE          -> miss
  *      else                   -> count invalid, miss
@@ -100,14 +100,19 @@ static __always_inline struct mlsched_host *mlsched_host_state(void)
 	return bpf_map_lookup_elem(&host, &zero);
 }
 
-/* Per-CPU counters: plain increments, each CPU owns its copy. */
+/*
+ * Per-CPU counters, added atomically: each CPU owns its copy, but programs interleave on
+ * one CPU (a preemptible SEC("syscall") program, a tracepoint program run from an
+ * interrupt in the middle of another), and a plain load-add-store loses the count of
+ * whichever ran in between.
+ */
 static __always_inline void mlsched_count(enum mlsched_stat which)
 {
 	__u32 zero = 0;
 	struct mlsched_stats *s = bpf_map_lookup_elem(&stats, &zero);
 
 	if (s && which < MLSCHED_STAT_COUNT)
-		s->v[which]++;
+		__sync_fetch_and_add(&s->v[which], 1);
 }
 
 /* Quantize a fixed-point load to a table level; must equal features.load_key(). */
@@ -124,7 +129,10 @@ static __always_inline __u32 mlsched_quantize(__u32 load)
 static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 					   const struct mlsched_features *f)
 {
-	__u32 n = ctl->table_ncpus;
+	/* one read: geometry and half come from the same published table */
+	__u32 sel = *(volatile __u32 *)&ctl->table_sel;
+	__u32 n = sel & MLSCHED_TABLE_NCPUS_MASK;
+	__u32 base = (sel & MLSCHED_TABLE_SECOND) ? ctl->table_half_rows : 0;
 	__u32 qs = mlsched_quantize(f->src_load);
 	__u32 qd = mlsched_quantize(f->dst_load);
 	struct mlsched_row *row;
@@ -133,7 +141,7 @@ static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 
 	if (n == 0 || f->cpu >= n || f->idle > n || f->busy != n - f->idle)
 		return MLSCHED_NONE;
-	key = f->cpu * (n + 1) + f->idle;
+	key = base + f->cpu * (n + 1) + f->idle;
 	row = bpf_map_lookup_elem(&table, &key);
 	if (!row)
 		return MLSCHED_NONE;

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import logging
+import mmap
 import os
 import re
 from dataclasses import dataclass, replace
@@ -173,9 +174,14 @@ class LoadOptions:
     decision_slots: int | None = None
     #: Heartbeat age after which misses count no_consumer (0: never).
     consumer_timeout_ns: int = DEFAULT_CONSUMER_TIMEOUT_NS
-    #: Keep (or reuse) the maps under ``pin_dir`` so they outlive the process.
+    #: Keep (or reuse) the maps under ``pin_dir`` so they outlive the process. The handle is
+    #: the directory's one consumer: it holds a lock on it until close(), and a second
+    #: consumer is refused.
     pin: bool = False
     pin_dir: str = PIN_DIR
+    #: With ``pin``: join the maps of the consumer that holds ``pin_dir`` (a producer: inject,
+    #: read_decisions) without the lock; its table, domains and settings stay as they are.
+    share: bool = False
     #: With no table at load: room for a table of that many CPUs, set later by set_table().
     table_capacity: int | None = None
 
@@ -223,19 +229,27 @@ class KernelPath:
             raise KernelPathError("already loaded")
         opts = replace(options or LoadOptions(), **overrides)
         check_environment()
+        if opts.share and (not opts.pin or table is not None):
+            raise KernelPathError("share=True joins a pinned consumer's maps and its table: "
+                                  "it needs pin=True and takes no table", errno_mod.EINVAL)
         rows = table_rows(table) if table is not None else None
         n_table = int(np.asarray(table).shape[0]) if table is not None else opts.table_capacity or 0
         if n_table > MAX_TABLE_CPUS:
             raise KernelPathError(f"table for {n_table} CPUs: the kernel side takes at most "
                                   f"{MAX_TABLE_CPUS}", errno_mod.E2BIG)
         slots = opts.decision_slots or decision_slots_for(opts.ring_size)
-        domains = opts.resolved_domains()
+        domains = [] if opts.share else opts.resolved_domains()
         self._open(opts, n_table, slots)
         try:
             self._map_views()
-            if rows is not None:
-                self.set_table(table, _rows=rows)
-            self.set_domains(domains)
+            if opts.share:
+                self.table_ncpus = (int(self.control["table_sel"][0])
+                                    & lib.MLSCHED_TABLE_NCPUS_MASK)
+                self.decision_slots = int(self.control["decision_slots"][0])
+            else:
+                if rows is not None:
+                    self.set_table(table, _rows=rows)
+                self.set_domains(domains)
         except BaseException:
             self.close()
             raise
@@ -250,6 +264,7 @@ class KernelPath:
         c_opts.decision_slots = slots
         c_opts.table_ncpus = n_table
         c_opts.consumer_timeout_ns = opts.consumer_timeout_ns
+        c_opts.flags = lib.MLS_OPEN_SHARE if opts.share else 0
         if opts.pin:
             pin_dir = ffi.new("char[]", os.fsencode(opts.pin_dir))
             c_opts.pin_dir = pin_dir
@@ -261,8 +276,8 @@ class KernelPath:
     def close(self) -> None:
         """Detach and free everything (pinned maps stay pinned: see unpin())."""
         if self._k is not None:
-            self._views.clear()
-            self._batch_view = None
+            self._views.clear()     # views handed out keep their own mappings
+            self._batch = self._batch_view = None
             lib.mls_close(self._k)
             self._k = None
 
@@ -304,13 +319,17 @@ class KernelPath:
             return v
         dt = self.MMAP_LAYOUTS[which]()
         size = ffi.new("size_t *")
-        ptr = lib.mls_map_mmap(self._handle(), which, size)
-        if ptr == ffi.NULL:
-            _raise(-errno_mod.ENOENT, "mapping a BPF map")
+        fd = lib.mls_map_fd(self._handle(), which, size)
+        if fd < 0:
+            _raise(fd, "mapping a BPF map")
         if dt.itemsize % 8:     # array map values sit at 8-byte strides
             raise KernelPathError(f"map {which}: value size {dt.itemsize} is not a "
                                   "multiple of 8; fix bpf/mlsched.h")
-        v = np.frombuffer(ffi.buffer(ptr, size[0] // dt.itemsize * dt.itemsize), dtype=dt)
+        # A mapping of our own (mmap keeps a reference to the map): the view stays valid
+        # after close(), when the handle's own mappings are gone.
+        mm = mmap.mmap(fd, size[0], flags=mmap.MAP_SHARED,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        v = np.frombuffer(mm, dtype=dt, count=size[0] // dt.itemsize)
         self._views[which] = v
         return v
 
@@ -329,7 +348,7 @@ class KernelPath:
         rows = table_rows(table) if _rows is None else _rows
         n = int(np.asarray(table).shape[0])
         buf = np.ascontiguousarray(rows)
-        _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), n),
+        _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), buf.nbytes, n),
                "loading the table")
         self.table_ncpus = n
 
@@ -337,11 +356,11 @@ class KernelPath:
         if not domains:
             raise KernelPathError("no CPU domains")
         ncpus = max(max(d) for d in domains) + 1
-        cpu_domain = np.zeros(ncpus, dtype=np.uint32)
+        cpu_domain = np.full(ncpus, lib.MLSCHED_DOMAIN_NONE, dtype=np.uint32)  # gaps: none
         for i, d in enumerate(domains):
             cpu_domain[d] = i
         _check(lib.mls_set_domains(self._handle(), ffi.from_buffer("uint32_t[]", cpu_domain),
-                                   ncpus, len(domains)), "setting domains")
+                                   len(cpu_domain), ncpus, len(domains)), "setting domains")
         self.domains = [list(d) for d in domains]
 
     def set_flags(self, *, bypass_table: bool | None = None, report_hits: bool | None = None

@@ -51,8 +51,15 @@ def online_cpus(sysfs: str = SYSFS_CPU) -> list[int]:
 
 
 def cpu_count(sysfs: str = SYSFS_CPU) -> int:
-    """CPUs the host's table must cover: the highest online CPU id + 1."""
-    return max(online_cpus(sysfs)) + 1
+    """CPUs the host's table must cover: the online CPUs, as many as the kernel side counts
+    idle or busy (an offlined CPU or an SMT sibling left out by ``nosmt`` is no gap)."""
+    return len(online_cpus(sysfs))
+
+
+def uncovered(domains: list[list[int]], sysfs: str = SYSFS_CPU) -> list[int]:
+    """Online CPUs in none of ``domains``: the collector keeps no load for them."""
+    covered = {c for d in domains for c in d}
+    return [c for c in online_cpus(sysfs) if c not in covered]
 
 
 def parse_domains(spec: str) -> list[list[int]]:
@@ -105,7 +112,10 @@ def detect_domains(sysfs: str = SYSFS_CPU) -> list[list[int]]:
     return domains
 
 
-def restrict(domains: list[list[int]], ncpus: int) -> list[list[int]]:
-    """Domains cut to CPUs below ``ncpus``; domains left empty are dropped."""
-    cut = [[c for c in d if c < ncpus] for d in domains]
+def restrict(domains: list[list[int]], ncpus: int, sysfs: str = SYSFS_CPU) -> list[list[int]]:
+    """Domains cut to the first ``ncpus`` CPUs: ids below ``ncpus``, and the first ``ncpus``
+    online CPUs (past a gap in the online mask, those ids run higher); domains left empty
+    are dropped."""
+    keep = set(range(ncpus)) | set(online_cpus(sysfs)[:ncpus])
+    cut = [[c for c in d if c in keep] for d in domains]
     return [d for d in cut if d]

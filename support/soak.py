@@ -217,7 +217,7 @@ class Soak:
         from mlsched.runtime.kernel import KernelPath
 
         self.engine = Engine(load_bundle(None))
-        self.kp = KernelPath().load(self.engine.table, pin=True, pin_dir=str(self.pin_dir),
+        self.kp = KernelPath().load(None, pin=True, pin_dir=str(self.pin_dir), share=True,
                                     ring_size=self.s.ring_size)
         self.wait_serving()
 

@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -71,6 +72,9 @@ struct mls_kernel {
 	struct mlsched_control *ctl;	/* mmapped `control` */
 	uint32_t table_capacity;	/* rows in `table` */
 	char pin_dir[PATH_MAX];
+	int pin_dir_fd;			/* the pin directory, flock()ed unless shared */
+	bool shared;			/* MLS_OPEN_SHARE: another handle is the consumer */
+	bool reused;			/* `control` was pinned before this handle */
 
 	/* current batch, filled by on_record() */
 	struct mlsched_request *batch;
@@ -192,11 +196,45 @@ static bool is_pow2(uint64_t v)
 	return v && !(v & (v - 1));
 }
 
-static int prepare_pin_dir(const char *dir)
+/*
+ * The pin directory and each pin in it must be ours: owned by this process's user and
+ * writable by nobody else. A plain BPF filesystem's root is 1777, so anyone may create
+ * the directory first; whoever owns or may write it can rename, remove or pre-pin maps
+ * that libbpf would reuse. `name` NULL: the directory itself (dirfd).
+ */
+static int check_ours(struct mls_kernel *k, int dirfd, const char *name)
 {
+	struct stat st;
+	int rc = name ? fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) : fstat(dirfd, &st);
+
+	if (rc)
+		return errno == ENOENT ? 0 : fail(-errno, "%s%s%s: %s", k->pin_dir,
+						  name ? "/" : "", name ?: "", strerror(errno));
+	if (st.st_uid != geteuid())
+		return fail(-EEXIST, "%s%s%s is owned by uid %u, not by this user (uid %u): remove"
+			    " it or choose another --pin-dir", k->pin_dir, name ? "/" : "",
+			    name ?: "", st.st_uid, geteuid());
+	if (st.st_mode & (S_IWGRP | S_IWOTH))
+		return fail(-EEXIST, "%s%s%s is writable by others (mode %03o): remove it or"
+			    " choose another --pin-dir", k->pin_dir, name ? "/" : "", name ?: "",
+			    st.st_mode & 07777);
+	if (name ? !S_ISREG(st.st_mode) : !S_ISDIR(st.st_mode))
+		return fail(-EEXIST, "%s%s%s is not a pinned map", k->pin_dir, name ? "/" : "",
+			    name ?: "");
+	return 0;
+}
+
+/*
+ * The pin directory: on a BPF filesystem, created if missing (not when joining), opened
+ * without following a link and, for the consumer, locked for the handle's lifetime.
+ */
+static int prepare_pin_dir(struct mls_kernel *k)
+{
+	const char *dir = k->pin_dir;
 	char parent[PATH_MAX];
 	struct statfs st;
 	char *slash;
+	int err;
 
 	snprintf(parent, sizeof(parent), "%s", dir);
 	slash = strrchr(parent, '/');
@@ -205,26 +243,63 @@ static int prepare_pin_dir(const char *dir)
 	if (statfs(parent, &st) || st.f_type != BPF_FS_MAGIC)
 		return fail(-ENODEV, "%s is not on a BPF filesystem: mount -t bpf bpf %s", dir,
 			    parent);
-	if (mkdir(dir, 0700) && errno != EEXIST)
+	if (!k->shared && mkdir(dir, 0700) && errno != EEXIST)
 		return fail(-errno, "cannot create %s: %s", dir, strerror(errno));
+	k->pin_dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (k->pin_dir_fd < 0) {
+		if (k->shared && errno == ENOENT)
+			return fail(-ENOENT, "nothing pinned at %s: start `mlsched-lite run --pin"
+				    " --pin-dir %s` first", dir, dir);
+		return fail(-errno, "cannot open %s: %s", dir, strerror(errno));
+	}
+	if ((err = check_ours(k, k->pin_dir_fd, NULL)))
+		return err;
+	if (k->shared)
+		return 0;
+	if (flock(k->pin_dir_fd, LOCK_EX | LOCK_NB)) {
+		if (errno == EWOULDBLOCK)
+			return fail(-EBUSY, "pin directory %s is in use by another consumer: stop it"
+				    " or choose another --pin-dir", dir);
+		return fail(-errno, "cannot lock %s: %s", dir, strerror(errno));
+	}
 	return 0;
 }
 
+/*
+ * The consumer pins every map under the pin directory (libbpf creates or reuses them);
+ * a joining handle takes the consumer's maps as they are (their sizes included).
+ */
 static int set_pins(struct mls_kernel *k)
 {
 	struct bpf_map *map;
 	char path[PATH_MAX];
-	int err;
+	int err, fd;
 
+	k->reused = k->shared ||
+		    !faccessat(k->pin_dir_fd, bpf_map__name(k->skel->maps.control), F_OK,
+			       AT_SYMLINK_NOFOLLOW);
 	bpf_object__for_each_map(map, k->skel->obj) {
 		if (bpf_map__is_internal(map))
 			continue;
 		if (snprintf(path, sizeof(path), "%s/%s", k->pin_dir, bpf_map__name(map)) >=
 		    (int)sizeof(path))
 			return fail(-ENAMETOOLONG, "pin path too long: %s", k->pin_dir);
-		err = bpf_map__set_pin_path(map, path);
+		if ((err = check_ours(k, k->pin_dir_fd, bpf_map__name(map))))
+			return err;
+		if (!k->shared) {
+			err = bpf_map__set_pin_path(map, path);
+			if (err)
+				return fail(err, "cannot pin %s: %s", path, strerror(-err));
+			continue;
+		}
+		fd = bpf_obj_get(path);
+		if (fd < 0)
+			return fail(-ENOENT, "nothing pinned at %s: start `mlsched-lite run --pin"
+				    " --pin-dir %s` first", path, k->pin_dir);
+		err = bpf_map__reuse_fd(map, fd);
+		close(fd);
 		if (err)
-			return fail(err, "cannot pin %s: %s", path, strerror(-err));
+			return fail(err, "cannot reuse %s: %s", path, strerror(-err));
 	}
 	return 0;
 }
@@ -350,6 +425,8 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	if (!k)
 		return fail(-ENOMEM, "out of memory");
 	k->epoll_fd = -1;
+	k->pin_dir_fd = -1;
+	k->shared = o->flags & MLS_OPEN_SHARE;
 	k->skel = mlsched__open();
 	if (!k->skel) {
 		err = fail(-errno, "cannot open the BPF object: %s", strerror(errno));
@@ -359,13 +436,15 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	rows = o->table_ncpus ? o->table_ncpus * (o->table_ncpus + 1) : 1;
 	if ((err = set_size(k->skel->maps.requests, o->ring_bytes)) ||
 	    (err = set_size(k->skel->maps.decisions, o->decision_slots)) ||
-	    (err = set_size(k->skel->maps.table, rows)))
+	    (err = set_size(k->skel->maps.table, 2 * rows)))	/* two halves */
 		goto fail;
-	k->table_capacity = rows;
 	if (o->pin_dir && *o->pin_dir) {
 		snprintf(k->pin_dir, sizeof(k->pin_dir), "%s", o->pin_dir);
-		if ((err = prepare_pin_dir(k->pin_dir)) || (err = set_pins(k)))
+		if ((err = prepare_pin_dir(k)) || (err = set_pins(k)))
 			goto fail;
+	} else if (k->shared) {
+		err = fail(-EINVAL, "joining another consumer's maps needs its pin directory");
+		goto fail;
 	}
 
 	err = mlsched__load(k->skel);
@@ -382,14 +461,27 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 		err = -ENOMEM;
 		goto fail;
 	}
-	k->slot_mask = o->decision_slots - 1;
+	k->slot_mask = bpf_map__max_entries(k->skel->maps.decisions) - 1;
+	k->table_capacity = bpf_map__max_entries(k->skel->maps.table) / 2;
+	if (k->reused && k->ctl->magic != MLSCHED_CTL_MAGIC) {
+		err = fail(-EEXIST, "%s: the pinned maps were not created by mlsched (no marker in"
+			   " `control`): remove them or choose another --pin-dir", k->pin_dir);
+		goto fail;
+	}
+	if (k->shared)		/* the consumer's settings stay as it made them */
+		goto rings;
 
 	k->ctl->abi_version = MLSCHED_ABI_VERSION;
+	k->ctl->magic = MLSCHED_CTL_MAGIC;
 	k->ctl->decision_slots = o->decision_slots;
+	if (k->ctl->table_half_rows != k->table_capacity) {	/* a new map: no table yet */
+		k->ctl->table_sel = 0;
+		k->ctl->table_half_rows = k->table_capacity;
+	}
 	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
 	if (!k->ctl->stale_after_ns)
 		k->ctl->stale_after_ns = 10 * 1000 * 1000;
-
+rings:
 	k->rb = ring_buffer__new(bpf_map__fd(k->skel->maps.requests), on_record, k, NULL);
 	if (!k->rb) {
 		err = fail(-errno, "cannot map the request ring: %s", strerror(errno));
@@ -415,6 +507,8 @@ void mls_close(struct mls_kernel *k)
 			munmap(k->mm[i], k->mm_size[i]);
 	mlsched_inject__destroy(k->inj);
 	mlsched__destroy(k->skel);
+	if (k->pin_dir_fd >= 0)
+		close(k->pin_dir_fd);	/* releases the lock */
 	free(k);
 }
 
@@ -439,46 +533,98 @@ int mls_unpin(struct mls_kernel *k)
 
 /* ---- configuration ------------------------------------------------------------ */
 
-int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus)
+/*
+ * Write the table into the half of `table` not in use, then publish geometry and half
+ * with one store: a lookup reads table_sel once, so it sees the old table or the new
+ * one, never the old geometry over new cells.
+ */
+int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus)
 {
 	uint8_t *dst = map_mm(k, MLS_MAP_TABLE);
 	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
+	uint32_t cur, sel;
 
 	if (!dst)
 		return -ENOMEM;
+	if (k->shared)
+		return fail(-EBUSY, "the table belongs to the consumer of %s", k->pin_dir);
+	if (len < nrows * MLSCHED_ROW_BYTES)
+		return fail(-EINVAL, "table for %u CPUs needs %llu bytes, got %zu", ncpus,
+			    (unsigned long long)(nrows * MLSCHED_ROW_BYTES), len);
 	if (nrows > k->table_capacity)
 		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
 			    ncpus, (unsigned long long)nrows, k->table_capacity);
-	k->ctl->table_ncpus = 0;	/* no lookups into a half-written table */
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	cur = __atomic_load_n(&k->ctl->table_sel, __ATOMIC_ACQUIRE);
+	sel = (cur & MLSCHED_TABLE_SECOND) ? 0 : MLSCHED_TABLE_SECOND;	/* the other half */
+	if (sel)
+		dst += (size_t)k->table_capacity * MLSCHED_ROW_BYTES;
 	memcpy(dst, rows, nrows * MLSCHED_ROW_BYTES);
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	__atomic_store_n(&k->ctl->table_ncpus, ncpus, __ATOMIC_RELEASE);
+	__atomic_store_n(&k->ctl->table_sel, sel | ncpus, __ATOMIC_RELEASE);
 	return 0;
 }
 
-int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t ncpus,
-		    uint32_t ndomains)
+/*
+ * Forget what the collector knew of each CPU (pinned maps keep it across runs): with the
+ * domains' busy counts zeroed, a CPU still marked busy would take one away that was never
+ * added. Each CPU starts unknown and is counted again at its next switch; the host-wide
+ * idle/busy counts restart with it.
+ */
+static int reset_cpu_state(struct mls_kernel *k)
+{
+	struct mlsched_host *h = map_mm(k, MLS_MAP_HOST);
+	int ncpu = libbpf_num_possible_cpus(), err = 0;
+	uint32_t zero = 0;
+	uint64_t *none;
+
+	if (!h)
+		return -ENOMEM;
+	if (ncpu <= 0)
+		return fail(ncpu ? ncpu : -EINVAL, "cannot count possible CPUs");
+	none = calloc(ncpu, sizeof(*none));	/* per-CPU values sit at 8-byte strides */
+	if (!none)
+		return fail(-ENOMEM, "out of memory");
+	if (bpf_map_update_elem(bpf_map__fd(k->skel->maps.cpu_state), &zero, none, BPF_ANY))
+		err = fail(-errno, "cpu_state reset: %s", strerror(errno));
+	free(none);
+	if (!err) {
+		__atomic_store_n(&h->idle_cpus, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&h->busy_cpus, 0, __ATOMIC_RELAXED);
+	}
+	return err;
+}
+
+int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len,
+		    uint32_t ncpus, uint32_t ndomains)
 {
 	struct mlsched_domain *doms = map_mm(k, MLS_MAP_DOMAINS);
-	int fd = bpf_map__fd(k->skel->maps.cpu_domain);
+	int fd = bpf_map__fd(k->skel->maps.cpu_domain), err;
 
 	if (!doms)
 		return -ENOMEM;
+	if (k->shared)
+		return fail(-EBUSY, "the domains belong to the consumer of %s", k->pin_dir);
 	if (k->collector_attached)
 		return fail(-EBUSY, "domains cannot change while the collector is attached");
 	if (ncpus > MLSCHED_MAX_CPUS || ndomains > MLSCHED_MAX_DOMAINS || ndomains == 0)
 		return fail(-EINVAL, "%u CPUs in %u domains: at most %d CPUs, 1..%d domains",
 			    ncpus, ndomains, MLSCHED_MAX_CPUS, MLSCHED_MAX_DOMAINS);
+	if (len < ncpus)
+		return fail(-EINVAL, "domains of %u CPUs from %zu entries", ncpus, len);
+	if ((err = reset_cpu_state(k)))
+		return err;
 	memset(doms, 0, sizeof(*doms) * MLSCHED_MAX_DOMAINS);
-	for (uint32_t cpu = 0; cpu < ncpus; cpu++) {
-		uint32_t d = cpu_domain[cpu];
+	for (uint32_t cpu = 0; cpu < ncpus; cpu++)
+		if (cpu_domain[cpu] >= ndomains && cpu_domain[cpu] != MLSCHED_DOMAIN_NONE)
+			return fail(-EINVAL, "CPU %u in domain %u of %u", cpu, cpu_domain[cpu],
+				    ndomains);
+	/* every CPU the map can name: those in no domain (or past ncpus) count nowhere */
+	for (uint32_t cpu = 0; cpu < MLSCHED_MAX_CPUS; cpu++) {
+		uint32_t d = cpu < ncpus ? cpu_domain[cpu] : MLSCHED_DOMAIN_NONE;
 
-		if (d >= ndomains)
-			return fail(-EINVAL, "CPU %u in domain %u of %u", cpu, d, ndomains);
 		if (bpf_map_update_elem(fd, &cpu, &d, BPF_ANY))
 			return fail(-errno, "cpu_domain update: %s", strerror(errno));
-		doms[d].ncpus++;
+		if (d != MLSCHED_DOMAIN_NONE)
+			doms[d].ncpus++;
 	}
 	k->ctl->ndomains = ndomains;
 	return 0;
@@ -585,21 +731,38 @@ int mls_poll(struct mls_kernel *k, struct mlsched_request *batch, uint32_t max_r
 	return (int)k->n;
 }
 
-/* Store one answer; refuses to overwrite an answer for the same or a newer seq. */
+/*
+ * Store one answer unless the slot already holds the same or a newer seq. A compare-and-
+ * swap, so a writer racing another (a second thread, a second handle on the pinned map)
+ * never stores a seq twice nor puts an older seq over a newer one.
+ */
 static inline void answer(struct mls_kernel *k, uint64_t seq, uint8_t d)
 {
-	volatile uint64_t *slot = &k->slots[seq & k->slot_mask];
-	uint64_t held = *slot >> MLSCHED_ANSWER_SHIFT;
+	uint64_t *slot = (uint64_t *)&k->slots[seq & k->slot_mask];
+	uint64_t want = (seq << MLSCHED_ANSWER_SHIFT) | d;
+	uint64_t old = __atomic_load_n(slot, __ATOMIC_RELAXED);
 
 	if (d > MLSCHED_MIGRATE) {
 		k->cs.bad_decisions++;
-	} else if (held == seq) {
-		k->cs.double_answers++;
-	} else if (held > seq) {
-		k->cs.late_answers++;
-	} else {
-		__atomic_store_n(slot, (seq << MLSCHED_ANSWER_SHIFT) | d, __ATOMIC_RELEASE);
-		k->cs.written++;
+		return;
+	}
+	for (;;) {
+		uint64_t held = old >> MLSCHED_ANSWER_SHIFT;
+
+		if (held == seq) {
+			k->cs.double_answers++;
+			return;
+		}
+		if (held > seq) {
+			k->cs.late_answers++;
+			return;
+		}
+		/* on failure `old` is reloaded with what the slot holds now */
+		if (__atomic_compare_exchange_n(slot, &old, want, false, __ATOMIC_RELEASE,
+						__ATOMIC_RELAXED)) {
+			k->cs.written++;
+			return;
+		}
 	}
 }
 
@@ -769,6 +932,15 @@ void *mls_map_mmap(struct mls_kernel *k, enum mls_map which, size_t *size)
 
 	*size = p ? k->mm_size[which] : 0;
 	return p;
+}
+
+int mls_map_fd(struct mls_kernel *k, enum mls_map which, size_t *size)
+{
+	*size = 0;
+	if (!map_mm(k, which))	/* loads the injector for its maps; gives the size */
+		return -ENOENT;
+	*size = k->mm_size[which];
+	return bpf_map__fd(mmap_map(k, which));
 }
 
 /* Kernel ids of what this handle owns, so tests can check nothing outlives close(). */

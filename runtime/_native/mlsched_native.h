@@ -14,7 +14,7 @@
  *   mls_poll()        epoll wait, then copy ring records into the caller's
  *                     array of struct mlsched_request (a C callback, no Python)
  *   mls_answer_batch()/mls_write_back()
- *                     one aligned 8-byte store per decision into the mmapped
+ *                     one aligned 8-byte compare-and-swap per decision into the mmapped
  *                     `decisions` map (no syscall)
  */
 #ifndef MLSCHED_NATIVE_H
@@ -44,11 +44,19 @@ enum mls_map {
 	MLS_MAP_COUNT = 7,
 };
 
+/*
+ * mls_load_opts.flags. A handle with a pin directory is its one consumer: it holds an
+ * exclusive lock on the directory (flock) for its lifetime, and a second consumer is
+ * refused. MLS_OPEN_SHARE joins the maps of the consumer that holds the lock instead
+ * (a producer: injector, reader): no lock, and the control settings are left alone.
+ */
+#define MLS_OPEN_SHARE 1
+
 struct mls_load_opts {
 	uint32_t ring_bytes;		/* `requests` size: power of two, >= page size */
 	uint32_t decision_slots;	/* `decisions` entries: power of two */
 	uint32_t table_ncpus;		/* capacity of `table` (N of the table to load) */
-	uint32_t _pad;
+	uint32_t flags;			/* MLS_OPEN_* */
 	uint64_t consumer_timeout_ns;	/* control.consumer_timeout_ns (0: never) */
 	const char *pin_dir;		/* NULL/"": nothing pinned; else maps live there */
 };
@@ -68,9 +76,10 @@ struct mls_consumer_stats {
 /* life cycle */
 int mls_open(const struct mls_load_opts *opts, struct mls_kernel **out);
 void mls_close(struct mls_kernel *k);
-int mls_set_table(struct mls_kernel *k, const uint8_t *rows, uint32_t ncpus);
-int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, uint32_t ncpus,
-		    uint32_t ndomains);
+/* rows: `len` bytes; cpu_domain: `len` entries; a buffer short of the geometry is refused */
+int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus);
+int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len,
+		    uint32_t ncpus, uint32_t ndomains);
 int mls_attach_collector(struct mls_kernel *k);
 int mls_detach_collector(struct mls_kernel *k);
 int mls_unpin(struct mls_kernel *k);
@@ -93,6 +102,9 @@ int mls_read_decisions(struct mls_kernel *k, struct mlsched_read_args *args);
 int mls_read_stats(struct mls_kernel *k, uint64_t *out, uint32_t n);
 void mls_consumer_stats(struct mls_kernel *k, struct mls_consumer_stats *out);
 void *mls_map_mmap(struct mls_kernel *k, enum mls_map map, size_t *size);
+/* The map's fd (owned by the handle) and the length to mmap it with: callers that map it
+ * themselves keep their mapping as long as they like, past mls_close(). */
+int mls_map_fd(struct mls_kernel *k, enum mls_map map, size_t *size);
 int mls_prog_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
 int mls_map_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);
 int mls_link_ids(struct mls_kernel *k, uint32_t *ids, uint32_t n);

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -45,6 +47,15 @@ def run(args) -> int:
         return 0
     if fs_type(d) != "bpf":
         raise UsageError(f"--pin-dir {d}: not on a BPF filesystem; refusing to remove it")
-    shutil.rmtree(d)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:    # the lock a running consumer holds (mlsched_native.c, prepare_pin_dir)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"--pin-dir {d} is in use by a running consumer: stop it first"
+                             ) from None
+        shutil.rmtree(d)
+    finally:
+        os.close(fd)
     print(f"{PROG}: removed {d}", file=sys.stderr)
     return 0

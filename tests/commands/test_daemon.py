@@ -34,8 +34,9 @@ def test_daemon_answers_an_external_producer(pin_dir, tmp_path, bundle8):
         wait_for(lambda: (pin_dir / "control").exists() or daemon.poll() is not None,
                  what="the daemon's pinned maps")
         assert daemon.poll() is None, daemon.communicate()
-        kp = KernelPath().load(bundle8.table, pin=True, pin_dir=str(pin_dir),
-                               consumer_timeout_ns=0)
+        kp = KernelPath().load(None, pin=True, pin_dir=str(pin_dir), share=True)
+        # a producer that joins takes the consumer's settings: wait until it polls
+        wait_for(lambda: int(kp.control["heartbeat_ns"][0]) != 0, what="the daemon to poll")
         engine = Engine(bundle8)
         sent = 0
         for chunk in range(8):

@@ -23,7 +23,7 @@ FLOOD = textwrap.dedent("""
     import sys
     from mlsched.runtime.bundle import load_bundle
     from mlsched.runtime.kernel import KernelPath
-    kp = KernelPath().load(load_bundle(None).table, pin=True, pin_dir=sys.argv[1])
+    kp = KernelPath().load(None, pin=True, pin_dir=sys.argv[1], share=True)
     print("flooding", flush=True)
     seed = 1
     while True:

@@ -924,7 +924,8 @@ def test_overload_counts_drops_keeps_serving_and_never_misanswers(pin_dir, tmp_p
     sent = dropped = bad = aliased = checked = 0
     try:
         wait_pinned(daemon, pin_dir)
-        kp = KernelPath().load(e.table, pin=True, pin_dir=str(pin_dir), ring_size=ring)
+        kp = KernelPath().load(None, pin=True, pin_dir=str(pin_dir), ring_size=ring,
+                               share=True)
         wait_serving(daemon, kp)
         k0 = kp.stats()
         slots = kp.decision_slots
@@ -1010,7 +1011,7 @@ def test_daemon_killed_mid_stream_then_restarted(pin_dir, tmp_path, record_prope
     log: list[tuple[float, np.ndarray, object]] = []
     try:
         wait_pinned(daemon, pin_dir)
-        kp = KernelPath().load(e.table, pin=True, pin_dir=str(pin_dir))
+        kp = KernelPath().load(None, pin=True, pin_dir=str(pin_dir), share=True)
         wait_serving(daemon, kp)
         stop = threading.Event()
 
