@@ -520,9 +520,13 @@ int mls_unpin(struct mls_kernel *k)
 	if (!k->pin_dir[0])
 		return 0;
 	bpf_object__for_each_map(map, k->skel->obj) {
-		if (!bpf_map__is_pinned(map))
+		if (bpf_map__is_internal(map))
 			continue;
-		err = bpf_map__unpin(map, NULL);
+		if (bpf_map__is_pinned(map))
+			err = bpf_map__unpin(map, NULL);
+		else	/* a joining handle reused the pins by fd: remove them by name */
+			err = unlinkat(k->pin_dir_fd, bpf_map__name(map), 0) && errno != ENOENT ?
+			      -errno : 0;
 		if (err && !first)
 			first = fail(err, "cannot unpin %s: %s", bpf_map__name(map), strerror(-err));
 	}

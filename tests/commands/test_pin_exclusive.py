@@ -60,3 +60,26 @@ def test_second_consumer_on_one_pin_dir_is_refused(pin_dir):
     again = lite("run", "--no-collector", "--pin", "--pin-dir", pin_dir, "--interval", "0",
                  "--duration", "0.2")
     assert again.returncode == 0, again.stderr
+
+
+def test_a_joining_producer_removes_the_pins_once_the_consumer_is_gone(pin_dir):
+    """A producer that joined the consumer's maps can unpin them after the consumer
+    stopped (the benchmark cleans up this way)."""
+    from mlsched.runtime.kernel import KernelPath
+
+    daemon = start("run", "--no-collector", "--pin", "--pin-dir", pin_dir, "--interval", "0")
+    try:
+        wait_for(lambda: daemon.poll() is not None or ((pin_dir / "control").exists()
+                                                        and serving(pin_dir)),
+                 what="the consumer")
+        with KernelPath() as kp:
+            kp.load(None, pin=True, pin_dir=str(pin_dir), share=True)
+            daemon.send_signal(signal.SIGTERM)
+            daemon.communicate(timeout=30)
+            assert daemon.returncode == 0
+            kp.unpin()
+        assert not pin_dir.exists()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
