@@ -455,7 +455,7 @@ def _request_dtype_without_bpf():
     return np.dtype([("version", np.uint16), ("size", np.uint16), ("source", np.uint8),
                      ("reason", np.uint8), ("cfs_action", np.uint8),
                      ("kernel_decision", np.uint8), ("seq", np.uint64), ("ts_ns", np.uint64),
-                     ("pid", np.uint32), ("dst_cpu", np.uint32), ("f", f), ("_pad", np.uint32)])
+                     ("pid", np.uint32), ("dst_cpu", np.uint32), ("f", f), ("raw_cpu", np.uint32)])
 
 
 if __name__ == "__main__":

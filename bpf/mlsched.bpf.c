@@ -8,7 +8,7 @@
  *                    STAY (shadow mode: user space compares model and CFS).
  *
  * on_sched_switch keeps the collector's features: per-CPU idle/busy state,
- * host-wide idle/busy counts and per-domain load (time-averaged busy fraction,
+ * host-wide idle/busy counts of the table's CPUs (cpu_index) and per-domain load (time-averaged busy fraction,
  * 1/1024).
  *
  * The injector and the decision reader (SEC("syscall"), for tests, replay and
@@ -144,15 +144,18 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		return 0;
 	*state = new;
 
-	/* counts never go below zero, whatever state a previous run left behind */
-	if (old == RUN_IDLE && h->idle_cpus)
-		__sync_fetch_and_add(&h->idle_cpus, -1);
-	else if (old == RUN_BUSY && h->busy_cpus)
-		__sync_fetch_and_add(&h->busy_cpus, -1);
-	if (new == RUN_IDLE)
-		__sync_fetch_and_add(&h->idle_cpus, 1);
-	else
-		__sync_fetch_and_add(&h->busy_cpus, 1);
+	/* only the table's CPUs count idle or busy (idle + busy == N); counts never go
+	 * below zero, whatever state a previous run left behind */
+	if (mlsched_cpu_index(cpu) != MLSCHED_CPU_NONE) {
+		if (old == RUN_IDLE && h->idle_cpus)
+			__sync_fetch_and_add(&h->idle_cpus, -1);
+		else if (old == RUN_BUSY && h->busy_cpus)
+			__sync_fetch_and_add(&h->busy_cpus, -1);
+		if (new == RUN_IDLE)
+			__sync_fetch_and_add(&h->idle_cpus, 1);
+		else
+			__sync_fetch_and_add(&h->busy_cpus, 1);
+	}
 	__sync_fetch_and_add(&h->transitions, 1);
 
 	d = domain_of(cpu, &dom_id);

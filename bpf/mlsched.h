@@ -11,7 +11,8 @@
  * Request -> decision path:
  *
  *   producer (collector tracepoint / injector / a balancer)
- *     mlsched_decide(): q(src), q(dst) -> `table` row (cpu * (N + 1) + idle)
+ *     mlsched_decide(): i = cpu_index[cpu], q(src), q(dst)
+ *                       -> `table` row (i * (N + 1) + idle)
  *        sure cell            -> decision now (kernel hit)
  *        UNSURE / off-grid    -> struct mlsched_request on `requests` ring,
  *                                return STAY for now
@@ -24,7 +25,7 @@
 #define MLSCHED_H
 
 /* Bumped on any layout change below; every record and argument block carries it. */
-#define MLSCHED_ABI_VERSION 1
+#define MLSCHED_ABI_VERSION 2
 
 /* ---- decisions ----------------------------------------------------------- */
 enum mlsched_decision {
@@ -46,7 +47,9 @@ enum mlsched_decision {
 #define MLSCHED_LOAD_LEVELS 11
 
 struct mlsched_features {
-	__u32 cpu;		/* CPU id the decision is about (the task's CPU) */
+	__u32 cpu;		/* producers: CPU id the decision is about (the task's CPU);
+				 * in a request: its index among the table's CPUs
+				 * (cpu_index), MLSCHED_CPU_NONE outside the table */
 	__u32 idle;		/* CPUs running their idle task */
 	__u32 busy;		/* CPUs running a task */
 	__u32 src_load;		/* source domain load, 1/1024 */
@@ -59,9 +62,16 @@ struct mlsched_features {
  * published. control.table_sel names both its geometry and its half in one word
  * (one store publishes a table): N = table_sel & MLSCHED_TABLE_NCPUS_MASK, base =
  * table_half_rows if table_sel & MLSCHED_TABLE_SECOND, else 0.
- * key = base + cpu * (N + 1) + idle; the value is one row:
+ * key = base + i * (N + 1) + idle, i = cpu_index[cpu]; the value is one row:
  * cell[q(src) * LEVELS + q(dst)] in {STAY, MIGRATE, UNSURE}.
- * A key is valid iff cpu < N and idle + busy == N; anything else misses.
+ * A key is valid iff i < N and idle + busy == N; anything else misses.
+ *
+ * cpu_index (array, MLSCHED_MAX_CPUS __u32, filled by the loader): CPU id -> its
+ * index 0..N-1 among the table's CPUs (the first N online CPUs, in order), or
+ * MLSCHED_CPU_NONE for a CPU outside the table. With a gap in the online mask
+ * ("0,2-3") CPU 3 is index 2; the collector counts idle/busy only for CPUs
+ * with an index, so idle + busy == N holds when the table covers fewer CPUs
+ * than the host has.
  */
 #define MLSCHED_TABLE_NCPUS_MASK 65535
 #define MLSCHED_TABLE_SECOND 65536
@@ -102,8 +112,8 @@ struct mlsched_request {
 	__u64 ts_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u32 pid;		/* task the decision is about (0: none) */
 	__u32 dst_cpu;		/* CPU CFS moved the task to, or MLSCHED_CPU_NONE */
-	struct mlsched_features f;
-	__u32 _pad;
+	struct mlsched_features f;	/* f.cpu: the CPU's index (see table) */
+	__u32 raw_cpu;		/* CPU id the decision is about */
 };
 /* A request needs an answer from user space iff reason != MLSCHED_REASON_HIT. */
 

@@ -8,7 +8,8 @@
  * through their generated skeletons, bpf_map__reuse_fd before load):
  *
  *   requests   ringbuf      misses go here (size set at load)
- *   table      array        one struct mlsched_row per (cpu, idle)
+ *   table      array        one struct mlsched_row per (cpu index, idle)
+ *   cpu_index  array        CPU id -> index among the table's CPUs, or MLSCHED_CPU_NONE
  *   decisions  array, mmap  answers written by user space, one __u64 per slot
  *   control    array, mmap  user space -> kernel settings and heartbeat
  *   host       array, mmap  kernel -> user space: seq counter, idle/busy CPUs
@@ -16,8 +17,9 @@
  *
  * Workflow of mlsched_decide():
  *
+ *   0. i = cpu_index[cpu]: the request carries i in f.cpu and the id in raw_cpu
  *   1. clamp both loads to [0, 1024] (count `clamped`), q = (10 L + 512) >> 10
- *   2. cpu < N and idle + busy == N ?  row = table[base + cpu * (N + 1) + idle]
+ *   2. i < N and idle + busy == N ?  row = table[base + i * (N + 1) + idle]
  *        cell sure            -> count kernel_hits, return it
  *        cell UNSURE          -> miss
  *      else                   -> count invalid, miss
@@ -54,6 +56,13 @@ struct {
 	__type(value, struct mlsched_row);
 	__uint(max_entries, 1);
 } table SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, MLSCHED_MAX_CPUS);
+} cpu_index SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -115,6 +124,14 @@ static __always_inline void mlsched_count(enum mlsched_stat which)
 		__sync_fetch_and_add(&s->v[which], 1);
 }
 
+/* A CPU id's index among the table's CPUs; MLSCHED_CPU_NONE outside the table. */
+static __always_inline __u32 mlsched_cpu_index(__u32 cpu)
+{
+	__u32 *i = bpf_map_lookup_elem(&cpu_index, &cpu);
+
+	return i ? *i : MLSCHED_CPU_NONE;
+}
+
 /* Quantize a fixed-point load to a table level; must equal features.load_key(). */
 static __always_inline __u32 mlsched_quantize(__u32 load)
 {
@@ -168,8 +185,8 @@ static __always_inline bool mlsched_consumer_alive(const struct mlsched_control 
  * source/cfs_action/dst_cpu describe the event; kernel_decision is MLSCHED_NONE
  * unless the record only reports a kernel hit.
  */
-static __always_inline __u64 mlsched_emit(const struct mlsched_features *f, __u32 pid,
-					  __u8 source, __u8 reason, __u8 cfs_action,
+static __always_inline __u64 mlsched_emit(const struct mlsched_features *f, __u32 raw_cpu,
+					  __u32 pid, __u8 source, __u8 reason, __u8 cfs_action,
 					  __u8 kernel_decision, __u32 dst_cpu, __u64 now)
 {
 	struct mlsched_host *h = mlsched_host_state();
@@ -195,7 +212,7 @@ static __always_inline __u64 mlsched_emit(const struct mlsched_features *f, __u3
 	r->pid = pid;
 	r->dst_cpu = dst_cpu;
 	r->f = *f;
-	r->_pad = 0;
+	r->raw_cpu = raw_cpu;
 	bpf_ringbuf_submit(r, 0);
 	mlsched_count(MLSCHED_STAT_PRODUCED);
 	if (reason != MLSCHED_REASON_HIT)
@@ -211,17 +228,21 @@ struct mlsched_outcome {
 };
 
 /*
- * Decide for one request. Returns STAY or MIGRATE; STAY whenever the answer
- * has to come from user space. source/cfs_action/dst_cpu go into the record.
+ * Decide for one request; f->cpu is a CPU id. Returns STAY or MIGRATE; STAY whenever
+ * the answer has to come from user space. source/cfs_action/dst_cpu go into the record.
  */
-static __always_inline __u8 mlsched_decide_ex(const struct mlsched_features *f, __u32 pid,
+static __always_inline __u8 mlsched_decide_ex(const struct mlsched_features *raw, __u32 pid,
 					      __u8 source, __u8 cfs_action, __u32 dst_cpu,
 					      __u32 flags, struct mlsched_outcome *out)
 {
 	struct mlsched_control *ctl = mlsched_ctl();
 	__u8 reason = MLSCHED_REASON_BYPASS;
+	struct mlsched_features q = *raw;
+	const struct mlsched_features *f = &q;
 	__u64 now;
 	__u8 d;
+
+	q.cpu = mlsched_cpu_index(raw->cpu);
 
 	out->seq = 0;
 	out->reason = MLSCHED_REASON_BYPASS;
@@ -235,8 +256,9 @@ static __always_inline __u8 mlsched_decide_ex(const struct mlsched_features *f, 
 			out->reason = MLSCHED_REASON_HIT;
 			out->fate = MLSCHED_FATE_HIT;
 			if (flags & MLSCHED_DECIDE_REPORT_HITS)
-				out->seq = mlsched_emit(f, pid, source, MLSCHED_REASON_HIT, cfs_action,
-							d, dst_cpu, bpf_ktime_get_ns());
+				out->seq = mlsched_emit(f, raw->cpu, pid, source,
+							MLSCHED_REASON_HIT, cfs_action, d, dst_cpu,
+							bpf_ktime_get_ns());
 			return d;
 		}
 		if (d == MLSCHED_NONE) {
@@ -253,7 +275,8 @@ static __always_inline __u8 mlsched_decide_ex(const struct mlsched_features *f, 
 		mlsched_count(MLSCHED_STAT_NO_CONSUMER);
 		return MLSCHED_STAY;
 	}
-	out->seq = mlsched_emit(f, pid, source, reason, cfs_action, MLSCHED_NONE, dst_cpu, now);
+	out->seq = mlsched_emit(f, raw->cpu, pid, source, reason, cfs_action, MLSCHED_NONE,
+				dst_cpu, now);
 	out->fate = out->seq ? MLSCHED_FATE_SENT : MLSCHED_FATE_DROPPED;
 	return MLSCHED_STAY;
 }

@@ -168,6 +168,8 @@ class LoadOptions:
     ncpus: int | None = None
     #: A ``--domains`` spec, explicit CPU lists, or None for the default (topology.py).
     domains: str | list[list[int]] | None = None
+    #: The sysfs CPU directory the online mask and caches are read from.
+    sysfs: str = topology.SYSFS_CPU
     #: Request ring bytes, a power of two.
     ring_size: int = DEFAULT_RING_BYTES
     #: Answer slots, a power of two (None: enough for the ring, see decision_slots_for()).
@@ -189,10 +191,12 @@ class LoadOptions:
         if isinstance(self.domains, str):
             domains = topology.parse_domains(self.domains)
         elif self.domains is None:
-            domains = topology.detect_domains()
+            domains = topology.detect_domains(self.sysfs)
         else:
             domains = [list(d) for d in self.domains]
-        return topology.restrict(domains, self.ncpus) if self.ncpus is not None else domains
+        if self.ncpus is None:
+            return domains
+        return topology.restrict(domains, self.ncpus, self.sysfs)
 
 
 def decision_slots_for(ring_size: int) -> int:
@@ -216,6 +220,7 @@ class KernelPath:
         self.decision_slots = 0
         self.table_ncpus = 0
         self.domains: list[list[int]] = []
+        self.cpu_ids: list[int] = []
         self.pinned = False
         self.request_dtype = REQUEST_DTYPE
 
@@ -249,6 +254,9 @@ class KernelPath:
             else:
                 if rows is not None:
                     self.set_table(table, _rows=rows)
+                # the table's CPUs: --cpus, else as many as the table has room for
+                ncpus = opts.ncpus if opts.ncpus is not None else (n_table or None)
+                self.set_cpu_index(topology.table_cpus(ncpus, opts.sysfs))
                 self.set_domains(domains)
         except BaseException:
             self.close()
@@ -351,6 +359,14 @@ class KernelPath:
         _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), buf.nbytes, n),
                "loading the table")
         self.table_ncpus = n
+
+    def set_cpu_index(self, cpus: list[int]) -> None:
+        """The table's CPUs: ``cpus[i]`` is the CPU id of table index i (the kernel keys the
+        table and counts idle/busy CPUs by it; other CPUs are off the table)."""
+        ids = np.asarray(cpus, dtype=np.uint32)
+        _check(lib.mls_set_cpu_index(self._handle(), ffi.from_buffer("uint32_t[]", ids),
+                                     len(ids), len(ids)), "setting the CPU index")
+        self.cpu_ids = [int(c) for c in ids]
 
     def set_domains(self, domains: list[list[int]]) -> None:
         if not domains:

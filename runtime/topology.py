@@ -56,6 +56,22 @@ def cpu_count(sysfs: str = SYSFS_CPU) -> int:
     return len(online_cpus(sysfs))
 
 
+def table_cpus(ncpus: int | None = None, sysfs: str = SYSFS_CPU) -> list[int]:
+    """The CPU ids a ``ncpus``-CPU table covers, in the order of their index (the kernel's
+    ``cpu_index``): the first ``ncpus`` online CPUs (all of them for None). Past the last
+    online CPU (a table made for a larger host, as replay and benchmarks use) the ids go
+    on from the highest online one."""
+    online = online_cpus(sysfs)
+    if ncpus is None:
+        return online
+    cpus = online[:ncpus]
+    nxt = (online[-1] + 1) if online else 0
+    while len(cpus) < ncpus:
+        cpus.append(nxt)
+        nxt += 1
+    return cpus
+
+
 def uncovered(domains: list[list[int]], sysfs: str = SYSFS_CPU) -> list[int]:
     """Online CPUs in none of ``domains``: the collector keeps no load for them."""
     covered = {c for d in domains for c in d}

@@ -320,6 +320,7 @@ static int load_injector(struct mls_kernel *k)
 		return fail(-errno, "cannot open the injector object: %s", strerror(errno));
 	if ((err = bpf_map__reuse_fd(inj->maps.requests, bpf_map__fd(k->skel->maps.requests))) ||
 	    (err = bpf_map__reuse_fd(inj->maps.table, bpf_map__fd(k->skel->maps.table))) ||
+	    (err = bpf_map__reuse_fd(inj->maps.cpu_index, bpf_map__fd(k->skel->maps.cpu_index))) ||
 	    (err = bpf_map__reuse_fd(inj->maps.decisions, bpf_map__fd(k->skel->maps.decisions))) ||
 	    (err = bpf_map__reuse_fd(inj->maps.control, bpf_map__fd(k->skel->maps.control))) ||
 	    (err = bpf_map__reuse_fd(inj->maps.host, bpf_map__fd(k->skel->maps.host))) ||
@@ -632,6 +633,49 @@ int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len
 	}
 	k->ctl->ndomains = ndomains;
 	return 0;
+}
+
+/*
+ * cpu_index: cpus[i] -> i for the table's ncpus CPUs, MLSCHED_CPU_NONE for every other id
+ * the map can name. The host-wide idle/busy counts restart with it (they count indexed
+ * CPUs only).
+ */
+int mls_set_cpu_index(struct mls_kernel *k, const uint32_t *cpus, size_t len, uint32_t ncpus)
+{
+	int fd = bpf_map__fd(k->skel->maps.cpu_index), err;
+	uint32_t *index;
+
+	if (k->shared)
+		return fail(-EBUSY, "the CPU index belongs to the consumer of %s", k->pin_dir);
+	if (k->collector_attached)
+		return fail(-EBUSY, "the CPU index cannot change while the collector is attached");
+	if (ncpus > MLSCHED_MAX_CPUS)
+		return fail(-EINVAL, "%u CPUs: at most %d", ncpus, MLSCHED_MAX_CPUS);
+	if (len < ncpus)
+		return fail(-EINVAL, "CPU index of %u CPUs from %zu entries", ncpus, len);
+	index = malloc(sizeof(*index) * MLSCHED_MAX_CPUS);
+	if (!index)
+		return fail(-ENOMEM, "out of memory");
+	for (uint32_t cpu = 0; cpu < MLSCHED_MAX_CPUS; cpu++)
+		index[cpu] = MLSCHED_CPU_NONE;
+	for (uint32_t i = 0; i < ncpus; i++) {
+		if (cpus[i] >= MLSCHED_MAX_CPUS || index[cpus[i]] != MLSCHED_CPU_NONE) {
+			err = fail(-EINVAL, "CPU %u: %s", cpus[i], cpus[i] >= MLSCHED_MAX_CPUS ?
+				   "id past the largest the kernel side takes" : "listed twice");
+			goto out;
+		}
+		index[cpus[i]] = i;
+	}
+	if ((err = reset_cpu_state(k)))
+		goto out;
+	for (uint32_t cpu = 0; cpu < MLSCHED_MAX_CPUS; cpu++)
+		if (bpf_map_update_elem(fd, &cpu, &index[cpu], BPF_ANY)) {
+			err = fail(-errno, "cpu_index update: %s", strerror(errno));
+			goto out;
+		}
+out:
+	free(index);
+	return err;
 }
 
 int mls_attach_collector(struct mls_kernel *k)

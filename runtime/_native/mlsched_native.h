@@ -80,6 +80,8 @@ void mls_close(struct mls_kernel *k);
 int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus);
 int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len,
 		    uint32_t ncpus, uint32_t ndomains);
+/* cpus: the table's CPU ids in index order, `len` entries, `ncpus` of them used */
+int mls_set_cpu_index(struct mls_kernel *k, const uint32_t *cpus, size_t len, uint32_t ncpus);
 int mls_attach_collector(struct mls_kernel *k);
 int mls_detach_collector(struct mls_kernel *k);
 int mls_unpin(struct mls_kernel *k);

@@ -70,7 +70,7 @@ def test_collector_produces_requests_under_load(kernel_path):
     assert records, "the collector produced no requests while workers ran"
     r = np.concatenate(records)
     assert np.isin(r["pid"], list(pids)).sum() >= 50
-    assert (r["version"] == 1).all()
+    assert (r["version"] == 2).all()
     assert set(np.unique(r["source"])) <= {SRC_MIGRATE, SRC_WAKEUP}
     # the CFS action follows the event: migrations MIGRATE (with a target CPU), wakeups STAY
     mig, wake = r[r["source"] == SRC_MIGRATE], r[r["source"] == SRC_WAKEUP]
@@ -79,6 +79,7 @@ def test_collector_produces_requests_under_load(kernel_path):
     # features describe this host
     f = r["f"]
     assert (f["cpu"] < ncpu).all()
+    assert (r["raw_cpu"] < ncpu).all()
     assert (f["idle"] + f["busy"] <= ncpu).all()
     assert (f["src_load"] <= 1024).all() and (f["dst_load"] <= 1024).all()
     # hits carry the kernel's decision, misses ask for one

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.bpf
 
 FATE_HIT, FATE_SENT = 0, 1
 REASON_UNSURE, REASON_OFF_GRID, REASON_BYPASS = 0, 1, 2
+CPU_NONE = 2**32 - 1     # f.cpu of a request about a CPU outside the table
 
 
 def q_ref(load: int) -> int:
@@ -110,12 +111,15 @@ def test_helper_equals_reference_for_every_key(kernel_path):
     sent = want_fate == FATE_SENT
     assert len(ring) == res.sent
     f = np.stack([ring["f"][n] for n in ("cpu", "idle", "busy", "src_load", "dst_load")], axis=1)
-    np.testing.assert_array_equal(f, rec[sent])
+    want_f = rec[sent].copy()
+    want_f[want_f[:, 0] >= N, 0] = CPU_NONE     # a CPU outside the table has no index
+    np.testing.assert_array_equal(f, want_f)
+    np.testing.assert_array_equal(ring["raw_cpu"], rec[sent][:, 0])
     np.testing.assert_array_equal(ring["seq"], res.seq[sent])
     assert len(np.unique(ring["seq"])) == len(ring)
     assert (res.seq[~sent] == 0).all()
     np.testing.assert_array_equal(ring["reason"], want_reason[sent])
-    assert (ring["version"] == 1).all() and (ring["size"] == kp.request_dtype.itemsize).all()
+    assert (ring["version"] == 2).all() and (ring["size"] == kp.request_dtype.itemsize).all()
     assert (ring["kernel_decision"] == 255).all() and (ring["cfs_action"] == 255).all()
     assert (ring["pid"] == 4242).all() and (ring["source"] == 0).all()
 
@@ -138,6 +142,8 @@ def test_bypass_sends_every_record_with_exact_features(kernel_path):
     ring = drain_all(kp, res.sent)
     want = generated_features(123456789, 20000, N, invalid_pct=10)
     got = np.stack([ring["f"][n] for n in ("cpu", "idle", "busy", "src_load", "dst_load")], axis=1)
+    np.testing.assert_array_equal(ring["raw_cpu"], want[:, 0])
+    want[want[:, 0] >= N, 0] = CPU_NONE
     np.testing.assert_array_equal(got, want)
     assert (ring["reason"] == REASON_BYPASS).all()
     np.testing.assert_array_equal(ring["seq"], np.arange(res.first_seq, res.last_seq + 1))

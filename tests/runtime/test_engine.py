@@ -296,7 +296,7 @@ def test_wire_path_on_ring_records_and_out_buffer(bundle8):
     rec = np.dtype([("version", "<u2"), ("size", "<u2"), ("source", "u1"), ("reason", "u1"),
                     ("cfs_action", "u1"), ("kernel_decision", "u1"), ("seq", "<u8"),
                     ("ts_ns", "<u8"), ("pid", "<u4"), ("dst_cpu", "<u4"), ("f", feats),
-                    ("_pad", "<u4")])
+                    ("raw_cpu", "<u4")])
     w = wire_traffic(8192, seed=22)
     batch = np.zeros(len(w), dtype=rec)
     for k, name in enumerate(feats.names):
