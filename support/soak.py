@@ -53,7 +53,7 @@ RSS_TRACE_S = 10
 #: 1024 cache slots (bounded at 7 x 1024 x 512 B = 3.6 MB, reached only if every size occurs).
 WARMUP_MAX_S = 180.0
 ANSWERED = 0
-#: splitmix64's increment: the seed of record i of a call is seed + i * GOLDEN.
+#: splitmix64's increment: record i of a generated call starts from state + i * GOLDEN.
 GOLDEN = 0x9E3779B97F4A7C15
 U64 = (1 << 64) - 1
 
