@@ -167,7 +167,7 @@ class Server:
                      pin=config.pin, pin_dir=config.pin_dir,
                      table_capacity=ncpus or bundle.cpus)
         if config.collector:
-            self._warn_coverage(ncpus)
+            self._warn_coverage()
         try:
             self.engine = Engine(bundle, ncpus=ncpus, backend=daemon_backend(config.backend))
             log.debug("engine: %s", self.engine.describe())
@@ -187,18 +187,12 @@ class Server:
         self.startup_peak_rss_mb = _round(peak_rss_mb())
         self.peak_reset = reset_peak_rss()
 
-    def _warn_coverage(self, ncpus: int | None) -> None:
-        """Say which online CPUs the collector cannot describe: those in no domain, and a
-        table smaller than the CPUs the kernel side counts (then no key matches it)."""
+    def _warn_coverage(self) -> None:
+        """Say which online CPUs the collector keeps no domain load for."""
         missing = topology.uncovered(self.kp.domains)
         if missing:
             log.warning("CPUs %s are in no domain: the collector keeps no load for them",
                         ",".join(map(str, missing)))
-        online = topology.cpu_count()
-        if ncpus is not None and ncpus < online:
-            log.warning("--cpus %d is below the %d online CPUs the kernel counts: no event "
-                        "matches the table, every decision comes from the interpreter",
-                        ncpus, online)
 
     def close(self) -> None:
         if self.recorder:
