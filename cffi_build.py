@@ -36,7 +36,7 @@ SKELETONS = [ROOT / "bpf" / "mlsched.skel.h", ROOT / "bpf" / "mlsched_inject.ske
 # The kernel's own definitions (asm-generic/int-ll64.h).
 CDEF_PRELUDE = """
 typedef unsigned char __u8; typedef unsigned short __u16;
-typedef unsigned int __u32; typedef unsigned long long __u64;
+typedef unsigned int __u32; typedef unsigned long long __u64; typedef long long __s64;
 """
 # Blocks the cdef must not see: BPF-only asserts, the C implementation's includes.
 _SKIP_BLOCK = re.compile(r"^#ifn?def (__bpf__|MLSCHED_NATIVE_IMPL)\b")

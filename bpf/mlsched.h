@@ -13,7 +13,9 @@
  *   producer (collector tracepoint / injector / a balancer)
  *     mlsched_decide(): i = cpu_index[cpu], q(src), q(dst)
  *                       -> `table` row (i * (N + 1) + idle)
- *        sure cell            -> decision now (kernel hit)
+ *        sure cell            -> decision now (kernel hit, level 1)
+ *        refined cell         -> `table2` line at the model's input levels of
+ *                                src and dst -> decision now (level 2)
  *        UNSURE / off-grid    -> struct mlsched_request on `requests` ring,
  *                                return STAY for now
  *   mlsched-lite polls the ring, decides, writes
@@ -25,7 +27,7 @@
 #define MLSCHED_H
 
 /* Bumped on any layout change below; every record and argument block carries it. */
-#define MLSCHED_ABI_VERSION 2
+#define MLSCHED_ABI_VERSION 3
 
 /* ---- decisions ----------------------------------------------------------- */
 enum mlsched_decision {
@@ -63,7 +65,10 @@ struct mlsched_features {
  * (one store publishes a table): N = table_sel & MLSCHED_TABLE_NCPUS_MASK, base =
  * table_half_rows if table_sel & MLSCHED_TABLE_SECOND, else 0.
  * key = base + i * (N + 1) + idle, i = cpu_index[cpu]; the value is one row:
- * cell[q(src) * LEVELS + q(dst)] in {STAY, MIGRATE, UNSURE}.
+ * cell[q(src) * LEVELS + q(dst)] in {STAY, MIGRATE, UNSURE} or, for a cell the
+ * second level refines, MLSCHED_CELL_LEVEL2 + k (k: the cell's rank among the
+ * row's refined cells; see "table level 2"). Readers that know only level 1 take
+ * any value above MIGRATE as UNSURE.
  * A key is valid iff i < N and idle + busy == N; anything else misses.
  *
  * cpu_index (array, MLSCHED_MAX_CPUS __u32, filled by the loader): CPU id -> its
@@ -81,7 +86,55 @@ struct mlsched_features {
 #define MLSCHED_MAX_TABLE_CPUS 256
 
 struct mlsched_row {
-	__u8 cell[128];		/* MLSCHED_ROW_BYTES; cells past ROW_CELLS unused */
+	__u8 cell[124];		/* ROW_CELLS used; the rest UNSURE */
+	__u32 level2_base;	/* cell number in `table2` of the row's first refined cell */
+};
+
+/* ---- table level 2 ------------------------------------------------------------
+ * The int8 model sees a load as one of 256 input levels (its input quantization),
+ * a finer grid than the 0.1 steps of level 1. Under a refined level-1 cell the
+ * second level holds the model's decision at every pair of input levels the cell
+ * covers, verified against the interpreter when the bundle was made.
+ *
+ * Input level of a wire load L (0..LOAD_ONE, after the clamp), in integers:
+ *   level(L) = clamp((L * quant.mul + quant.add) >> MLSCHED_L2_SHIFT, 0, 255)
+ * One quant per load column (src, dst); band_start[q] is level(L) of the smallest
+ * L of band q (q = q(L) of level 1), so s = level(src) - src.band_start[q(src)] and
+ * d = level(dst) - dst.band_start[q(dst)] are offsets inside the cell.
+ *
+ * `table2` is an array of __u64 words holding line bytes, 8 per word, little
+ * end first. A refined cell holds `lines` line bytes, one per src offset s; the
+ * line byte of cell c (= row.level2_base + k) and offset s is byte
+ * c * lines + s counted from word word_base. A line byte says, over the d
+ * offsets of the cell: d < t -> first, else the other decision, where
+ * t = byte & MLSCHED_L2_THRESHOLD_MASK and first = MIGRATE iff byte &
+ * MLSCHED_L2_FIRST_MIGRATE; t == MLSCHED_L2_RING: this line is not refined,
+ * the request goes to the ring.
+ *
+ * control.level2[h] describes half h of `table` and `table2` (h = 1 when
+ * table_sel & MLSCHED_TABLE_SECOND); lines == 0: that table has no level 2.
+ */
+#define MLSCHED_CELL_LEVEL2 3
+#define MLSCHED_L2_SHIFT 32
+#define MLSCHED_L2_INPUT_LEVELS 256
+#define MLSCHED_L2_FIRST_MIGRATE 128
+#define MLSCHED_L2_THRESHOLD_MASK 127
+#define MLSCHED_L2_RING 127
+/* Most offsets a cell may span on either axis (a larger span: no level 2). */
+#define MLSCHED_L2_MAX_LINES 126
+
+struct mlsched_load_quant {
+	__s64 mul;
+	__s64 add;
+	__u8 band_start[12];	/* MLSCHED_LOAD_LEVELS used */
+	__u32 _pad;
+};
+
+struct mlsched_level2 {
+	__u32 word_base;	/* first word of this table's lines in `table2` */
+	__u32 lines;		/* line bytes per refined cell; 0: no level 2 */
+	struct mlsched_load_quant src;
+	struct mlsched_load_quant dst;
 };
 
 /* ---- requests (ring buffer records) ------------------------------------------ */
@@ -149,7 +202,8 @@ struct mlsched_control {
 					 * waiting for; the helper itself enforces no deadline
 					 * (stale = not in the slot when the kernel side reads) */
 	__u32 table_half_rows;		/* rows in each half of `table`; set once at load */
-	__u32 _pad;
+	__u32 table2_half_words;	/* words in each half of `table2`; set once at load */
+	struct mlsched_level2 level2[2];	/* per half of the table (see table level 2) */
 };
 
 /* ---- host state: kernel -> user space (1-entry BPF_F_MMAPABLE array) ---------- */
@@ -180,18 +234,19 @@ struct mlsched_domain {
 enum mlsched_stat {
 	MLSCHED_STAT_PRODUCED = 0,	/* records committed to the ring (any reason) */
 	MLSCHED_STAT_DROPPED = 1,	/* records lost: ring full */
-	MLSCHED_STAT_KERNEL_HITS = 2,	/* decisions answered by the kernel table */
+	MLSCHED_STAT_KERNEL_HITS = 2,	/* decisions answered by the kernel table (either level) */
 	MLSCHED_STAT_MISSES_SENT = 3,	/* records committed that need an answer */
 	MLSCHED_STAT_ANSWERED = 4,	/* answers the kernel side read back in time */
 	MLSCHED_STAT_STALE = 5,		/* answers the kernel side found missing / too late */
 	MLSCHED_STAT_NO_CONSUMER = 6,	/* misses answered STAY: consumer heartbeat too old */
 	MLSCHED_STAT_CLAMPED = 7,	/* loads above 1.0 clamped before quantization */
 	MLSCHED_STAT_INVALID = 8,	/* keys outside the table geometry */
-	MLSCHED_STAT_COUNT = 9,
+	MLSCHED_STAT_LEVEL2_HITS = 9,	/* the part of kernel_hits answered by table level 2 */
+	MLSCHED_STAT_COUNT = 10,
 };
 
 struct mlsched_stats {
-	__u64 v[9];			/* indexed by enum mlsched_stat (MLSCHED_STAT_COUNT) */
+	__u64 v[10];			/* indexed by enum mlsched_stat (MLSCHED_STAT_COUNT) */
 };
 
 /* ---- injector: SEC("syscall") inject, ctx = struct mlsched_inject_args -------- */
@@ -219,7 +274,7 @@ struct mlsched_inject_slot {
 	__u8 result;			/* out: what decide() returned */
 	__u8 reason;			/* out: enum mlsched_reason (HIT for hits) */
 	__u8 fate;			/* out: enum mlsched_fate */
-	__u8 _pad;
+	__u8 level;			/* out: table level that answered (1, 2), 0: none */
 	__u64 seq;			/* out: seq of the record sent, 0 if none */
 };
 
@@ -274,6 +329,9 @@ struct mlsched_read_args {
 #ifdef __bpf__
 _Static_assert(sizeof(struct mlsched_request) == 56, "request layout");
 _Static_assert(sizeof(struct mlsched_row) == MLSCHED_ROW_BYTES, "row layout");
+_Static_assert(MLSCHED_ROW_CELLS <= 124, "row cells fit before level2_base");
+_Static_assert(MLSCHED_CELL_LEVEL2 + MLSCHED_ROW_CELLS <= 255, "level-2 cell codes fit a byte");
+_Static_assert(sizeof(struct mlsched_load_quant) == 32, "load quant layout");
 _Static_assert(MLSCHED_ROW_CELLS == MLSCHED_LOAD_LEVELS * MLSCHED_LOAD_LEVELS, "row cells");
 _Static_assert(sizeof(struct mlsched_stats) == 8 * MLSCHED_STAT_COUNT, "stats layout");
 _Static_assert(MLSCHED_LOAD_ONE == 1 << MLSCHED_LOAD_SHIFT, "load scale");

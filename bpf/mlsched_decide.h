@@ -9,6 +9,7 @@
  *
  *   requests   ringbuf      misses go here (size set at load)
  *   table      array        one struct mlsched_row per (cpu index, idle)
+ *   table2     array        level-2 line bytes, 8 per __u64 word (size set at load)
  *   cpu_index  array        CPU id -> index among the table's CPUs, or MLSCHED_CPU_NONE
  *   decisions  array, mmap  answers written by user space, one __u64 per slot
  *   control    array, mmap  user space -> kernel settings and heartbeat
@@ -20,7 +21,10 @@
  *   0. i = cpu_index[cpu]: the request carries i in f.cpu and the id in raw_cpu
  *   1. clamp both loads to [0, 1024] (count `clamped`), q = (10 L + 512) >> 10
  *   2. i < N and idle + busy == N ?  row = table[base + i * (N + 1) + idle]
- *        cell sure            -> count kernel_hits, return it
+ *        cell sure            -> count kernel_hits, return it (level 1)
+ *        cell refined         -> line byte in table2 at the loads' input levels:
+ *                                threshold -> count kernel_hits, level2_hits,
+ *                                return it (level 2); RING line -> miss
  *        cell UNSURE          -> miss
  *      else                   -> count invalid, miss
  *   3. miss: consumer heartbeat too old -> count no_consumer, return STAY
@@ -56,6 +60,14 @@ struct {
 	__type(value, struct mlsched_row);
 	__uint(max_entries, 1);
 } table SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} table2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -132,30 +144,83 @@ static __always_inline __u32 mlsched_cpu_index(__u32 cpu)
 	return i ? *i : MLSCHED_CPU_NONE;
 }
 
-/* Quantize a fixed-point load to a table level; must equal features.load_key(). */
+/* Quantize a fixed-point load (<= LOAD_ONE) to a level-1 band; must equal wire.load_level(). */
 static __always_inline __u32 mlsched_quantize(__u32 load)
 {
-	if (load > MLSCHED_LOAD_ONE) {
-		mlsched_count(MLSCHED_STAT_CLAMPED);
-		load = MLSCHED_LOAD_ONE;
-	}
 	return (MLSCHED_LOAD_STEPS * load + MLSCHED_LOAD_ONE / 2) >> MLSCHED_LOAD_SHIFT;
 }
 
-/* Table cell for the features: STAY/MIGRATE, UNSURE, or MLSCHED_NONE when off-grid. */
+/* A load's input level for the model (see "table level 2" in mlsched.h); load <= LOAD_ONE. */
+static __always_inline __u32 mlsched_input_level(const struct mlsched_load_quant *lq, __u32 load)
+{
+	__s64 v = ((__s64)load * lq->mul + lq->add) >> MLSCHED_L2_SHIFT;
+
+	if (v < 0)
+		return 0;
+	return v >= MLSCHED_L2_INPUT_LEVELS ? MLSCHED_L2_INPUT_LEVELS - 1 : (__u32)v;
+}
+
+/*
+ * Level 2 under a refined cell: STAY/MIGRATE, or UNSURE for a line left to user space
+ * (or a table2 the loader sized too small). ord: the cell's number in table2.
+ */
+static __always_inline __u8 mlsched_level2(const struct mlsched_level2 *g, __u32 ord,
+					   __u32 qs, __u32 qd, __u32 src, __u32 dst)
+{
+	__u32 lines = g->lines, s, d, t, key;
+	__u64 byte, *word;
+	__u8 line;
+
+	if (lines == 0 || lines > MLSCHED_L2_MAX_LINES || qs >= MLSCHED_LOAD_LEVELS ||
+	    qd >= MLSCHED_LOAD_LEVELS)
+		return MLSCHED_UNSURE;
+	/* the masks keep the index inside band_start + _pad where the verifier can see it */
+	barrier_var(qs);
+	barrier_var(qd);
+	s = mlsched_input_level(&g->src, src) - g->src.band_start[qs & 15];
+	d = mlsched_input_level(&g->dst, dst) - g->dst.band_start[qd & 15];
+	if (s >= lines || d >= MLSCHED_L2_MAX_LINES)	/* unsigned: also catches s < 0 */
+		return MLSCHED_UNSURE;
+	byte = (__u64)ord * lines + s;
+	key = g->word_base + (__u32)(byte >> 3);
+	word = bpf_map_lookup_elem(&table2, &key);
+	if (!word)
+		return MLSCHED_UNSURE;
+	line = *word >> ((byte & 7) * 8);
+	t = line & MLSCHED_L2_THRESHOLD_MASK;
+	if (t == MLSCHED_L2_RING)
+		return MLSCHED_UNSURE;
+	return (d < t) == !!(line & MLSCHED_L2_FIRST_MIGRATE) ? MLSCHED_MIGRATE : MLSCHED_STAY;
+}
+
+/*
+ * Table answer for the features: STAY/MIGRATE (*level 1 or 2), UNSURE, or MLSCHED_NONE
+ * when off-grid (*level 0 for both).
+ */
 static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
-					   const struct mlsched_features *f)
+					   const struct mlsched_features *f, __u8 *level)
 {
 	/* one read: geometry and half come from the same published table */
 	__u32 sel = *(volatile __u32 *)&ctl->table_sel;
 	__u32 n = sel & MLSCHED_TABLE_NCPUS_MASK;
-	__u32 base = (sel & MLSCHED_TABLE_SECOND) ? ctl->table_half_rows : 0;
-	__u32 qs = mlsched_quantize(f->src_load);
-	__u32 qd = mlsched_quantize(f->dst_load);
+	__u32 half = (sel & MLSCHED_TABLE_SECOND) ? 1 : 0;
+	__u32 base = half ? ctl->table_half_rows : 0;
+	__u32 src = f->src_load, dst = f->dst_load;
 	struct mlsched_row *row;
-	__u32 key, cell;
-	__u8 d;
+	__u32 key, cell, qs, qd;
+	__u8 c;
 
+	*level = 0;
+	if (src > MLSCHED_LOAD_ONE) {
+		mlsched_count(MLSCHED_STAT_CLAMPED);
+		src = MLSCHED_LOAD_ONE;
+	}
+	if (dst > MLSCHED_LOAD_ONE) {
+		mlsched_count(MLSCHED_STAT_CLAMPED);
+		dst = MLSCHED_LOAD_ONE;
+	}
+	qs = mlsched_quantize(src);
+	qd = mlsched_quantize(dst);
 	if (n == 0 || f->cpu >= n || f->idle > n || f->busy != n - f->idle)
 		return MLSCHED_NONE;
 	key = base + f->cpu * (n + 1) + f->idle;
@@ -166,8 +231,18 @@ static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 	barrier_var(cell);		/* keep the bound check below for the verifier */
 	if (cell >= MLSCHED_ROW_CELLS)
 		return MLSCHED_UNSURE;
-	d = row->cell[cell];
-	return d <= MLSCHED_MIGRATE ? d : MLSCHED_UNSURE;
+	c = row->cell[cell];
+	if (c <= MLSCHED_MIGRATE) {
+		*level = 1;
+		return c;
+	}
+	if (c < MLSCHED_CELL_LEVEL2)
+		return MLSCHED_UNSURE;
+	c = mlsched_level2(&ctl->level2[half], row->level2_base + (c - MLSCHED_CELL_LEVEL2),
+			   qs, qd, src, dst);
+	if (c <= MLSCHED_MIGRATE)
+		*level = 2;
+	return c;
 }
 
 static __always_inline bool mlsched_consumer_alive(const struct mlsched_control *ctl, __u64 now)
@@ -225,6 +300,7 @@ struct mlsched_outcome {
 	__u64 seq;	/* seq of the record committed, 0 if none */
 	__u8 reason;	/* enum mlsched_reason (HIT for a table hit) */
 	__u8 fate;	/* enum mlsched_fate */
+	__u8 level;	/* table level that answered (1, 2), 0: none */
 };
 
 /*
@@ -239,20 +315,24 @@ static __always_inline __u8 mlsched_decide_ex(const struct mlsched_features *raw
 	__u8 reason = MLSCHED_REASON_BYPASS;
 	struct mlsched_features q = *raw;
 	const struct mlsched_features *f = &q;
+	__u8 d, level;
 	__u64 now;
-	__u8 d;
 
 	q.cpu = mlsched_cpu_index(raw->cpu);
 
 	out->seq = 0;
 	out->reason = MLSCHED_REASON_BYPASS;
 	out->fate = MLSCHED_FATE_NO_CONSUMER;
+	out->level = 0;
 	if (!ctl)
 		return MLSCHED_STAY;
 	if (!(flags & MLSCHED_DECIDE_BYPASS_TABLE) && !(ctl->flags & MLSCHED_CTL_BYPASS_TABLE)) {
-		d = mlsched_lookup(ctl, f);
+		d = mlsched_lookup(ctl, f, &level);
 		if (d <= MLSCHED_MIGRATE) {
 			mlsched_count(MLSCHED_STAT_KERNEL_HITS);
+			if (level == 2)
+				mlsched_count(MLSCHED_STAT_LEVEL2_HITS);
+			out->level = level;
 			out->reason = MLSCHED_REASON_HIT;
 			out->fate = MLSCHED_FATE_HIT;
 			if (flags & MLSCHED_DECIDE_REPORT_HITS)

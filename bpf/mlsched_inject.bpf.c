@@ -135,6 +135,7 @@ static long inject_one(__u32 i, struct inject_state *st)
 		slot->result = d;
 		slot->reason = out.reason;
 		slot->fate = out.fate;
+		slot->level = out.level;
 		slot->seq = out.seq;
 	}
 	st->done++;

@@ -329,7 +329,7 @@ static void print_domains(const struct scx_mlsched_cfg *cfg)
 static void reuse_pinned_maps(struct scx_mlsched *skel, const char *dir)
 {
 	struct bpf_map *shared[] = {	/* the maps mlsched_decide.h brings */
-		skel->maps.requests, skel->maps.table, skel->maps.cpu_index,
+		skel->maps.requests, skel->maps.table, skel->maps.table2, skel->maps.cpu_index,
 		skel->maps.decisions, skel->maps.control, skel->maps.host, skel->maps.stats,
 	};
 

@@ -41,9 +41,10 @@ from mlsched.runtime.features import (
     LOAD_STEPS,
     THRESHOLD,
     Normalization,
+    pad,
 )
 from mlsched.runtime.interp import Model, quiet_stderr
-from mlsched.runtime.wire import UNSURE
+from mlsched.runtime.wire import LOAD_ONE, UNSURE, lib
 
 import mlsched
 
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 
 #: Held-out samples for the agreement figures (never used for calibration).
 AGREEMENT_SAMPLES = 100_000
+#: Uniform in-geometry requests behind report.json's kernel_exact_fraction.uniform.
+UNIFORM_SAMPLES = 200_000
+#: Bytes of one kernel table row (struct mlsched_row).
+KERNEL_ROW_BYTES = lib.MLSCHED_ROW_BYTES
 SEED = 1125
 OUTPUT_KINDS = ("auto",) + graph.KINDS
 #: Raw outputs below this for "logit" decide STAY; probability and label use THRESHOLD.
@@ -150,14 +155,15 @@ def convert(opt: Options, verbose: bool = False) -> dict:
     quantize_seconds = time.time() - t_quantize
     int8 = Model(tflite)
     fidelity = measure_agreement(m, int8, norm, held, reference, opt)
-    table, table_seconds = build_table(int8, norm, opt)
-    report = make_report(opt, m, int8, norm, table, held, reference, fidelity, tflite,
+    built, table_seconds = build_table(int8, norm, opt)
+    report = make_report(opt, m, int8, norm, built, held, reference, fidelity, tflite,
                          folded=folded, calib_info={"source": calib_source, "rows": len(calib)},
-                         seconds={"quantize": quantize_seconds, "table": table_seconds})
-    png = _heatmaps(m, int8, norm, table, opt.cpus)
+                         seconds={"quantize": quantize_seconds, "table": table_seconds},
+                         calib=calib)
+    png = _heatmaps(m, int8, norm, built, opt.cpus)
     report["seconds"] = round(time.time() - t0, 2)
-    manifest = make_manifest(opt, m, int8, norm, table, report)
-    write_bundle(opt, bundle_files(tflite, table, report, png), manifest)
+    manifest = make_manifest(opt, m, int8, norm, built, report)
+    write_bundle(opt, bundle_files(tflite, built, report, png), manifest)
     return report
 
 
@@ -315,29 +321,79 @@ def measure_agreement(m: Loaded, int8: Model, norm: Normalization, held: np.ndar
             "knife_edge_fraction": float(edge.mean()), "int8_vs_float_agreement_off_edge": off_edge}
 
 
-def build_table(int8: Model, norm: Normalization, opt: Options) -> tuple[np.ndarray, float]:
+def build_table(int8: Model, norm: Normalization, opt: Options
+                ) -> tuple[table_mod.Exact, float]:
+    """Both table levels from the int8 model's complete picture (``table.build_exact``),
+    or level 1 alone: ``nearest`` mode, or a model whose input is not int8."""
     t0 = time.time()
     width = int8.width
-    table = table_mod.build(lambda x: int8.decide(norm.apply(x[:, :width])), opt.cpus, opt.table_mode,
-                            progress=Progress("table", opt.progress))
-    return table, time.time() - t0
+    progress = Progress("table", opt.progress)
+    if opt.table_mode == "boundary" and int8.quantized:
+        built = table_mod.build_exact(
+            opt.cpus, lambda x: int8.quantize_input(norm.apply(x[:, :width])),
+            lambda xq: int8.decide(xq, quantized=True), progress=progress)
+    else:
+        table = table_mod.build(lambda x: int8.decide(norm.apply(x[:, :width])), opt.cpus,
+                                opt.table_mode, progress=progress)
+        why = ("nearest mode: level 1 answers every cell" if opt.table_mode == "nearest"
+               else "the model's input is not int8")
+        built = table_mod.Exact(table, None, why, 0, 0, 0)
+    if built.reason:
+        log.info("no table level 2: %s", built.reason)
+    return built, time.time() - t0
 
 
-def pipeline_decide(table: np.ndarray, model: Model, norm: Normalization, x: np.ndarray):
-    """Table first, interpreter for misses: (decisions, hit mask). Used for the report."""
-    vals, _ = table_mod.lookup(table, x[:, 0], x[:, 1], x[:, 2], x[:, 3], x[:, 4])
-    hit = vals != UNSURE
-    out = vals.copy()
-    if (~hit).any():
-        out[~hit] = model.decide(norm.apply(x[~hit][:, :model.width]))
-    return out, hit
+def on_wire(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw features -> (the same rows with loads on the wire's 1/1024 grid, wire loads [n, 2])."""
+    wire = np.rint(np.clip(x[:, 3:5], 0.0, 1.0) * LOAD_ONE).astype(np.int64)
+    snapped = np.array(x[:, :5], dtype=np.float64)
+    snapped[:, 3:5] = wire / LOAD_ONE
+    return snapped, wire
 
 
-def make_report(opt: Options, m: Loaded, int8: Model, norm: Normalization, table: np.ndarray,
+def pipeline_decide(built: table_mod.Exact, model: Model, norm: Normalization, x: np.ndarray):
+    """Both table levels first, interpreter for the rest, on the wire's grid (as the kernel and
+    the engine see a request): (decisions, level that answered 0/1/2, int8 decisions)."""
+    snapped, wire = on_wire(x)
+    counts = snapped[:, :3]
+    integral = (counts == np.floor(counts)).all(axis=1) & (counts >= 0).all(axis=1)
+    c = np.where(integral[:, None], counts, -1).astype(np.int64)
+    vals, level, _ = table_mod.TwoLevels(built.table, built.level2).lookup(
+        c[:, 0], c[:, 1], c[:, 2], wire[:, 0], wire[:, 1])
+    int8_dec = model.decide(norm.apply(pad(snapped, model.width)))
+    out = np.where(level > 0, vals, int8_dec).astype(np.uint8)
+    return out, level, int8_dec
+
+
+def uniform_traffic(ncpus: int, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """In-geometry requests with uniform cpu, idle count and wire loads (raw features [n, 5])."""
+    idle = rng.integers(0, ncpus + 1, rows)
+    return np.column_stack([rng.integers(0, ncpus, rows), idle, ncpus - idle,
+                            rng.integers(0, LOAD_ONE + 1, (rows, 2)) / LOAD_ONE]).astype(np.float64)
+
+
+def kernel_exact_fraction(built: table_mod.Exact, model: Model, norm: Normalization,
+                          x: np.ndarray) -> float:
+    """Share of in-geometry rows a table level answers with exactly the int8 model's decision."""
+    _, wire = on_wire(x)
+    n = built.table.shape[0]
+    counts = x[:, :3]
+    inside = ((counts == np.floor(counts)).all(axis=1) & (counts[:, 0] >= 0) & (counts[:, 0] < n)
+              & (counts[:, 1] >= 0) & (counts[:, 1] + counts[:, 2] == n))
+    if not inside.any():
+        return 0.0
+    dec, level, int8_dec = pipeline_decide(built, model, norm, x[inside])
+    return float(((level > 0) & (dec == int8_dec)).mean())
+
+
+def make_report(opt: Options, m: Loaded, int8: Model, norm: Normalization, built: table_mod.Exact,
                 held: np.ndarray, reference: np.ndarray, fidelity: dict, tflite: bytes, *,
-                folded: bool, calib_info: dict, seconds: dict) -> dict:
-    pipe_dec, hit = pipeline_decide(table, int8, norm, held)
+                folded: bool, calib_info: dict, seconds: dict, calib: np.ndarray) -> dict:
+    table, level2 = built.table, built.level2
+    pipe_dec, level, int8_snapped = pipeline_decide(built, int8, norm, held)
     inp, out = m.choice.input, m.choice.output
+    uniform = uniform_traffic(opt.cpus, UNIFORM_SAMPLES, np.random.default_rng(SEED + 2))
+    rows = table.shape[0] * table.shape[1]
     return {
         "cpus": opt.cpus,
         "table_mode": opt.table_mode,
@@ -348,26 +404,40 @@ def make_report(opt: Options, m: Loaded, int8: Model, norm: Normalization, table
         "int8_vs_float_agreement": fidelity["int8_vs_float_agreement"],
         "int8_vs_float_agreement_off_edge": fidelity["int8_vs_float_agreement_off_edge"],
         "knife_edge_fraction": fidelity["knife_edge_fraction"],
-        "table_vs_int8_agreement": float((pipe_dec == fidelity["int8_decisions"]).mean()),
+        "table_vs_int8_agreement": float((pipe_dec == int8_snapped).mean()),
         "table_vs_float_agreement": float((pipe_dec == reference).mean()),
-        "table_hit_rate": float(hit.mean()),
+        "table_hit_rate": float((level > 0).mean()),
+        "level1_hit_rate": float((level == 1).mean()),
         "unsure_fraction": float((table == UNSURE).mean()),
+        "kernel_exact_fraction": {
+            "uniform": kernel_exact_fraction(built, int8, norm, uniform),
+            "calibration": kernel_exact_fraction(built, int8, norm, calib[:, :5]),
+        },
+        "level2": None if level2 is None else {
+            "bytes": level2.nbytes, "cells": level2.cells, "lines_per_cell": level2.lines,
+            "lines_to_user_space": built.ring_lines, "lines": built.lines_total},
+        "level2_absent_because": built.reason,
+        "table_points_evaluated": built.points,
         "held_out_samples": len(held),
         "calibration": calib_info,
         "normalization_folded": folded,
         "float_model_bytes": _tree_bytes(opt.model),
         "tflite_bytes": len(tflite),
         "table_bytes": int(table.nbytes),
+        "level1_bytes": int(table.nbytes),
+        "level2_bytes": level2.nbytes if level2 is not None else 0,
+        "kernel_table_bytes": rows * KERNEL_ROW_BYTES + (level2.nbytes if level2 else 0),
         "quantize_seconds": round(seconds["quantize"], 2),
         "table_seconds": round(seconds["table"], 2),
         "backend": int8.backend,
     }
 
 
-def make_manifest(opt: Options, m: Loaded, int8: Model, norm: Normalization, table: np.ndarray,
-                  report: dict) -> dict:
+def make_manifest(opt: Options, m: Loaded, int8: Model, norm: Normalization,
+                  built: table_mod.Exact, report: dict) -> dict:
     pads = [f"pad{i}" for i in range(m.width - len(FEATURE_NAMES))]
-    return {
+    table = built.table
+    manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": opt.cpus,
         "features": {"names": list(FEATURE_NAMES) + pads, "width": m.width,
@@ -383,12 +453,19 @@ def make_manifest(opt: Options, m: Loaded, int8: Model, norm: Normalization, tab
                    "input": report["model"]["input"], "output": report["model"]["output"]},
         "tool_versions": _versions(),
         "report": {k: report[k] for k in ("int8_vs_float_agreement", "table_vs_int8_agreement",
-                                          "table_hit_rate", "unsure_fraction")},
+                                          "table_hit_rate", "unsure_fraction",
+                                          "kernel_exact_fraction")},
     }
+    if built.level2 is not None:
+        manifest["table"]["level2"] = {"file": bundle_mod.LEVEL2_FILE, **built.level2.to_json()}
+    return manifest
 
 
-def bundle_files(tflite: bytes, table: np.ndarray, report: dict, png: bytes | None) -> dict[str, bytes]:
-    files = {bundle_mod.MODEL_FILE: tflite, bundle_mod.TABLE_FILE: table.tobytes()}
+def bundle_files(tflite: bytes, built: table_mod.Exact, report: dict,
+                 png: bytes | None) -> dict[str, bytes]:
+    files = {bundle_mod.MODEL_FILE: tflite, bundle_mod.TABLE_FILE: built.table.tobytes()}
+    if built.level2 is not None:
+        files[bundle_mod.LEVEL2_FILE] = built.level2.data.tobytes()
     if png is not None:
         files["report.png"] = png
     files["report.json"] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
@@ -417,9 +494,10 @@ def _versions() -> dict:
     return out
 
 
-def _heatmaps(m: Loaded, model: Model, norm: Normalization, table: np.ndarray,
+def _heatmaps(m: Loaded, model: Model, norm: Normalization, built: table_mod.Exact,
               ncpus: int) -> bytes | None:
-    """Decision maps over src x dst load (cpu 0 and N-1, three idle counts): float, int8, table."""
+    """Decision maps over src x dst load (cpu 0 and N-1, three idle counts): float, int8, and
+    what the table levels answer (grey: left to the interpreter)."""
     try:
         import matplotlib
 
@@ -441,16 +519,20 @@ def _heatmaps(m: Loaded, model: Model, norm: Normalization, table: np.ndarray,
     fig, axes = plt.subplots(3, len(cases), figsize=(3.2 * len(cases), 9), squeeze=False)
     for col, (cpu, idle) in enumerate(cases):
         x = host_features(ncpus, cpu, idle, s.ravel(), d.ravel())
-        maps = [m.decide(x), model.decide(norm.apply(x[:, :model.width])),
-                table_mod.lookup(table, x[:, 0], x[:, 1], x[:, 2], x[:, 3], x[:, 4])[0]]
-        for row, (name, dec) in enumerate(zip(("float", "int8", "table"), maps, strict=True)):
+        _, wire = on_wire(x)
+        levels = table_mod.TwoLevels(built.table, built.level2).lookup(
+            x[:, 0].astype(np.int64), x[:, 1].astype(np.int64), x[:, 2].astype(np.int64),
+            wire[:, 0], wire[:, 1])[0]
+        maps = [m.decide(x), model.decide(norm.apply(x[:, :model.width])), levels]
+        names = ("float", "int8", "table levels 1+2" if built.level2 is not None else "table")
+        for row, (name, dec) in enumerate(zip(names, maps, strict=True)):
             ax = axes[row][col]
             ax.imshow(dec.reshape(res, res).T, origin="lower", extent=(0, 1, 0, 1), cmap=cmap,
                       vmin=0, vmax=2, interpolation="nearest")
             ax.set_title(f"{name}: cpu={cpu} idle={idle}/{ncpus}", fontsize=9)
             ax.set_xlabel("src_dom_load")
             ax.set_ylabel("dst_dom_load")
-    fig.suptitle("decisions: blue STAY, red MIGRATE, grey UNSURE (table miss)")
+    fig.suptitle("decisions: blue STAY, red MIGRATE, grey: neither table level answers")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)

@@ -8,6 +8,8 @@
                       sha256 and size of every other file, tool versions, cpus
       model.tflite    full-int8 model taking normalized features
       table.bin       uint8 decision table [N, N+1, 11, 11] (see table.py)
+      level2.bin      the table's second level: line bytes of every UNSURE cell
+                      (see level2.py; optional, described under table.level2)
       report.json     fidelity report of the conversion
       report.png      decision heatmaps (optional)
 
@@ -40,13 +42,16 @@ from .features import (
     LOAD_STEPS,
     Normalization,
 )
+from .level2 import Level2, Level2Error
 from .table import MODES, table_bytes, table_shape
+from .wire import UNSURE
 
 FORMAT = "mlsched-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.tflite"
 TABLE_FILE = "table.bin"
+LEVEL2_FILE = "level2.bin"
 #: Largest host a table may describe: 4096 CPUs is 2 GB of table, far past any sane bundle,
 #: but keeps a hostile manifest from asking for more.
 MAX_CPUS = 1024
@@ -92,6 +97,7 @@ class Bundle:
     normalization: Normalization
     table: np.ndarray
     model_bytes: bytes
+    level2: Level2 | None = None
 
     @property
     def cpus(self) -> int:
@@ -148,8 +154,16 @@ class Bundle:
         table = np.frombuffer(data[TABLE_FILE], dtype=np.uint8).reshape(table_shape(cpus)).copy()
         if table.max(initial=0) > 2:
             raise BundleError(f"{path / TABLE_FILE}: cell values outside STAY/MIGRATE/UNSURE")
+        level2 = None
+        if "level2" in manifest["table"]:
+            try:
+                level2 = Level2.from_json(manifest["table"]["level2"], data[LEVEL2_FILE])
+                level2.check(int((table == UNSURE).sum()))
+            except (Level2Error, KeyError) as e:
+                raise BundleError(f"{path / LEVEL2_FILE}: {e}: rebuild it with mlsched-convert")\
+                    from None
         return cls(path=path, manifest=manifest, normalization=norm, table=table,
-                   model_bytes=data[MODEL_FILE])
+                   model_bytes=data[MODEL_FILE], level2=level2)
 
     def summary(self) -> str:
         m, rep = self.manifest, self.manifest.get("report", {})
@@ -162,6 +176,9 @@ class Bundle:
             f"input width   {self.width}" + (" (five zero pads)" if self.width > len(FEATURE_NAMES) else ""),
             f"table         {self.table_mode}, {self.table.nbytes} bytes,"
             f" {float((self.table == 2).mean()) * 100:.2f}% UNSURE",
+            "level 2       " + (f"{self.level2.nbytes} bytes, {self.level2.cells} cells of"
+                                f" {self.level2.lines} lines, {self.level2.ring_lines()} lines"
+                                " to user space" if self.level2 else "none"),
             f"normalization {'identity' if self.normalization.is_identity else 'per-feature scale ' + str([round(s, 4) for s in self.normalization.scale[:5]])}",
         ]
         for k in ("int8_vs_float_agreement", "table_vs_int8_agreement", "table_hit_rate"):
@@ -321,6 +338,9 @@ def _check_manifest(m, where: Path) -> Normalization:
             or tab.get("dtype") != "uint8":
         raise bad(f"table geometry {tab.get('shape')!r} does not match cpus={cpus}"
                   f" (expected uint8 {list(table_shape(cpus))}, load_steps {LOAD_STEPS})")
+    if "level2" in tab and (not isinstance(tab["level2"], dict)
+                            or tab["level2"].get("file") != LEVEL2_FILE):
+        raise bad(f"table.level2 must be {{file: {LEVEL2_FILE}, lines, src, dst}}")
     model = m.get("model")
     if not isinstance(model, dict) or model.get("file") != MODEL_FILE:
         raise bad(f"model must be {{file: {MODEL_FILE}, ...}}")
@@ -333,6 +353,8 @@ def _check_manifest(m, where: Path) -> Normalization:
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) \
                 or not isinstance(meta.get("bytes"), int) or meta["bytes"] < 0:
             raise bad(f"files[{name!r}] needs sha256 (string) and bytes (integer)")
+    if "level2" in tab and LEVEL2_FILE not in files:
+        raise bad(f"files must list {LEVEL2_FILE}, which table.level2 describes")
     if files[TABLE_FILE]["bytes"] != table_bytes(cpus):
         raise bad(f"table.bin listed as {files[TABLE_FILE]['bytes']} bytes, geometry needs {table_bytes(cpus)}")
     if files[MODEL_FILE]["bytes"] > MAX_MODEL_BYTES:

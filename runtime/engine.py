@@ -11,14 +11,19 @@ never per row:
    5..9 are ignored (the model sees zeros there, as the table does);
 2. **key** — (cpu, idle, q(src), q(dst)) via ``table.lookup``; a key outside the
    geometry (cpu >= N, idle + busy != N, fractional counts) is a miss;
-3. **hits** — sure cells (STAY/MIGRATE) are the answer;
-4. **misses** — UNSURE cells and off-grid keys go through ONE ``Model`` call with
+3. **hits** — sure cells (STAY/MIGRATE) are the answer (level 1); under an UNSURE
+   cell, the table's second level (``level2.py``) answers at the model's own input
+   levels of the two loads (level 2), exactly as the kernel's helper does;
+4. **misses** — what neither level answers (a level-2 line left to user space,
+   off-grid keys, a bundle without level 2) goes through ONE ``Model`` call with
    their exact features, normalized as the bundle's manifest says.
 
 ::
 
-    features [n, 5|10] --hygiene--> key --table--> sure? --------------------> decision
-                            |                        \\ UNSURE / off-grid ---> Model.decide (one call)
+    features [n, 5|10] --hygiene--> key --level 1--> sure? -------------------> decision
+                            |                   \\ refined --level 2--> line? -> decision
+                            |                    \\ UNSURE / off-grid / RING line
+                            |                              ---> Model.decide (one call)
                             \\ invalid -----------------------------------------> STAY
 
 The daemon's fast path (``decide_wire``) takes the wire format of ``bpf/mlsched.h``
@@ -32,7 +37,8 @@ at start-up (``table.build``, the bundle's mode) so a small host's requests hit;
 M > N is refused (the model never saw such hosts). ``ncpus=None`` keeps the
 bundle's table: right for features recorded anywhere (the CLI, the library API).
 
-Statistics (``Counters``): requests = hits + misses + invalid; ``off_grid`` is
+Statistics (``Counters``): requests = hits + misses + invalid, ``level2_hits`` the
+part of the hits level 2 answered; ``off_grid`` is
 the part of the misses whose key lies outside the table; ``interpreter_rows``
 counts rows the interpreter evaluated (misses, plus every valid row when
 probabilities were asked for) in ``interpreter_calls`` invokes of the shim.
@@ -54,6 +60,7 @@ from . import table as table_mod
 from .bundle import Bundle
 from .features import COUNT_COLUMNS, LOAD_COLUMNS, THRESHOLD, pad
 from .interp import Model
+from .level2 import CELL_LEVEL2, WIRE_LOADS, Level2, cell_ordinals
 from .wire import (
     DECISION_NAMES,
     LOAD_LEVELS,
@@ -68,9 +75,10 @@ from .wire import (
 
 log = logging.getLogger(__name__)
 
-#: Per-row answer source codes (``BatchResult.source``).
-SOURCE_TABLE, SOURCE_INTERPRETER, SOURCE_INVALID = 0, 1, 2
-SOURCE_NAMES = ("table", "interpreter", "invalid")
+#: Per-row answer source codes (``BatchResult.source``): table level 1, the interpreter,
+#: invalid features, table level 2.
+SOURCE_TABLE, SOURCE_INTERPRETER, SOURCE_INVALID, SOURCE_LEVEL2 = 0, 1, 2, 3
+SOURCE_NAMES = ("table", "interpreter", "invalid", "level2")
 #: Raw feature columns the engine reads; columns past these are padding and ignored.
 RAW_COLUMNS = 5
 
@@ -85,6 +93,7 @@ class Counters:
 
     requests: int = 0
     hits: int = 0
+    level2_hits: int = 0
     misses: int = 0
     off_grid: int = 0
     interpreter_rows: int = 0
@@ -111,7 +120,7 @@ class BatchResult:
     """Per-row answers of one batch."""
 
     decisions: np.ndarray            # uint8 [n]: STAY (0) or MIGRATE (1)
-    source: np.ndarray               # uint8 [n]: SOURCE_TABLE / SOURCE_INTERPRETER / SOURCE_INVALID
+    source: np.ndarray               # uint8 [n]: SOURCE_* code of each row
     probability: np.ndarray | None   # float32 [n] model probability at the exact features, NaN if invalid
 
     def __len__(self) -> int:
@@ -122,7 +131,7 @@ class Decision(NamedTuple):
     """One answer of ``Engine.decide_one``."""
 
     decision: int                # STAY or MIGRATE
-    source: str                  # "table", "interpreter" or "invalid"
+    source: str                  # "table", "level2", "interpreter" or "invalid"
     probability: float | None    # only when asked for; None for invalid features
 
     @property
@@ -182,7 +191,9 @@ class Engine:
         self.mode = bundle.table_mode
         self.derived = False
         if ncpus is None or ncpus == bundle.cpus:
-            self.table = bundle.table
+            self.table, self.level2 = bundle.table, bundle.level2
+            if self.level2 is not None:
+                self._check_level2(self.level2)
         else:
             if isinstance(ncpus, bool) or not isinstance(ncpus, int) or ncpus < 1:
                 raise EngineError(f"ncpus must be a positive integer, got {ncpus!r}")
@@ -192,20 +203,53 @@ class Engine:
                     f" {bundle.cpus} CPUs; convert the model for {ncpus}"
                     f" (mlsched-convert MODEL -o BUNDLE --cpus {ncpus})")
             t0 = time.perf_counter()
-            self.table = table_mod.build(self.interpreter_decide, ncpus, self.mode)
+            self.table, self.level2 = self._derive(ncpus)
             self.derived = True
-            log.info("derived a %d-CPU %s table (%d bytes, %.1f%% UNSURE) from %s in %.2f s;"
-                     " the bundle's table is for %d CPUs", ncpus, self.mode, self.table.nbytes,
-                     100.0 * float((self.table == UNSURE).mean()), bundle.model_path,
-                     time.perf_counter() - t0, bundle.cpus)
+            log.info("derived a %d-CPU %s table (%d bytes, %.1f%% UNSURE, level 2: %s) from %s"
+                     " in %.2f s; the bundle's table is for %d CPUs", ncpus, self.mode,
+                     self.table.nbytes, 100.0 * float((self.table == UNSURE).mean()),
+                     f"{self.level2.nbytes} bytes" if self.level2 else "none",
+                     bundle.model_path, time.perf_counter() - t0, bundle.cpus)
         self.ncpus = int(self.table.shape[0])
         # Flat copy for the wire path: index = cpu*S_CPU + idle*S_IDLE + q(src)*LEVELS + q(dst);
         # the extra last cell is UNSURE, where off-grid keys point.
-        self._flat = np.append(self.table.ravel(), np.uint8(UNSURE))
+        # Cells level 2 refines hold CELL_LEVEL2 + their rank in the row (as in the kernel).
+        self._levels = table_mod.TwoLevels(self.table, self.level2)
+        codes = self.table
+        self._row_base = np.zeros(1, np.int64)
+        if self.level2 is not None:
+            codes, base = cell_ordinals(self.table)
+            self._row_base = base.reshape(-1).astype(np.int64)
+        self._flat = np.append(np.ascontiguousarray(codes).ravel(), np.uint8(UNSURE))
         self._off_grid_index = self._flat.size - 1
         self._s_idle = LOAD_LEVELS * LOAD_LEVELS
         self._s_cpu = (self.ncpus + 1) * self._s_idle
         self.counters = Counters()
+
+    # ---- the table's levels --------------------------------------------------------------
+    def _quantize(self, raw) -> np.ndarray:
+        """Raw features -> the model's input tensor values (int8 for a full-int8 model)."""
+        raw = np.asarray(raw, dtype=np.float64)[:, :RAW_COLUMNS]
+        return self.model.quantize_input(self.normalization.apply(pad(raw, self.model.width)))
+
+    def _derive(self, ncpus: int) -> tuple[np.ndarray, Level2 | None]:
+        """Both levels for an ``ncpus``-CPU host (level 1 alone in nearest mode or for a
+        model whose input is not int8)."""
+        if self.mode != "boundary" or not self.model.quantized:
+            return table_mod.build(self.interpreter_decide, ncpus, self.mode), None
+        ex = table_mod.build_exact(ncpus, self._quantize,
+                                   lambda xq: self.model.decide(xq, quantized=True))
+        if ex.reason:
+            log.info("no table level 2: %s", ex.reason)
+        return ex.table, ex.level2
+
+    def _check_level2(self, level2: Level2) -> None:
+        """Level 2's integer load quantization must be the model's, for all 1025 wire loads."""
+        src, dst = table_mod.input_levels(self._quantize, self.bundle.cpus)
+        if not (np.array_equal(level2.src.levels(WIRE_LOADS), src)
+                and np.array_equal(level2.dst.levels(WIRE_LOADS), dst)):
+            raise EngineError(f"bundle {self.bundle.path}: its table level 2 quantizes loads"
+                              " unlike its model's input; rebuild it with mlsched-convert")
 
     # ---- interpreter --------------------------------------------------------------------
     def interpreter_decide(self, raw) -> np.ndarray:
@@ -248,10 +292,18 @@ class Engine:
         f[invalid] = 0.0
         with np.errstate(over="ignore"):                     # idle + busy of huge counts
             vals, in_geometry = table_mod.lookup(self.table, *f.T)
+        source = np.where(vals != UNSURE, SOURCE_TABLE, SOURCE_INTERPRETER).astype(np.uint8)
+        refine = in_geometry & (vals == UNSURE) & ~invalid
+        if self.level2 is not None and refine.any():
+            g = f[refine]
+            wire = np.rint(g[:, list(LOAD_COLUMNS)] * LOAD_ONE).astype(np.int64)
+            d, _, _ = self._levels.lookup(g[:, 0].astype(np.int64), g[:, 1].astype(np.int64),
+                                          g[:, 2].astype(np.int64), wire[:, 0], wire[:, 1])
+            vals[refine] = d
+            source[np.flatnonzero(refine)[d != UNSURE]] = SOURCE_LEVEL2
         hit = (vals != UNSURE) & ~invalid
         miss = ~(hit | invalid)
         decisions = np.where(hit, vals, STAY).astype(np.uint8)
-        source = np.where(hit, SOURCE_TABLE, SOURCE_INTERPRETER).astype(np.uint8)
         source[invalid] = SOURCE_INVALID
         prob = None
         if probabilities:
@@ -267,6 +319,7 @@ class Engine:
         c.invalid += n_invalid
         c.clamped += int(clamped.sum())
         c.hits += n_hit
+        c.level2_hits += int(np.count_nonzero(source == SOURCE_LEVEL2))
         c.misses += n - n_hit - n_invalid
         c.off_grid += int((~in_geometry & ~invalid).sum())
         return BatchResult(decisions, source, prob)
@@ -310,18 +363,37 @@ class Engine:
             in_geometry &= ~invalid
         keys[~in_geometry] = self._off_grid_index
         np.take(self._flat, keys, out=out)
+        refined = self._level2_wire(out, keys, cols) if self.level2 is not None else None
         missing = out == UNSURE
         if invalid is not None:
             missing &= ~invalid
             out[invalid] = STAY
         if source is not None:
             _fill_source(source, n, missing, invalid)
+            if refined is not None:
+                source[refined] = SOURCE_LEVEL2
         if missing.any():
             idx = np.flatnonzero(missing)
             raw = from_wire(np.stack([col[idx] for col in cols], axis=1))
             out[idx] = self._interpret(raw, probabilities=False)
         self._count_wire(cols, missing, in_geometry, invalid)
         return out
+
+    def _level2_wire(self, out: np.ndarray, keys: np.ndarray, cols) -> np.ndarray | None:
+        """Answer the refined cells in ``out`` from level 2 (UNSURE where a line is left to
+        the interpreter); returns the rows level 2 answered, or None."""
+        idx = np.flatnonzero(out >= CELL_LEVEL2)
+        if idx.size == 0:
+            return None
+        k = keys[idx]
+        row, cell = np.divmod(k, LOAD_LEVELS * LOAD_LEVELS)
+        qs, qd = np.divmod(cell, LOAD_LEVELS)
+        ordinal = self._row_base[row] + (out[idx].astype(np.int64) - CELL_LEVEL2)
+        d = self.level2.decide(ordinal, qs, qd, cols[3][idx], cols[4][idx])
+        out[idx] = d
+        answered = idx[d != UNSURE]
+        self.counters.level2_hits += int(answered.size)
+        return answered
 
     def _wire_keys(self, cpu, idle, busy, src, dst) -> tuple[np.ndarray, np.ndarray]:
         """Flat table index of every row (int64; garbage where the key is off-grid) and
@@ -366,7 +438,8 @@ class Engine:
 
     def describe(self) -> str:
         how = "derived from model.tflite" if self.derived else "from the bundle"
-        return (f"{self.ncpus}-CPU {self.mode} table {how}, backend {self.backend},"
+        l2 = f"level 2 {self.level2.nbytes} bytes" if self.level2 is not None else "no level 2"
+        return (f"{self.ncpus}-CPU {self.mode} table {how} ({l2}), backend {self.backend},"
                 f" bundle {self.bundle.path}")
 
 

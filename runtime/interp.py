@@ -162,9 +162,12 @@ class Model:
         q = np.rint(u / np.float32(self.in_scale)) + self.in_zero
         return np.clip(q, self._qmin, self._qmax).astype(self.input_dtype)
 
-    def raw(self, u: np.ndarray) -> np.ndarray:
-        """Run the interpreter over normalized features [n, width]; returns the raw output [n]."""
-        x = self.quantize_input(u)
+    def raw(self, u: np.ndarray, quantized: bool = False) -> np.ndarray:
+        """Run the interpreter over normalized features [n, width]; returns the raw output [n].
+
+        ``quantized``: ``u`` is already the input tensor's values (``quantize_input``'s output).
+        """
+        x = np.asarray(u, dtype=self.input_dtype) if quantized else self.quantize_input(u)
         if x.ndim != 2 or x.shape[1] != self.width:
             raise ValueError(f"features {list(x.shape)}: this model takes [n, {self.width}]")
         n = x.shape[0]
@@ -185,12 +188,12 @@ class Model:
             start += take
         return out
 
-    def probability(self, u: np.ndarray) -> np.ndarray:
-        r = self.raw(u)
+    def probability(self, u: np.ndarray, quantized: bool = False) -> np.ndarray:
+        r = self.raw(u, quantized)
         if self.output_dtype == np.int8:
             return ((r.astype(np.float32) - self.out_zero) * np.float32(self.out_scale))
         return r.astype(np.float32)
 
-    def decide(self, u: np.ndarray) -> np.ndarray:
+    def decide(self, u: np.ndarray, quantized: bool = False) -> np.ndarray:
         """MIGRATE (1) where the probability exceeds THRESHOLD, else STAY (0); uint8 [n]."""
-        return (self.probability(u) > THRESHOLD).astype(np.uint8)
+        return (self.probability(u, quantized) > THRESHOLD).astype(np.uint8)

@@ -53,9 +53,11 @@ from .bpfenv import (
     check_environment,
     unavailable_reason,
 )
+from .level2 import Level2
 from .wire import (
     MAX_TABLE_CPUS,
     REQUEST_DTYPE,
+    UNSURE,
     as_wire_array,
     dtype_of,
     stat_names,
@@ -144,6 +146,7 @@ class InjectResult:
     reason: np.ndarray | None = None    # uint8 enum mlsched_reason
     fate: np.ndarray | None = None      # uint8 enum mlsched_fate
     seq: np.ndarray | None = None       # uint64 seq sent (0: none)
+    level: np.ndarray | None = None     # uint8 table level that answered (1, 2; 0: none)
 
 
 @dataclass
@@ -206,6 +209,11 @@ def decision_slots_for(ring_size: int) -> int:
                _pow2_at_least(ring_size // record * SLOTS_PER_RING_RECORD))
 
 
+def _words(level2: Level2 | None) -> int:
+    """__u64 words a table level 2 takes in `table2` (one half)."""
+    return 0 if level2 is None else (level2.nbytes + 7) // 8
+
+
 # ---- the handle ------------------------------------------------------------------------
 
 class KernelPath:
@@ -227,9 +235,10 @@ class KernelPath:
     # -- life cycle --
 
     def load(self, table: np.ndarray | None = None, options: LoadOptions | None = None,
-             **overrides) -> KernelPath:
+             level2: Level2 | None = None, **overrides) -> KernelPath:
         """Load the BPF side with ``table`` ([N, N+1, 11, 11] uint8; None: every key misses
-        until set_table()). ``options`` (a LoadOptions), or its fields as keywords."""
+        until set_table()) and its second level (``level2``, None: none).
+        ``options`` (a LoadOptions), or its fields as keywords."""
         if self._k is not None:
             raise KernelPathError("already loaded")
         opts = replace(options or LoadOptions(), **overrides)
@@ -237,14 +246,16 @@ class KernelPath:
         if opts.share and (not opts.pin or table is not None):
             raise KernelPathError("share=True joins a pinned consumer's maps and its table: "
                                   "it needs pin=True and takes no table", errno_mod.EINVAL)
-        rows = table_rows(table) if table is not None else None
+        if level2 is not None and table is None:
+            raise KernelPathError("a table level 2 needs its table", errno_mod.EINVAL)
+        rows = table_rows(table, refined=level2 is not None) if table is not None else None
         n_table = int(np.asarray(table).shape[0]) if table is not None else opts.table_capacity or 0
         if n_table > MAX_TABLE_CPUS:
             raise KernelPathError(f"table for {n_table} CPUs: the kernel side takes at most "
                                   f"{MAX_TABLE_CPUS}", errno_mod.E2BIG)
         slots = opts.decision_slots or decision_slots_for(opts.ring_size)
         domains = [] if opts.share else opts.resolved_domains()
-        self._open(opts, n_table, slots)
+        self._open(opts, n_table, slots, _words(level2))
         try:
             self._map_views()
             if opts.share:
@@ -253,7 +264,7 @@ class KernelPath:
                 self.decision_slots = int(self.control["decision_slots"][0])
             else:
                 if rows is not None:
-                    self.set_table(table, _rows=rows)
+                    self.set_table(table, level2, _rows=rows)
                 # the table's CPUs: --cpus, else as many as the table has room for
                 ncpus = opts.ncpus if opts.ncpus is not None else (n_table or None)
                 self.set_cpu_index(topology.table_cpus(ncpus, opts.sysfs))
@@ -265,9 +276,10 @@ class KernelPath:
                   opts.ring_size, slots, n_table, len(domains))
         return self
 
-    def _open(self, opts: LoadOptions, n_table: int, slots: int) -> None:
+    def _open(self, opts: LoadOptions, n_table: int, slots: int, level2_words: int) -> None:
         """libbpf: open the embedded object, size the maps, load the programs."""
         c_opts = ffi.new("struct mls_load_opts *")
+        c_opts.table2_words = level2_words
         c_opts.ring_bytes = opts.ring_size
         c_opts.decision_slots = slots
         c_opts.table_ncpus = n_table
@@ -352,11 +364,27 @@ class KernelPath:
         """The mmapped struct mlsched_control (a 1-element structured array, writable)."""
         return self._view(lib.MLS_MAP_CONTROL)[0:1]
 
-    def set_table(self, table: np.ndarray, _rows: np.ndarray | None = None) -> None:
-        rows = table_rows(table) if _rows is None else _rows
+    def set_table(self, table: np.ndarray, level2: Level2 | None = None,
+                  _rows: np.ndarray | None = None) -> None:
+        """Publish ``table`` and its second level (None: none) in one step (see mls_set_table)."""
+        rows = table_rows(table, refined=level2 is not None) if _rows is None else _rows
         n = int(np.asarray(table).shape[0])
         buf = np.ascontiguousarray(rows)
-        _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), buf.nbytes, n),
+        geom = ffi.NULL
+        lines = np.zeros(1, np.uint8)
+        if level2 is not None:
+            level2.check(int((np.asarray(table) == UNSURE).sum()))
+            geom = ffi.new("struct mlsched_level2 *")
+            geom.lines = level2.lines
+            for name, q in (("src", level2.src), ("dst", level2.dst)):
+                side = getattr(geom, name)
+                side.mul, side.add = q.mul, q.add
+                for k, v in enumerate(q.band_start):
+                    side.band_start[k] = v
+            lines = np.ascontiguousarray(level2.data)
+        _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), buf.nbytes, n,
+                                 ffi.from_buffer("uint8_t[]", lines),
+                                 level2.nbytes if level2 is not None else 0, geom),
                "loading the table")
         self.table_ncpus = n
 
@@ -506,18 +534,19 @@ class KernelPath:
             _check(lib.mls_inject(k, args), "injecting")
             r = _inject_result(args)
             parts.append((slots["result"][:n].copy(), slots["reason"][:n].copy(),
-                          slots["fate"][:n].copy(), slots["seq"][:n].copy()))
+                          slots["fate"][:n].copy(), slots["seq"][:n].copy(),
+                          slots["level"][:n].copy()))
             for f in ("done", "hits", "sent", "dropped", "no_consumer", "migrate", "elapsed_ns"):
                 setattr(total, f, getattr(total, f) + getattr(r, f))
             total.first_seq = total.first_seq or r.first_seq
             total.last_seq = r.last_seq or total.last_seq
         if parts:
-            total.result, total.reason, total.fate, total.seq = (
-                np.concatenate([p[i] for p in parts]) for i in range(4))
+            total.result, total.reason, total.fate, total.seq, total.level = (
+                np.concatenate([p[i] for p in parts]) for i in range(5))
         else:
             empty = np.zeros(0, np.uint8)
-            total.result, total.reason, total.fate, total.seq = (
-                empty, empty, empty, np.zeros(0, np.uint64))
+            total.result, total.reason, total.fate, total.seq, total.level = (
+                empty, empty, empty, np.zeros(0, np.uint64), empty)
         return total
 
     def read_decisions(self, first_seq: int, count: int) -> ReadResult:

@@ -1,5 +1,11 @@
 """The precomputed decision table: most requests end here, without the interpreter.
 
+Two levels. Level 1 (this module's array) cuts loads in 0.1 bands; level 2
+(``level2.py``) holds, under every level-1 cell that is not one colour, the int8
+model's decision at every pair of its input levels. ``build_exact`` makes both from
+the model's complete picture; ``build`` makes level 1 alone by probing (``nearest``
+mode, and models whose input cannot be enumerated).
+
 Geometry for an N-CPU host: a uint8 array ``[N, N+1, LOAD_LEVELS, LOAD_LEVELS]``
 indexed ``[cpu, idle, q(src), q(dst)]`` (busy = N - idle on a healthy host, so it
 needs no axis). A 64-CPU table is 64 * 65 * 121 bytes = 503 KB.
@@ -24,8 +30,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .features import LOAD_LEVELS, LOAD_STEPS, host_features, load_key
-from .wire import UNSURE
+from .features import DST_LOAD, LOAD_LEVELS, LOAD_STEPS, SRC_LOAD, host_features, load_key
+from .level2 import (
+    INPUT_LEVELS,
+    MAX_LINES,
+    RING,
+    WIRE_LOADS,
+    Level2,
+    Level2Error,
+    cell_ordinals,
+    fit_load_quant,
+)
+from .wire import LOAD_ONE, MIGRATE, UNSURE, load_level
 
 MODES = ("boundary", "nearest")
 #: Probe lattice points per table cell along each load axis (even: centre and edges both fall on it).
@@ -126,3 +142,174 @@ def check_centres(table: np.ndarray, decide: Callable[[np.ndarray], np.ndarray],
     feats = host_features(table.shape[0], cpu, idle, qs / LOAD_STEPS, qd / LOAD_STEPS)
     expected = decide(feats)
     return int(cpu.size), int((expected != table[cpu, idle, qs, qd]).sum())
+
+
+class Exact:
+    """What ``build_exact`` made: both levels and the figures the report keeps."""
+
+    def __init__(self, table: np.ndarray, level2: Level2 | None, reason: str | None,
+                 points: int, ring_lines: int, lines_total: int):
+        self.table = table
+        self.level2 = level2
+        self.reason = reason               # why there is no level 2 (None: there is one)
+        self.points = points               # interpreter rows evaluated
+        self.ring_lines = ring_lines       # refined-cell lines left to user space
+        self.lines_total = lines_total     # refined-cell lines that can be addressed
+
+
+def input_levels(quantize: Callable[[np.ndarray], np.ndarray], ncpus: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Input levels 0..255 of every wire load 0..1024 in the src and the dst column."""
+    x = WIRE_LOADS / LOAD_ONE
+    q = np.asarray(quantize(host_features(ncpus, 0, 0, x, x)), dtype=np.int64)
+    return q[:, SRC_LOAD] + INPUT_LEVELS // 2, q[:, DST_LOAD] + INPUT_LEVELS // 2
+
+
+def _bands(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest input level of each 0.1 band of wire loads."""
+    bands = load_level(WIRE_LOADS)
+    lo = np.array([levels[bands == q].min() for q in range(LOAD_LEVELS)])
+    hi = np.array([levels[bands == q].max() for q in range(LOAD_LEVELS)])
+    return lo, hi
+
+
+def _fill(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reachable input levels (sorted) and, for each of the 256, the reachable one standing in."""
+    reach = np.unique(levels)
+    pos = np.clip(np.searchsorted(reach, np.arange(INPUT_LEVELS), side="right") - 1, 0, None)
+    return reach, pos
+
+
+def build_exact(ncpus: int, quantize: Callable[[np.ndarray], np.ndarray],
+                decide_quantized: Callable[[np.ndarray], np.ndarray],
+                progress: Callable[[int, int], None] | None = None) -> Exact:
+    """Both levels from the int8 model's complete picture, row by row.
+
+    ``quantize``: raw features [n, 10] -> the model's int8 input [n, width];
+    ``decide_quantized``: int8 input -> 0/1. For each (cpu, idle) the model is asked
+    about every pair of reachable src and dst input levels; a level-1 cell is sure iff
+    its whole rectangle of levels is one colour, and every other cell gets level-2 lines.
+    Raises Level2Error if the stored levels decode to anything but the picture.
+    """
+    lv_src, lv_dst = input_levels(quantize, ncpus)
+    qsrc, qdst = fit_load_quant(lv_src), fit_load_quant(lv_dst)
+    lo_s, hi_s = _bands(lv_src)
+    lo_d, hi_d = _bands(lv_dst)
+    lines, span_d = int((hi_s - lo_s).max()) + 1, int((hi_d - lo_d).max()) + 1
+    reason = None
+    if qsrc is None or qdst is None:
+        reason = "the model's load input levels have no integer form the kernel can compute"
+    elif max(lines, span_d) > MAX_LINES:
+        reason = (f"a 0.1 load band spans {max(lines, span_d)} input levels of the model,"
+                  f" more than {MAX_LINES}")
+    reach_s, fill_s = _fill(lv_src)
+    reach_d, fill_d = _fill(lv_dst)
+    table = np.empty(table_shape(ncpus), dtype=np.uint8)
+    rows = [(c, i) for c in range(ncpus) for i in range(ncpus + 1)]
+    chunks, ring, total = [], 0, 0
+    # per cell: its rectangle of input levels, as prefix-sum corners
+    cs, cd = np.meshgrid(np.arange(LOAD_LEVELS), np.arange(LOAD_LEVELS), indexing="ij")
+    area = (hi_s[cs] - lo_s[cs] + 1) * (hi_d[cd] - lo_d[cd] + 1)
+    offs = np.arange(lines)
+    dpos = np.arange(span_d)
+    for n, (c, i) in enumerate(rows):
+        base = np.asarray(quantize(host_features(ncpus, c, i, 0.0, 0.0)), dtype=np.int8)[0]
+        grid = np.repeat(base[None, :], reach_s.size * reach_d.size, axis=0)
+        grid[:, SRC_LOAD] = np.repeat(reach_s - INPUT_LEVELS // 2, reach_d.size)
+        grid[:, DST_LOAD] = np.tile(reach_d - INPUT_LEVELS // 2, reach_s.size)
+        small = np.asarray(decide_quantized(grid), dtype=np.int64).reshape(reach_s.size,
+                                                                            reach_d.size)
+        pic = small[fill_s][:, fill_d]                     # [256, 256], 0/1
+        pre = np.zeros((INPUT_LEVELS + 1, INPUT_LEVELS + 1), dtype=np.int64)
+        pre[1:, 1:] = pic.cumsum(0).cumsum(1)
+        ones = (pre[hi_s[cs] + 1, hi_d[cd] + 1] - pre[lo_s[cs], hi_d[cd] + 1]
+                - pre[hi_s[cs] + 1, lo_d[cd]] + pre[lo_s[cs], lo_d[cd]])
+        cells = np.where(ones == 0, 0, np.where(ones == area, MIGRATE, UNSURE)).astype(np.uint8)
+        table[c, i] = cells
+        if reason is None:
+            uq, ud = np.nonzero(cells == UNSURE)
+            if uq.size:
+                s_lv = lo_s[uq][:, None] + offs[None, :]                         # [K, lines]
+                valid = s_lv <= hi_s[uq][:, None]
+                d_lv = np.minimum(lo_d[ud][:, None] + dpos[None, :], hi_d[ud][:, None])
+                g = pic[np.minimum(s_lv, INPUT_LEVELS - 1)[:, :, None], d_lv[:, None, :]]
+                chunk = _encode(g, valid)
+                _verify(chunk, g, valid, d_lv - lo_d[ud][:, None], (c, i))
+                ring += int(((chunk == RING) & valid).sum())
+                total += int(valid.sum())
+                chunks.append(chunk.reshape(-1))
+        if progress and (n + 1) % 8 == 0 or progress and n + 1 == len(rows):
+            progress(n + 1, len(rows))
+    points = len(rows) * reach_s.size * reach_d.size
+    if reason is not None:
+        return Exact(table, None, reason, points, 0, 0)
+    data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+    level2 = Level2(lines, qsrc, qdst, data.astype(np.uint8))
+    level2.check(int((table == UNSURE).sum()))
+    return Exact(table, level2, None, points, ring, total)
+
+
+def _encode(g: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Line bytes of lines g [K, lines, span] (0/1 over dst offsets); invalid lines RING."""
+    first = g[..., 0]
+    flip = g[..., 1:] != g[..., :-1]
+    nflip = flip.sum(-1)
+    t = np.where(nflip == 0, g.shape[-1], np.argmax(flip, axis=-1) + 1)
+    byte = t | np.where(first == MIGRATE, 128, 0)
+    byte = np.where((nflip <= 1) & valid & (t < RING), byte, RING)
+    return byte.astype(np.uint8)
+
+
+def _verify(chunk: np.ndarray, g: np.ndarray, valid: np.ndarray, d_off: np.ndarray, row) -> None:
+    """Decode the line bytes at every dst offset and compare with the picture they came from."""
+    t = (chunk & 127).astype(np.int64)[..., None]
+    first = ((chunk & 128) != 0)[..., None]
+    dec = np.where((d_off[:, None, :] < t) == first, 1, 0)
+    check = valid[..., None] & (t != RING)
+    if np.any((dec != g) & check):
+        raise Level2Error(f"table level 2 of row (cpu {row[0]}, idle {row[1]}) disagrees with"
+                          f" the interpreter; refusing to write it")
+
+
+class TwoLevels:
+    """Both levels of one table, ready to answer wire features (``lookup``)."""
+
+    def __init__(self, table: np.ndarray, level2: Level2 | None):
+        self.table = table
+        self.level2 = level2
+        n = table.shape[0]
+        if level2 is not None:
+            level2.check(int((table == UNSURE).sum()))
+            _, base = cell_ordinals(table)
+            flat = (table == UNSURE).reshape(n, n + 1, -1)
+            rank = (np.cumsum(flat, axis=2) - 1).reshape(table.shape)
+            self.ordinal = (base[:, :, None, None].astype(np.int64) + rank).astype(np.int64)
+
+    def lookup(self, cpu, idle, busy, src_wire, dst_wire
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(decisions with UNSURE for misses, level 0/1/2 that answered, in_geometry).
+
+        ``cpu``/``idle``/``busy`` integers; loads in 1/1024, clamped to 1.0 here as in the
+        kernel. The same arithmetic as ``mlsched_lookup()``.
+        """
+        table = self.table
+        n = table.shape[0]
+        cpu, idle, busy = (np.asarray(v, np.int64) for v in (cpu, idle, busy))
+        src = np.minimum(np.asarray(src_wire, np.int64), LOAD_ONE)
+        dst = np.minimum(np.asarray(dst_wire, np.int64), LOAD_ONE)
+        ok = (cpu >= 0) & (cpu < n) & (idle >= 0) & (idle <= n) & (busy == n - idle)
+        qs, qd = load_level(src), load_level(dst)
+        c, i = np.where(ok, cpu, 0), np.where(ok, idle, 0)
+        vals = np.where(ok, table[c, i, qs, qd], UNSURE).astype(np.uint8)
+        level = np.where(vals <= MIGRATE, 1, 0).astype(np.uint8)
+        ref = ok & (vals == UNSURE)
+        if self.level2 is not None and ref.any():
+            d = self.level2.decide(self.ordinal[c[ref], i[ref], qs[ref], qd[ref]], qs[ref],
+                                   qd[ref], src[ref], dst[ref])
+            vals[ref] = d
+            level[ref] = np.where(d <= MIGRATE, 2, 0)
+        return vals, level, ok
+
+
+__all__ = ["MODES", "Exact", "Level2Error", "build", "build_exact", "check_centres",
+           "input_levels", "lookup", "TwoLevels", "table_bytes", "table_shape"]

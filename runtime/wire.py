@@ -187,8 +187,17 @@ def load_level(fixed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 # ---- the decision table in the kernel's layout ----------------------------------------------
-def table_rows(table: np.ndarray) -> np.ndarray:
-    """[N, N+1, LEVELS, LEVELS] uint8 -> the kernel's rows [N*(N+1), MLSCHED_ROW_BYTES]."""
+#: struct mlsched_row: the cells, then the cell number of the row's first refined cell.
+ROW_DTYPE = dtype_of("struct mlsched_row")
+
+
+def table_rows(table: np.ndarray, refined: bool = False) -> np.ndarray:
+    """[N, N+1, LEVELS, LEVELS] uint8 -> the kernel's rows [N*(N+1), MLSCHED_ROW_BYTES].
+
+    ``refined``: the table has a second level under its UNSURE cells; each UNSURE cell
+    becomes MLSCHED_CELL_LEVEL2 + its rank among its row's UNSURE cells, and the row's
+    ``level2_base`` the cell number of its first one (the order of level 2's cells).
+    """
     t = np.asarray(table)
     levels = LOAD_LEVELS
     if t.ndim != 4 or t.shape[1] != t.shape[0] + 1 or t.shape[2:] != (levels, levels):
@@ -198,6 +207,15 @@ def table_rows(table: np.ndarray) -> np.ndarray:
     if t.size and int(t.max()) > UNSURE:
         raise ValueError("table holds values other than STAY/MIGRATE/UNSURE")
     n = t.shape[0]
-    rows = np.full((n * (n + 1), lib.MLSCHED_ROW_BYTES), UNSURE, dtype=np.uint8)
-    rows[:, :lib.MLSCHED_ROW_CELLS] = t.reshape(n * (n + 1), levels * levels)
-    return rows
+    cells = t.reshape(n * (n + 1), levels * levels)
+    rows = np.zeros(n * (n + 1), dtype=ROW_DTYPE)
+    rows["cell"][:] = UNSURE
+    rows["cell"][:, :lib.MLSCHED_ROW_CELLS] = cells
+    if refined:
+        unsure = cells == UNSURE
+        rank = np.cumsum(unsure, axis=1) - 1
+        rows["cell"][:, :lib.MLSCHED_ROW_CELLS] = np.where(
+            unsure, lib.MLSCHED_CELL_LEVEL2 + rank, cells)
+        per_row = unsure.sum(axis=1)
+        rows["level2_base"] = np.cumsum(per_row) - per_row
+    return rows.view(np.uint8).reshape(n * (n + 1), lib.MLSCHED_ROW_BYTES)

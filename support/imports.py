@@ -31,7 +31,8 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("engine / kernel path", ["engine", "kernel"]),
     ("bundle", ["bundle"]),
     ("table, interpreter", ["table", "interp"]),
-    ("features, topology, environment", ["features", "topology", "bpfenv"]),
+    ("features, table level 2, topology, environment", ["features", "level2", "topology",
+                                                          "bpfenv"]),
     ("wire contract and plumbing", ["wire", "errors", "files"]),
     ("C extension (built from bpf/mlsched.h)", ["_bpf"]),
 ]

@@ -71,6 +71,7 @@ struct mls_kernel {
 	uint64_t slot_mask;
 	struct mlsched_control *ctl;	/* mmapped `control` */
 	uint32_t table_capacity;	/* rows in `table` */
+	uint32_t table2_capacity;	/* words in each half of `table2` */
 	char pin_dir[PATH_MAX];
 	int pin_dir_fd;			/* the pin directory, flock()ed unless shared */
 	bool shared;			/* MLS_OPEN_SHARE: another handle is the consumer */
@@ -320,6 +321,7 @@ static int load_injector(struct mls_kernel *k)
 		return fail(-errno, "cannot open the injector object: %s", strerror(errno));
 	if ((err = bpf_map__reuse_fd(inj->maps.requests, bpf_map__fd(k->skel->maps.requests))) ||
 	    (err = bpf_map__reuse_fd(inj->maps.table, bpf_map__fd(k->skel->maps.table))) ||
+	    (err = bpf_map__reuse_fd(inj->maps.table2, bpf_map__fd(k->skel->maps.table2))) ||
 	    (err = bpf_map__reuse_fd(inj->maps.cpu_index, bpf_map__fd(k->skel->maps.cpu_index))) ||
 	    (err = bpf_map__reuse_fd(inj->maps.decisions, bpf_map__fd(k->skel->maps.decisions))) ||
 	    (err = bpf_map__reuse_fd(inj->maps.control, bpf_map__fd(k->skel->maps.control))) ||
@@ -350,6 +352,8 @@ static struct bpf_map *mmap_map(struct mls_kernel *k, enum mls_map which)
 		return k->skel->maps.host;
 	case MLS_MAP_TABLE:
 		return k->skel->maps.table;
+	case MLS_MAP_TABLE2:
+		return k->skel->maps.table2;
 	case MLS_MAP_DOMAINS:
 		return k->skel->maps.domains;
 	case MLS_MAP_INJECT_BUF:
@@ -437,7 +441,8 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	rows = o->table_ncpus ? o->table_ncpus * (o->table_ncpus + 1) : 1;
 	if ((err = set_size(k->skel->maps.requests, o->ring_bytes)) ||
 	    (err = set_size(k->skel->maps.decisions, o->decision_slots)) ||
-	    (err = set_size(k->skel->maps.table, 2 * rows)))	/* two halves */
+	    (err = set_size(k->skel->maps.table, 2 * rows)) ||	/* two halves */
+	    (err = set_size(k->skel->maps.table2, 2 * (o->table2_words ? o->table2_words : 1))))
 		goto fail;
 	if (o->pin_dir && *o->pin_dir) {
 		snprintf(k->pin_dir, sizeof(k->pin_dir), "%s", o->pin_dir);
@@ -464,6 +469,7 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	}
 	k->slot_mask = bpf_map__max_entries(k->skel->maps.decisions) - 1;
 	k->table_capacity = bpf_map__max_entries(k->skel->maps.table) / 2;
+	k->table2_capacity = bpf_map__max_entries(k->skel->maps.table2) / 2;
 	if (k->reused && k->ctl->magic != MLSCHED_CTL_MAGIC) {
 		err = fail(-EEXIST, "%s: the pinned maps were not created by mlsched (no marker in"
 			   " `control`): remove them or choose another --pin-dir", k->pin_dir);
@@ -475,9 +481,12 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	k->ctl->abi_version = MLSCHED_ABI_VERSION;
 	k->ctl->magic = MLSCHED_CTL_MAGIC;
 	k->ctl->decision_slots = o->decision_slots;
-	if (k->ctl->table_half_rows != k->table_capacity) {	/* a new map: no table yet */
+	if (k->ctl->table_half_rows != k->table_capacity ||
+	    k->ctl->table2_half_words != k->table2_capacity) {	/* a new map: no table yet */
 		k->ctl->table_sel = 0;
 		k->ctl->table_half_rows = k->table_capacity;
+		k->ctl->table2_half_words = k->table2_capacity;
+		memset(k->ctl->level2, 0, sizeof(k->ctl->level2));
 	}
 	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
 	if (!k->ctl->stale_after_ns)
@@ -539,15 +548,19 @@ int mls_unpin(struct mls_kernel *k)
 /* ---- configuration ------------------------------------------------------------ */
 
 /*
- * Write the table into the half of `table` not in use, then publish geometry and half
- * with one store: a lookup reads table_sel once, so it sees the old table or the new
- * one, never the old geometry over new cells.
+ * Write the table (and its level 2, if any) into the halves of `table` and `table2` not
+ * in use, describe level 2 in control.level2[half], then publish geometry and half with
+ * one store: a lookup reads table_sel once, so it sees the old table or the new one,
+ * never the old geometry over new cells.
  */
-int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus)
+int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus,
+		  const uint8_t *lines, size_t lines_len, const struct mlsched_level2 *level2)
 {
 	uint8_t *dst = map_mm(k, MLS_MAP_TABLE);
 	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
-	uint32_t cur, sel;
+	uint64_t words = (lines_len + 7) / 8;
+	uint32_t cur, sel, half;
+	uint8_t *dst2;
 
 	if (!dst)
 		return -ENOMEM;
@@ -559,11 +572,29 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	if (nrows > k->table_capacity)
 		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
 			    ncpus, (unsigned long long)nrows, k->table_capacity);
+	if (level2 && level2->lines && (level2->lines > MLSCHED_L2_MAX_LINES || !lines))
+		return fail(-EINVAL, "level 2 with %u lines per cell: at most %d", level2->lines,
+			    MLSCHED_L2_MAX_LINES);
+	if (level2 && level2->lines && words > k->table2_capacity)
+		return fail(-E2BIG, "table level 2 of %zu bytes exceeds the %llu bytes loaded",
+			    lines_len, (unsigned long long)k->table2_capacity * 8);
 	cur = __atomic_load_n(&k->ctl->table_sel, __ATOMIC_ACQUIRE);
 	sel = (cur & MLSCHED_TABLE_SECOND) ? 0 : MLSCHED_TABLE_SECOND;	/* the other half */
+	half = sel ? 1 : 0;
 	if (sel)
 		dst += (size_t)k->table_capacity * MLSCHED_ROW_BYTES;
 	memcpy(dst, rows, nrows * MLSCHED_ROW_BYTES);
+	memset(&k->ctl->level2[half], 0, sizeof(k->ctl->level2[half]));
+	if (level2 && level2->lines) {
+		dst2 = map_mm(k, MLS_MAP_TABLE2);
+		if (!dst2)
+			return -ENOMEM;
+		dst2 += (size_t)half * k->table2_capacity * 8;
+		memcpy(dst2, lines, lines_len);
+		memset(dst2 + lines_len, 0, words * 8 - lines_len);
+		k->ctl->level2[half] = *level2;
+		k->ctl->level2[half].word_base = half * k->table2_capacity;
+	}
 	__atomic_store_n(&k->ctl->table_sel, sel | ncpus, __ATOMIC_RELEASE);
 	return 0;
 }

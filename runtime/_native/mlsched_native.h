@@ -41,7 +41,8 @@ enum mls_map {
 	MLS_MAP_DOMAINS = 4,		/* struct mlsched_domain */
 	MLS_MAP_INJECT_BUF = 5,		/* struct mlsched_inject_slot (injector) */
 	MLS_MAP_READBACK = 6,		/* struct mlsched_readback (injector) */
-	MLS_MAP_COUNT = 7,
+	MLS_MAP_TABLE2 = 7,		/* __u64 words of level-2 line bytes */
+	MLS_MAP_COUNT = 8,
 };
 
 /*
@@ -57,6 +58,8 @@ struct mls_load_opts {
 	uint32_t decision_slots;	/* `decisions` entries: power of two */
 	uint32_t table_ncpus;		/* capacity of `table` (N of the table to load) */
 	uint32_t flags;			/* MLS_OPEN_* */
+	uint32_t table2_words;		/* capacity of each half of `table2`, in __u64 words */
+	uint32_t _pad;
 	uint64_t consumer_timeout_ns;	/* control.consumer_timeout_ns (0: never) */
 	const char *pin_dir;		/* NULL/"": nothing pinned; else maps live there */
 };
@@ -76,8 +79,11 @@ struct mls_consumer_stats {
 /* life cycle */
 int mls_open(const struct mls_load_opts *opts, struct mls_kernel **out);
 void mls_close(struct mls_kernel *k);
-/* rows: `len` bytes; cpu_domain: `len` entries; a buffer short of the geometry is refused */
-int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus);
+/* rows: `len` bytes; cpu_domain: `len` entries; a buffer short of the geometry is refused.
+ * level2: NULL or lines == 0 for a table without level 2; else `lines_len` line bytes
+ * (word_base is set here). */
+int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus,
+		  const uint8_t *lines, size_t lines_len, const struct mlsched_level2 *level2);
 int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len,
 		    uint32_t ncpus, uint32_t ndomains);
 /* cpus: the table's CPU ids in index order, `len` entries, `ncpus` of them used */

@@ -113,6 +113,19 @@ def test_table_rows_is_the_kernel_layout():
     rows = wire.table_rows(t)
     assert rows.shape == (6, 128)
     assert rows[1 * 3 + 2, 4 * 11 + 7] == wire.MIGRATE
-    assert (rows[:, 121:] == wire.UNSURE).all()           # cells past the 121 are never sure
+    assert (rows[:, 121:124] == wire.UNSURE).all()        # cells past the 121 are never sure
+    assert (rows[:, 124:] == 0).all()                     # level2_base: no second level
+
+
+def test_refined_rows_number_the_unsure_cells_of_each_row():
+    t = np.zeros((1, 2, 11, 11), dtype=np.uint8)
+    t[0, 0, 0, 5] = t[0, 0, 3, 3] = wire.UNSURE           # row 0: two refined cells
+    t[0, 1, 10, 10] = wire.UNSURE                         # row 1: one, after row 0's two
+    rows = wire.table_rows(t, refined=True)
+    assert rows[0, 5] == 3 and rows[0, 3 * 11 + 3] == 4   # MLSCHED_CELL_LEVEL2 + rank
+    assert rows[1, 120] == 3
+    assert rows[0, 124:].view("<u4")[0] == 0
+    assert rows[1, 124:].view("<u4")[0] == 2
+    assert (rows[:, 121:124] == wire.UNSURE).all()
     with pytest.raises(ValueError, match="shape"):
         wire.table_rows(np.zeros((2, 2, 11, 11), dtype=np.uint8))

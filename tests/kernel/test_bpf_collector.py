@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from mlsched.runtime import wire
 import pytest
 
 from support.leaks import bpf_ids, eventually_gone
@@ -70,7 +71,7 @@ def test_collector_produces_requests_under_load(kernel_path):
     assert records, "the collector produced no requests while workers ran"
     r = np.concatenate(records)
     assert np.isin(r["pid"], list(pids)).sum() >= 50
-    assert (r["version"] == 2).all()
+    assert (r["version"] == wire.ABI_VERSION).all()
     assert set(np.unique(r["source"])) <= {SRC_MIGRATE, SRC_WAKEUP}
     # the CFS action follows the event: migrations MIGRATE (with a target CPU), wakeups STAY
     mig, wake = r[r["source"] == SRC_MIGRATE], r[r["source"] == SRC_WAKEUP]

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from mlsched.runtime import wire
 
 from support.tables import LEVELS, MIGRATE, STAY, N, synthetic_table
 
@@ -119,7 +120,7 @@ def test_helper_equals_reference_for_every_key(kernel_path):
     assert len(np.unique(ring["seq"])) == len(ring)
     assert (res.seq[~sent] == 0).all()
     np.testing.assert_array_equal(ring["reason"], want_reason[sent])
-    assert (ring["version"] == 2).all() and (ring["size"] == kp.request_dtype.itemsize).all()
+    assert (ring["version"] == wire.ABI_VERSION).all() and (ring["size"] == kp.request_dtype.itemsize).all()
     assert (ring["kernel_decision"] == 255).all() and (ring["cfs_action"] == 255).all()
     assert (ring["pid"] == 4242).all() and (ring["source"] == 0).all()
 

@@ -1,0 +1,214 @@
+"""Table level 2: the int8 model's exact decision under the level-1 cells that are not sure.
+
+The int8 model sees a load as one of 256 input levels (its input quantization),
+so for one table row (cpu, idle) its decision over (src, dst) is a finite picture
+of at most 256 x 256 input-level pairs. Level 1 cuts loads in 0.1 bands; a cell
+whose picture is not one colour is UNSURE there. Level 2 stores, for each such
+cell, the picture itself in the form ``bpf/mlsched.h`` ("table level 2") gives the
+kernel: one *line byte* per src input level the cell covers, saying at which dst
+offset the decision flips (``d < t`` -> first decision, else the other). A line
+that is not monotone in dst is marked RING: its requests go to user space.
+
+The mapping from a wire load L (1/1024) to an input level is the model's float
+path (normalize, divide by the input scale, round half to even, saturate). The
+kernel cannot run it, so ``fit_load_quant`` finds integers ``mul, add`` with
+``clamp((L * mul + add) >> 32, 0, 255)`` equal to the float path for every one
+of the 1025 wire values, or reports that none exist (the bundle then has no
+level 2). Everything here is numpy; the engine decodes level 2 with ``decide``,
+the kernel with ``mlsched_level2()`` in ``bpf/mlsched_decide.h``, both from the
+same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .wire import LOAD_LEVELS, LOAD_ONE, MIGRATE, STAY, UNSURE, load_level, lib
+
+SHIFT = lib.MLSCHED_L2_SHIFT
+INPUT_LEVELS = lib.MLSCHED_L2_INPUT_LEVELS
+FIRST_MIGRATE = lib.MLSCHED_L2_FIRST_MIGRATE
+THRESHOLD_MASK = lib.MLSCHED_L2_THRESHOLD_MASK
+RING = lib.MLSCHED_L2_RING
+MAX_LINES = lib.MLSCHED_L2_MAX_LINES
+#: Level-1 cell values from this one up name a refined cell (value - CELL_LEVEL2 = rank in its row).
+CELL_LEVEL2 = lib.MLSCHED_CELL_LEVEL2
+#: Every wire load the kernel side quantizes (after its clamp to LOAD_ONE).
+WIRE_LOADS = np.arange(LOAD_ONE + 1, dtype=np.int64)
+
+
+class Level2Error(ValueError):
+    """A level-2 description that cannot be right (bad bundle data)."""
+
+
+@dataclass(frozen=True)
+class LoadQuant:
+    """Integer form of one load column's input quantization (struct mlsched_load_quant)."""
+
+    mul: int
+    add: int
+    band_start: tuple[int, ...]      # input level of the smallest wire load of each 0.1 band
+
+    def levels(self, wire) -> np.ndarray:
+        """Input levels 0..255 of wire loads (clamped to LOAD_ONE first), int64."""
+        L = np.minimum(np.asarray(wire, dtype=np.int64), LOAD_ONE)
+        return np.clip((L * self.mul + self.add) >> SHIFT, 0, INPUT_LEVELS - 1)
+
+    def to_json(self) -> dict:
+        return {"mul": int(self.mul), "add": int(self.add), "band_start": list(self.band_start)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> LoadQuant:
+        try:
+            q = cls(int(d["mul"]), int(d["add"]), tuple(int(v) for v in d["band_start"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise Level2Error(f"load quantization {d!r}: {e}") from None
+        if len(q.band_start) != LOAD_LEVELS or abs(q.mul) >= 1 << 40 or abs(q.add) >= 1 << 50:
+            raise Level2Error(f"load quantization {d!r}: out of range")
+        if q.band_start != band_starts(q.levels(WIRE_LOADS)):
+            raise Level2Error("load quantization: band starts do not match mul and add")
+        return q
+
+
+def band_starts(levels: np.ndarray) -> tuple[int, ...]:
+    """Input level of the smallest wire load of each band, from the levels of all 1025 loads."""
+    bands = load_level(WIRE_LOADS)
+    return tuple(int(levels[np.argmax(bands == q)]) for q in range(LOAD_LEVELS))
+
+
+def fit_load_quant(levels: np.ndarray) -> LoadQuant | None:
+    """Integers (mul, add) reproducing ``levels`` (input levels 0..255 of wire loads 0..1024).
+
+    Each load L asks ``lo_L <= L * mul + add <= hi_L`` (one side only where the level
+    saturates at 0 or 255). Eliminating ``add`` pair by pair bounds ``mul``:
+    ``mul * (L2 - L1) <= hi_L2 - lo_L1`` for every L1 != L2; any integer ``mul`` in the
+    bounds leaves an interval for ``add``. The result is checked against ``levels``
+    before it is returned; None when no integer form exists (or the levels are not
+    non-decreasing, as a positive scale makes them).
+    """
+    lv = np.asarray(levels, dtype=np.int64)
+    if lv.shape != WIRE_LOADS.shape or lv.min() < 0 or lv.max() >= INPUT_LEVELS:
+        raise ValueError(f"levels must be {WIRE_LOADS.size} values in 0..{INPUT_LEVELS - 1}")
+    if np.any(np.diff(lv) < 0):
+        return None
+    one = 1 << SHIFT
+    far = 1 << 60
+    L = WIRE_LOADS
+    lo = np.where(lv > 0, lv * one, -far)                                  # L*mul + add >= lo
+    hi = np.where(lv < INPUT_LEVELS - 1, (lv + 1) * one - 1, far)          # L*mul + add <= hi
+    gap = L[None, :] - L[:, None]                                          # [L1, L2]: L2 - L1
+    room = hi[None, :] - lo[:, None]                                       # hi_L2 - lo_L1
+    up = gap > 0
+    mul_hi = (room[up] // gap[up]).min()                                   # floor
+    down = gap < 0
+    mul_lo = (-((room[down]) // (-gap[down]))).max() if down.any() else -far
+    # room[down] / gap[down] with gap < 0 flips the inequality: mul >= room / gap (ceil)
+    mul_lo, mul_hi = max(int(mul_lo), 0), min(int(mul_hi), 1 << 40)   # levels never fall
+    if mul_lo > mul_hi:
+        return None
+    mul = (int(mul_lo) + int(mul_hi)) // 2
+    add_lo = int((lo - L * mul).max())
+    add_hi = int((hi - L * mul).min())
+    if add_lo > add_hi:
+        return None
+    q = LoadQuant(mul, (add_lo + add_hi) // 2, band_starts(lv))
+    if not np.array_equal(q.levels(L), lv):
+        return None
+    return q
+
+
+def encode_line(offsets: np.ndarray, decisions: np.ndarray) -> int:
+    """One line byte: decisions (0/1) at the reachable dst offsets (ascending) of one src level."""
+    first = int(decisions[0])
+    flips = np.flatnonzero(decisions != first)
+    if flips.size == 0:
+        t = int(offsets[-1]) + 1
+    else:
+        if np.any(decisions[flips[0]:] == first):
+            return RING                      # not monotone in dst: left to user space
+        t = int(offsets[flips[0]])
+    if t >= RING:
+        return RING
+    return t | (FIRST_MIGRATE if first == MIGRATE else 0)
+
+
+@dataclass
+class Level2:
+    """The second level of one table: line bytes of every refined cell, and how to find them.
+
+    ``data`` holds ``lines`` bytes per refined cell, cells in the order of the table's
+    UNSURE cells (row-major over cpu, idle, q(src), q(dst)): every UNSURE cell of the
+    level-1 table is refined, its lines RING where the picture was not monotone.
+    """
+
+    lines: int
+    src: LoadQuant
+    dst: LoadQuant
+    data: np.ndarray                 # uint8 [cells * lines]
+
+    @property
+    def cells(self) -> int:
+        return self.data.size // self.lines if self.lines else 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def ring_lines(self) -> int:
+        """Line bytes marked RING (padding lines of narrow edge bands included)."""
+        return int(((self.data & THRESHOLD_MASK) == RING).sum())
+
+    def check(self, unsure_cells: int) -> None:
+        if not 1 <= self.lines <= MAX_LINES:
+            raise Level2Error(f"level 2 with {self.lines} lines per cell: 1..{MAX_LINES}")
+        if self.data.dtype != np.uint8 or self.data.size != unsure_cells * self.lines:
+            raise Level2Error(f"level 2 holds {self.data.size} bytes, the table's"
+                              f" {unsure_cells} UNSURE cells need {unsure_cells * self.lines}")
+
+    def decide(self, ordinal: np.ndarray, qs: np.ndarray, qd: np.ndarray, src: np.ndarray,
+               dst: np.ndarray) -> np.ndarray:
+        """Decisions (STAY/MIGRATE, UNSURE for RING lines) of refined cells, vectorized.
+
+        ``ordinal``: each row's cell number in ``data``; ``qs``/``qd`` its level-1 bands;
+        ``src``/``dst`` wire loads. The same arithmetic as ``mlsched_level2()``.
+        """
+        s = self.src.levels(src) - np.asarray(self.src.band_start)[qs]
+        d = self.dst.levels(dst) - np.asarray(self.dst.band_start)[qd]
+        ok = (s >= 0) & (s < self.lines) & (d >= 0) & (d < MAX_LINES)
+        idx = np.where(ok, np.asarray(ordinal, np.int64) * self.lines + s, 0)
+        line = self.data[idx] if self.data.size else np.zeros(idx.shape, np.uint8)
+        t = (line & THRESHOLD_MASK).astype(np.int64)
+        first_migrate = (line & FIRST_MIGRATE) != 0
+        out = np.where((d < t) == first_migrate, MIGRATE, STAY).astype(np.uint8)
+        out[~ok | (t == RING)] = UNSURE
+        return out
+
+    def to_json(self) -> dict:
+        return {"lines": self.lines, "src": self.src.to_json(), "dst": self.dst.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict, data: bytes) -> Level2:
+        try:
+            lines = int(d["lines"])
+            src, dst = LoadQuant.from_json(d["src"]), LoadQuant.from_json(d["dst"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise Level2Error(f"level 2 description: {e}") from None
+        return cls(lines, src, dst, np.frombuffer(data, dtype=np.uint8).copy())
+
+
+def cell_ordinals(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel cell codes and row bases for a level-1 table whose UNSURE cells level 2 refines.
+
+    Returns (codes [N, N+1, 121] uint8: STAY/MIGRATE, or CELL_LEVEL2 + rank of the cell
+    among its row's UNSURE cells; base [N, N+1] uint32: cell number of the row's first).
+    """
+    n = table.shape[0]
+    flat = table.reshape(n, n + 1, -1)
+    unsure = flat == UNSURE
+    rank = np.cumsum(unsure, axis=2) - 1
+    codes = np.where(unsure, CELL_LEVEL2 + rank, flat).astype(np.uint8)
+    per_row = unsure.sum(axis=2).reshape(-1)
+    base = (np.cumsum(per_row) - per_row).reshape(n, n + 1).astype(np.uint32)
+    return codes, base
