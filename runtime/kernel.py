@@ -189,6 +189,8 @@ class LoadOptions:
     share: bool = False
     #: With no table at load: room for a table of that many CPUs, set later by set_table().
     table_capacity: int | None = None
+    #: With no table at load: room (bytes) for a table level 2 set later by set_table().
+    level2_capacity: int = 0
 
     def resolved_domains(self) -> list[list[int]]:
         if isinstance(self.domains, str):
@@ -255,7 +257,8 @@ class KernelPath:
                                   f"{MAX_TABLE_CPUS}", errno_mod.E2BIG)
         slots = opts.decision_slots or decision_slots_for(opts.ring_size)
         domains = [] if opts.share else opts.resolved_domains()
-        self._open(opts, n_table, slots, _words(level2))
+        words = _words(level2) if table is not None else (opts.level2_capacity + 7) // 8
+        self._open(opts, n_table, slots, words)
         try:
             self._map_views()
             if opts.share:

@@ -4,8 +4,10 @@ Each chunk of raw features is turned into wire records (``wire.to_wire``), run t
 ``mlsched_decide()`` in the kernel by the injector; what the kernel table cannot
 answer travels the ring to the engine, is answered through the ``decisions`` map,
 and is read back through the kernel's own check (``mlsched_answer()``). The result
-per row is the decision a balancer asking twice would act on. Rows that cannot be
-represented on the wire (NaN, negative or fractional counts) are answered STAY.
+per row is the decision a balancer asking twice would act on, and where it came
+from (``WHERE``): the kernel table's first or second level, the ring, or nowhere
+(invalid rows, which cannot be represented on the wire — NaN, negative or
+fractional counts — and are answered STAY; records the ring dropped).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ CHUNK_ROWS = 16384
 RING_BYTES = 4 << 20
 #: How long to wait for the ring to deliver a chunk's requests.
 POLL_TIMEOUT_MS = 1000
+#: Where a row's decision came from (``Replayer.where``), and the names ``replay`` prints.
+WHERE_INVALID, WHERE_LEVEL1, WHERE_LEVEL2, WHERE_RING, WHERE_DROPPED = range(5)
+WHERE_NAMES = np.array(["invalid", "level1", "level2", "ring", "dropped"])
 
 
 @dataclass
@@ -30,6 +35,7 @@ class ReplayTotals:
     rows: int = 0
     invalid: int = 0
     kernel_hits: int = 0
+    level2_hits: int = 0
     sent: int = 0
     answered: int = 0
     dropped: int = 0
@@ -43,8 +49,11 @@ class Replayer:
         self.engine = engine
         self.bypass_table = bypass_table
         self.kp = KernelPath()
-        self.kp.load(engine.table, ring_size=RING_BYTES, consumer_timeout_ns=0)
+        self.kp.load(engine.table, level2=engine.level2, ring_size=RING_BYTES,
+                     consumer_timeout_ns=0)
         self.totals = ReplayTotals()
+        #: WHERE_* of each row of the last decide() call
+        self.where = np.zeros(0, dtype=np.uint8)
 
     def close(self) -> None:
         self.kp.close()
@@ -59,15 +68,17 @@ class Replayer:
         """Decisions (uint8 [n]) for raw features [n, 5], as the kernel side reads them."""
         ok, wire = to_wire(raw)
         decision = np.full(len(raw), STAY, dtype=np.uint8)
+        self.where = np.full(len(raw), WHERE_INVALID, dtype=np.uint8)
         if ok.any():
-            decision[ok] = self.through_kernel(wire[ok])
+            decision[ok], self.where[ok] = self.through_kernel(wire[ok])
         t = self.totals
         t.rows += len(raw)
         t.invalid += int((~ok).sum())
         t.migrate += int((decision == MIGRATE).sum())
         return decision
 
-    def through_kernel(self, wire: np.ndarray) -> np.ndarray:
+    def through_kernel(self, wire: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(decisions, WHERE_* codes) for wire features [n, 5]."""
         kp = self.kp
         res = kp.inject(wire, bypass_table=self.bypass_table)
         got = 0
@@ -83,8 +94,12 @@ class Replayer:
             rb = kp.read_decisions(int(res.first_seq), int(res.last_seq - res.first_seq + 1))
             d[sent] = rb.decision[(res.seq[sent] - res.first_seq).astype(np.int64)]
             self.totals.answered += int(rb.answered)
+        where = np.where(sent, WHERE_RING, WHERE_DROPPED).astype(np.uint8)
+        where[res.level == 1] = WHERE_LEVEL1
+        where[res.level == 2] = WHERE_LEVEL2
         t = self.totals
         t.kernel_hits += res.hits
+        t.level2_hits += int(np.count_nonzero(res.level == 2))
         t.sent += res.sent
         t.dropped += res.dropped
-        return d
+        return d, where

@@ -30,6 +30,7 @@ Role in the request -> decision path::
 from __future__ import annotations
 
 import importlib.util
+import errno
 import logging
 import math
 import os
@@ -165,13 +166,14 @@ class Server:
         self.kp = kernel.KernelPath()
         self.kp.load(None, ncpus=ncpus, ring_size=config.ring_size, domains=config.domains,
                      pin=config.pin, pin_dir=config.pin_dir,
-                     table_capacity=ncpus or bundle.cpus)
+                     table_capacity=ncpus or bundle.cpus,
+                     level2_capacity=bundle.level2.nbytes if bundle.level2 is not None else 0)
         if config.collector:
             self._warn_coverage()
         try:
             self.engine = Engine(bundle, ncpus=ncpus, backend=daemon_backend(config.backend))
             log.debug("engine: %s", self.engine.describe())
-            self.kp.set_table(self.engine.table)
+            self._set_table()
             warm_up(self.engine)
         except BaseException:
             self.kp.close()
@@ -186,6 +188,20 @@ class Server:
         self.kernel_start = self.kp.stats()
         self.startup_peak_rss_mb = _round(peak_rss_mb())
         self.peak_reset = reset_peak_rss()
+
+    def _set_table(self) -> None:
+        """Give the kernel both table levels; level 1 alone if level 2 does not fit the room
+        loaded for it (a derived table's level 2 larger than the bundle's)."""
+        e = self.engine
+        try:
+            self.kp.set_table(e.table, e.level2)
+        except kernel.KernelPathError as exc:
+            if e.level2 is None or exc.errno != errno.E2BIG:
+                raise
+            log.warning("table level 2 (%d bytes) does not fit the kernel's room for it:"
+                        " the kernel answers from level 1 and sends the rest to the ring",
+                        e.level2.nbytes)
+            self.kp.set_table(e.table)
 
     def _warn_coverage(self) -> None:
         """Say which online CPUs the collector keeps no domain load for."""
@@ -223,7 +239,8 @@ class Server:
             decisions = batch["kernel_decision"].copy()
             decisions[need] = e.decide_wire(batch["f"][need])
         c = e.counters
-        w.table += c.hits - before.hits
+        w.level2 += c.level2_hits - before.level2_hits
+        w.table += c.hits - before.hits - (c.level2_hits - before.level2_hits)
         w.interpreter += c.misses - before.misses
         w.invalid += c.invalid - before.invalid
         w.migrate += int(np.count_nonzero(decisions == MIGRATE))

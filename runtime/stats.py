@@ -8,9 +8,13 @@ dict, which becomes the stats line (``stats_line``), the Prometheus textfile
 
 Fields of that dict:
   records       ring records consumed (misses to answer plus shadow-mode hits)
-  kernel_hits   decisions the in-kernel table answered (kernel counter)
-  table / interpreter
-                requests the engine answered from its table / with the interpreter
+  kernel_hits   decisions the in-kernel table answered (kernel counter), of which
+  kernel_level1 / kernel_level2
+                the table's first / second level answered (kernel counters)
+  misses_sent   requests the kernel side put on the ring for an answer
+  table / level2 / interpreter
+                requests the engine answered from its table's first level / second
+                level / with the interpreter
   dropped       records lost because the ring was full (kernel counter)
   stale         answers the kernel side found missing or too late (kernel counter)
   rejected      ring records of the wrong size or version, skipped
@@ -73,6 +77,7 @@ class Window:
 
     records: int = 0
     table: int = 0
+    level2: int = 0
     interpreter: int = 0
     invalid: int = 0
     answered: int = 0
@@ -99,9 +104,10 @@ def interval_values(window: Window, kernel_now: dict, since: dict, seconds: floa
     return {
         "seconds": round(seconds, 3),
         "records": window.records, "answered": window.answered,
-        "table": window.table, "interpreter": window.interpreter, "invalid": window.invalid,
-        "migrate": window.migrate,
-        "kernel_hits": k["kernel_hits"], "produced": k["produced"], "dropped": k["dropped"],
+        "table": window.table, "level2": window.level2, "interpreter": window.interpreter,
+        "invalid": window.invalid, "migrate": window.migrate,
+        "kernel_hits": k["kernel_hits"], "kernel_level1": k["kernel_hits"] - k["level2_hits"],
+        "kernel_level2": k["level2_hits"], "produced": k["produced"], "dropped": k["dropped"],
         "misses_sent": k["misses_sent"], "stale": k["stale"],
         "no_consumer": k["no_consumer"], "rejected": k["rejected"],
         "double_answers": k["double_answers"], "late_answers": k["late_answers"],
@@ -122,7 +128,8 @@ def stats_line(v: dict) -> str:
     p50 = "-" if v["latency_p50_us"] is None else f"{v['latency_p50_us']:.0f}"
     p99 = "-" if v["latency_p99_us"] is None else f"{v['latency_p99_us']:.0f}"
     return (f"{time.strftime('%H:%M:%S')} req/s {v['requests_per_s']:,.0f}"
-            f" | kernel hits {v['kernel_hits']} | user table {v['table']}"
+            f" | kernel level 1 {v['kernel_level1']} level 2 {v['kernel_level2']}"
+            f" ring {v['misses_sent']} | user level 1 {v['table']} level 2 {v['level2']}"
             f" interp {v['interpreter']} | drops {v['dropped']} stale {v['stale']}"
             f" | agree w/ CFS {agree} | latency p50 {p50} us p99 {p99} us")
 
@@ -137,8 +144,10 @@ def summary_text(s: dict) -> str:
            f" over {s['latency_samples']} answers")
     return (f"summary: {s['seconds']:.1f} s, {s['records']} requests"
             f" ({s['requests_per_s']:,.0f}/s), {s['answered']} answered;"
-            f" kernel table hits {s['kernel_hits']}, user table hits {s['table']},"
-            f" interpreter rows {s['interpreter']}, invalid {s['invalid']};"
+            f" kernel: level 1 {s['kernel_level1']}, level 2 {s['kernel_level2']},"
+            f" to the ring {s['misses_sent']}; user: level 1 {s['table']},"
+            f" level 2 {s['level2']}, interpreter rows {s['interpreter']},"
+            f" invalid {s['invalid']};"
             f" dropped {s['dropped']}, stale {s['stale']}, no consumer {s['no_consumer']},"
             f" rejected {s['rejected']}, late answers {s['late_answers']};"
             f" agreement with CFS {agree}; latency {lat}; peak RSS {s['peak_rss_mb']} MB serving,"
@@ -151,11 +160,18 @@ PROM_METRICS = (
     # name, type, help, key in the counters dict
     ("requests_total", "counter", "ring records consumed by mlsched-lite", "records"),
     ("answered_total", "counter", "answers stored for the kernel side", "answered"),
-    ("user_table_hits_total", "counter", "requests answered from the engine's table", "table"),
+    ("user_table_hits_total", "counter", "requests answered from the engine's table, level 1",
+     "table"),
+    ("user_level2_hits_total", "counter", "requests answered from the engine's table, level 2",
+     "level2"),
     ("interpreter_rows_total", "counter", "requests answered by the int8 interpreter",
      "interpreter"),
     ("invalid_total", "counter", "requests with features outside the contract", "invalid"),
     ("kernel_hits_total", "counter", "decisions the in-kernel table answered", "kernel_hits"),
+    ("kernel_level2_hits_total", "counter", "of those, decisions the table's second level"
+     " answered", "kernel_level2"),
+    ("misses_sent_total", "counter", "requests the kernel side sent to the ring for an answer",
+     "misses_sent"),
     ("produced_total", "counter", "records the kernel side put on the ring", "produced"),
     ("dropped_total", "counter", "records lost because the ring was full", "dropped"),
     ("stale_total", "counter", "answers the kernel side found missing or late", "stale"),

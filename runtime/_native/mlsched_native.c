@@ -267,6 +267,28 @@ static int prepare_pin_dir(struct mls_kernel *k)
 }
 
 /*
+ * A pinned map at least as large as the one asked for is reused at its own size (libbpf
+ * reuses a pinned map only when its size is the one set): a consumer restarted with a table
+ * whose level 2 is smaller, or absent, keeps the maps a balancer may hold.
+ */
+static int set_size(struct bpf_map *map, uint32_t entries);
+
+static int adopt_pinned_size(struct bpf_map *map, const char *path)
+{
+	struct bpf_map_info info = {};
+	__u32 len = sizeof(info);
+	int fd = bpf_obj_get(path), err = 0;
+
+	if (fd < 0)
+		return 0;	/* nothing pinned yet: created at the size asked for */
+	if (!bpf_obj_get_info_by_fd(fd, &info, &len) &&
+	    info.max_entries > bpf_map__max_entries(map))
+		err = set_size(map, info.max_entries);
+	close(fd);
+	return err;
+}
+
+/*
  * The consumer pins every map under the pin directory (libbpf creates or reuses them);
  * a joining handle takes the consumer's maps as they are (their sizes included).
  */
@@ -288,6 +310,8 @@ static int set_pins(struct mls_kernel *k)
 		if ((err = check_ours(k, k->pin_dir_fd, bpf_map__name(map))))
 			return err;
 		if (!k->shared) {
+			if (map == k->skel->maps.table2 && (err = adopt_pinned_size(map, path)))
+				return err;
 			err = bpf_map__set_pin_path(map, path);
 			if (err)
 				return fail(err, "cannot pin %s: %s", path, strerror(-err));

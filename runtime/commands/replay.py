@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import kernel
 from ..featureio import open_output, read_features
-from ..replay import CHUNK_ROWS, Replayer
+from ..replay import CHUNK_ROWS, WHERE_NAMES, Replayer
 from ..wire import DECISION_NAMES, MIGRATE, STAY
 from .common import PROG, open_engine
 
@@ -35,6 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="decisions, one per row (default: stdout)")
     p.add_argument("--bypass-table", action="store_true",
                    help="send every row through the ring, not only table misses")
+    p.add_argument("--where", action="store_true",
+                   help="print where each decision came from after it: level1 / level2 (the"
+                        " kernel table's levels), ring (answered by the engine), invalid, dropped")
     return p
 
 
@@ -47,9 +50,13 @@ def run(args) -> int:
         for x in chunks:
             decision = rp.decide(x)
             if len(decision):
-                out.write("\n".join(_NAMES[decision].tolist()) + "\n")
+                lines = _NAMES[decision]
+                if args.where:
+                    lines = np.char.add(np.char.add(lines, " "), WHERE_NAMES[rp.where])
+                out.write("\n".join(lines.tolist()) + "\n")
     t = rp.totals
-    print(f"{PROG}: {t.rows} rows: kernel table hits {t.kernel_hits},"
+    print(f"{PROG}: {t.rows} rows: kernel table level 1 {t.kernel_hits - t.level2_hits},"
+          f" level 2 {t.level2_hits},"
           f" sent to the engine {t.sent}, answered {t.answered},"
           f" dropped {t.dropped}, invalid {t.invalid} (STAY),"
           f" MIGRATE {t.migrate} ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)

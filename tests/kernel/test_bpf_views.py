@@ -57,9 +57,10 @@ def test_short_buffers_are_refused(kernel_path):
     k = kp._handle()
     rows = np.zeros(4 * 5 * lib.MLSCHED_ROW_BYTES, np.uint8)
     short = ffi.from_buffer("uint8_t[]", rows[:-1])
-    assert lib.mls_set_table(k, short, len(rows) - 1, 4) < 0
+    assert lib.mls_set_table(k, short, len(rows) - 1, 4, ffi.NULL, 0, ffi.NULL) < 0
     assert "bytes" in ffi.string(lib.mls_last_error()).decode()
-    assert lib.mls_set_table(k, ffi.from_buffer("uint8_t[]", rows), len(rows), 4) == 0
+    assert lib.mls_set_table(k, ffi.from_buffer("uint8_t[]", rows), len(rows), 4,
+                             ffi.NULL, 0, ffi.NULL) == 0
     dom = np.zeros(4, np.uint32)
     assert lib.mls_set_domains(k, ffi.from_buffer("uint32_t[]", dom), 3, 4, 1) < 0
     assert lib.mls_set_domains(k, ffi.from_buffer("uint32_t[]", dom), 4, 4, 1) == 0
