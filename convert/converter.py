@@ -44,7 +44,7 @@ from mlsched.runtime.features import (
     pad,
 )
 from mlsched.runtime.interp import Model, quiet_stderr
-from mlsched.runtime.wire import LOAD_ONE, UNSURE, lib
+from mlsched.runtime.wire import LOAD_ONE, ROW_BYTES, UNSURE
 
 import mlsched
 
@@ -61,7 +61,7 @@ AGREEMENT_SAMPLES = 100_000
 #: Uniform in-geometry requests behind report.json's kernel_exact_fraction.uniform.
 UNIFORM_SAMPLES = 200_000
 #: Bytes of one kernel table row (struct mlsched_row).
-KERNEL_ROW_BYTES = lib.MLSCHED_ROW_BYTES
+KERNEL_ROW_BYTES = ROW_BYTES
 SEED = 1125
 OUTPUT_KINDS = ("auto",) + graph.KINDS
 #: Raw outputs below this for "logit" decide STAY; probability and label use THRESHOLD.

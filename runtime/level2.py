@@ -25,16 +25,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .wire import LOAD_LEVELS, LOAD_ONE, MIGRATE, STAY, UNSURE, load_level, lib
+from .wire import (
+    CELL_LEVEL2,
+    LOAD_LEVELS,
+    LOAD_ONE,
+    MIGRATE,
+    STAY,
+    UNSURE,
+    load_level,
+)
+from .wire import (
+    L2_FIRST_MIGRATE as FIRST_MIGRATE,
+)
+from .wire import (
+    L2_INPUT_LEVELS as INPUT_LEVELS,
+)
+from .wire import (
+    L2_MAX_LINES as MAX_LINES,
+)
+from .wire import (
+    L2_RING as RING,
+)
+from .wire import (
+    L2_SHIFT as SHIFT,
+)
+from .wire import (
+    L2_THRESHOLD_MASK as THRESHOLD_MASK,
+)
 
-SHIFT = lib.MLSCHED_L2_SHIFT
-INPUT_LEVELS = lib.MLSCHED_L2_INPUT_LEVELS
-FIRST_MIGRATE = lib.MLSCHED_L2_FIRST_MIGRATE
-THRESHOLD_MASK = lib.MLSCHED_L2_THRESHOLD_MASK
-RING = lib.MLSCHED_L2_RING
-MAX_LINES = lib.MLSCHED_L2_MAX_LINES
-#: Level-1 cell values from this one up name a refined cell (value - CELL_LEVEL2 = rank in its row).
-CELL_LEVEL2 = lib.MLSCHED_CELL_LEVEL2
+__all__ = ["CELL_LEVEL2", "FIRST_MIGRATE", "INPUT_LEVELS", "MAX_LINES", "RING", "SHIFT",
+           "THRESHOLD_MASK", "WIRE_LOADS", "Level2", "Level2Error", "LoadQuant", "band_starts",
+           "cell_ordinals", "encode_line", "fit_load_quant"]
 #: Every wire load the kernel side quantizes (after its clamp to LOAD_ONE).
 WIRE_LOADS = np.arange(LOAD_ONE + 1, dtype=np.int64)
 

@@ -29,8 +29,8 @@ Role in the request -> decision path::
 
 from __future__ import annotations
 
-import importlib.util
 import errno
+import importlib.util
 import logging
 import math
 import os

@@ -32,9 +32,11 @@ import numpy as np
 
 from .features import DST_LOAD, LOAD_LEVELS, LOAD_STEPS, SRC_LOAD, host_features, load_key
 from .level2 import (
+    FIRST_MIGRATE,
     INPUT_LEVELS,
     MAX_LINES,
     RING,
+    THRESHOLD_MASK,
     WIRE_LOADS,
     Level2,
     Level2Error,
@@ -255,15 +257,15 @@ def _encode(g: np.ndarray, valid: np.ndarray) -> np.ndarray:
     flip = g[..., 1:] != g[..., :-1]
     nflip = flip.sum(-1)
     t = np.where(nflip == 0, g.shape[-1], np.argmax(flip, axis=-1) + 1)
-    byte = t | np.where(first == MIGRATE, 128, 0)
+    byte = t | np.where(first == MIGRATE, FIRST_MIGRATE, 0)
     byte = np.where((nflip <= 1) & valid & (t < RING), byte, RING)
     return byte.astype(np.uint8)
 
 
 def _verify(chunk: np.ndarray, g: np.ndarray, valid: np.ndarray, d_off: np.ndarray, row) -> None:
     """Decode the line bytes at every dst offset and compare with the picture they came from."""
-    t = (chunk & 127).astype(np.int64)[..., None]
-    first = ((chunk & 128) != 0)[..., None]
+    t = (chunk & THRESHOLD_MASK).astype(np.int64)[..., None]
+    first = ((chunk & FIRST_MIGRATE) != 0)[..., None]
     dec = np.where((d_off[:, None, :] < t) == first, 1, 0)
     check = valid[..., None] & (t != RING)
     if np.any((dec != g) & check):

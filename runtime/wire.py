@@ -189,6 +189,18 @@ def load_level(fixed: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 # ---- the decision table in the kernel's layout ----------------------------------------------
 #: struct mlsched_row: the cells, then the cell number of the row's first refined cell.
 ROW_DTYPE = dtype_of("struct mlsched_row")
+ROW_BYTES = lib.MLSCHED_ROW_BYTES
+#: Table level 2 (bpf/mlsched.h, "table level 2"): row cells from CELL_LEVEL2 up are refined;
+#: input level of a wire load = clamp((L * mul + add) >> L2_SHIFT, 0, L2_INPUT_LEVELS - 1);
+#: a line byte is a threshold (L2_THRESHOLD_MASK bits, L2_RING: left to user space) and
+#: L2_FIRST_MIGRATE; a cell spans at most L2_MAX_LINES input levels on either axis.
+CELL_LEVEL2 = lib.MLSCHED_CELL_LEVEL2
+L2_SHIFT = lib.MLSCHED_L2_SHIFT
+L2_INPUT_LEVELS = lib.MLSCHED_L2_INPUT_LEVELS
+L2_FIRST_MIGRATE = lib.MLSCHED_L2_FIRST_MIGRATE
+L2_THRESHOLD_MASK = lib.MLSCHED_L2_THRESHOLD_MASK
+L2_RING = lib.MLSCHED_L2_RING
+L2_MAX_LINES = lib.MLSCHED_L2_MAX_LINES
 
 
 def table_rows(table: np.ndarray, refined: bool = False) -> np.ndarray:
@@ -214,8 +226,7 @@ def table_rows(table: np.ndarray, refined: bool = False) -> np.ndarray:
     if refined:
         unsure = cells == UNSURE
         rank = np.cumsum(unsure, axis=1) - 1
-        rows["cell"][:, :lib.MLSCHED_ROW_CELLS] = np.where(
-            unsure, lib.MLSCHED_CELL_LEVEL2 + rank, cells)
+        rows["cell"][:, :lib.MLSCHED_ROW_CELLS] = np.where(unsure, CELL_LEVEL2 + rank, cells)
         per_row = unsure.sum(axis=1)
         rows["level2_base"] = np.cumsum(per_row) - per_row
-    return rows.view(np.uint8).reshape(n * (n + 1), lib.MLSCHED_ROW_BYTES)
+    return rows.view(np.uint8).reshape(n * (n + 1), ROW_BYTES)

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from mlsched.runtime import wire
 import pytest
+from mlsched.runtime import wire
 
 from support.leaks import bpf_ids, eventually_gone
 
