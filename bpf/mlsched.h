@@ -102,10 +102,12 @@ struct mlsched_row {
  * L of band q (q = q(L) of level 1), so s = level(src) - src.band_start[q(src)] and
  * d = level(dst) - dst.band_start[q(dst)] are offsets inside the cell.
  *
- * `table2` is an array of __u64 words holding line bytes, 8 per word, little
- * end first. A refined cell holds `lines` line bytes, one per src offset s; the
- * line byte of cell c (= row.level2_base + k) and offset s is byte
- * c * lines + s counted from word word_base. A line byte says, over the d
+ * `table2` is an array of __u64 words. Each half holds an index, then line
+ * bytes. Refined cell c (= row.level2_base + k) has a line set u: the __u32 at
+ * word index_base + c / 2, low half first (neighbouring rows' cells often
+ * share one set, stored once). A set is `lines` line bytes, one per src offset
+ * s: the byte u * lines + s counted from word word_base, 8 bytes per word,
+ * little end first. A line byte says, over the d
  * offsets of the cell: d < t -> first, else the other decision, where
  * t = byte & MLSCHED_L2_THRESHOLD_MASK and first = MIGRATE iff byte &
  * MLSCHED_L2_FIRST_MIGRATE; t == MLSCHED_L2_RING: this line is not refined,
@@ -131,8 +133,10 @@ struct mlsched_load_quant {
 };
 
 struct mlsched_level2 {
-	__u32 word_base;	/* first word of this table's lines in `table2` */
-	__u32 lines;		/* line bytes per refined cell; 0: no level 2 */
+	__u32 word_base;	/* first word of this table's line bytes in `table2` */
+	__u32 lines;		/* line bytes per line set; 0: no level 2 */
+	__u32 index_base;	/* first word of this table's index in `table2` */
+	__u32 cells;		/* refined cells (index entries) */
 	struct mlsched_load_quant src;
 	struct mlsched_load_quant dst;
 };

@@ -22,7 +22,8 @@
  *   1. clamp both loads to [0, 1024] (count `clamped`), q = (10 L + 512) >> 10
  *   2. i < N and idle + busy == N ?  row = table[base + i * (N + 1) + idle]
  *        cell sure            -> count kernel_hits, return it (level 1)
- *        cell refined         -> line byte in table2 at the loads' input levels:
+ *        cell refined         -> its line set in table2's index, then the line
+ *                                byte at the loads' input levels:
  *                                threshold -> count kernel_hits, level2_hits,
  *                                return it (level 2); RING line -> miss
  *        cell UNSURE          -> miss
@@ -167,7 +168,7 @@ static __always_inline __u32 mlsched_input_level(const struct mlsched_load_quant
 static __always_inline __u8 mlsched_level2(const struct mlsched_level2 *g, __u32 ord,
 					   __u32 qs, __u32 qd, __u32 src, __u32 dst)
 {
-	__u32 lines = g->lines, s, d, t, key;
+	__u32 lines = g->lines, s, d, t, key, set;
 	__u64 byte, *word;
 	__u8 line;
 
@@ -181,7 +182,14 @@ static __always_inline __u8 mlsched_level2(const struct mlsched_level2 *g, __u32
 	d = mlsched_input_level(&g->dst, dst) - g->dst.band_start[qd & 15];
 	if (s >= lines || d >= MLSCHED_L2_MAX_LINES)	/* unsigned: also catches s < 0 */
 		return MLSCHED_UNSURE;
-	byte = (__u64)ord * lines + s;
+	if (ord >= g->cells)
+		return MLSCHED_UNSURE;
+	key = g->index_base + (ord >> 1);
+	word = bpf_map_lookup_elem(&table2, &key);
+	if (!word)
+		return MLSCHED_UNSURE;
+	set = (__u32)(*word >> ((ord & 1) * 32));
+	byte = (__u64)set * lines + s;
 	key = g->word_base + (__u32)(byte >> 3);
 	word = bpf_map_lookup_elem(&table2, &key);
 	if (!word)

@@ -414,7 +414,8 @@ def make_report(opt: Options, m: Loaded, int8: Model, norm: Normalization, built
             "calibration": kernel_exact_fraction(built, int8, norm, calib[:, :5]),
         },
         "level2": None if level2 is None else {
-            "bytes": level2.nbytes, "cells": level2.cells, "lines_per_cell": level2.lines,
+            "bytes": level2.nbytes, "cells": level2.cells, "distinct_line_sets": level2.distinct,
+            "lines_per_cell": level2.lines,
             "lines_to_user_space": built.ring_lines, "lines": built.lines_total},
         "level2_absent_because": built.reason,
         "table_points_evaluated": built.points,
@@ -426,7 +427,7 @@ def make_report(opt: Options, m: Loaded, int8: Model, norm: Normalization, built
         "table_bytes": int(table.nbytes),
         "level1_bytes": int(table.nbytes),
         "level2_bytes": level2.nbytes if level2 is not None else 0,
-        "kernel_table_bytes": rows * KERNEL_ROW_BYTES + (level2.nbytes if level2 else 0),
+        "kernel_table_bytes": rows * KERNEL_ROW_BYTES + (level2.kernel_words * 8 if level2 else 0),
         "quantize_seconds": round(seconds["quantize"], 2),
         "table_seconds": round(seconds["table"], 2),
         "backend": int8.backend,
@@ -465,7 +466,7 @@ def bundle_files(tflite: bytes, built: table_mod.Exact, report: dict,
                  png: bytes | None) -> dict[str, bytes]:
     files = {bundle_mod.MODEL_FILE: tflite, bundle_mod.TABLE_FILE: built.table.tobytes()}
     if built.level2 is not None:
-        files[bundle_mod.LEVEL2_FILE] = built.level2.data.tobytes()
+        files[bundle_mod.LEVEL2_FILE] = built.level2.to_bytes()
     if png is not None:
         files["report.png"] = png
     files["report.json"] = (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()

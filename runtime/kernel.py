@@ -213,7 +213,7 @@ def decision_slots_for(ring_size: int) -> int:
 
 def _words(level2: Level2 | None) -> int:
     """__u64 words a table level 2 takes in `table2` (one half)."""
-    return 0 if level2 is None else (level2.nbytes + 7) // 8
+    return 0 if level2 is None else level2.kernel_words
 
 
 # ---- the handle ------------------------------------------------------------------------
@@ -379,15 +379,18 @@ class KernelPath:
             level2.check(int((np.asarray(table) == UNSURE).sum()))
             geom = ffi.new("struct mlsched_level2 *")
             geom.lines = level2.lines
+            geom.cells = level2.cells
+            geom.index_base = 0
+            geom.word_base = level2.index_words
             for name, q in (("src", level2.src), ("dst", level2.dst)):
                 side = getattr(geom, name)
                 side.mul, side.add = q.mul, q.add
                 for k, v in enumerate(q.band_start):
                     side.band_start[k] = v
-            lines = np.ascontiguousarray(level2.data)
+            lines = level2.kernel_image()
         _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), buf.nbytes, n,
                                  ffi.from_buffer("uint8_t[]", lines),
-                                 level2.nbytes if level2 is not None else 0, geom),
+                                 lines.nbytes if level2 is not None else 0, geom),
                "loading the table")
         self.table_ncpus = n
 

@@ -159,64 +159,118 @@ def encode_line(offsets: np.ndarray, decisions: np.ndarray) -> int:
 class Level2:
     """The second level of one table: line bytes of every refined cell, and how to find them.
 
-    ``data`` holds ``lines`` bytes per refined cell, cells in the order of the table's
-    UNSURE cells (row-major over cpu, idle, q(src), q(dst)): every UNSURE cell of the
-    level-1 table is refined, its lines RING where the picture was not monotone.
+    Every UNSURE cell of the level-1 table is refined, its lines RING where the picture
+    was not monotone. Cells are numbered in the order of the table's UNSURE cells
+    (row-major over cpu, idle, q(src), q(dst)); ``index[cell]`` names the cell's lines
+    in ``data``, ``lines`` bytes each. Many cells share their lines (the boundary crosses
+    neighbouring rows' cells alike), so each distinct set is stored once.
+
+    In the kernel (``bpf/mlsched.h``, "table level 2") one half of ``table2`` is the index,
+    two cells per word, then the line bytes (``kernel_image``).
     """
 
     lines: int
     src: LoadQuant
     dst: LoadQuant
-    data: np.ndarray                 # uint8 [cells * lines]
+    index: np.ndarray                # uint32 [cells]: distinct line set of each refined cell
+    data: np.ndarray                 # uint8 [distinct * lines]
 
     @property
     def cells(self) -> int:
+        return int(self.index.size)
+
+    @property
+    def distinct(self) -> int:
         return self.data.size // self.lines if self.lines else 0
 
     @property
     def nbytes(self) -> int:
-        return int(self.data.nbytes)
+        return int(self.index.nbytes + self.data.nbytes)
+
+    @property
+    def index_words(self) -> int:
+        return (self.cells + 1) // 2
+
+    @property
+    def kernel_words(self) -> int:
+        """__u64 words of one half of ``table2``: the index, then the line bytes."""
+        return self.index_words + (self.data.size + 7) // 8
+
+    def kernel_image(self) -> np.ndarray:
+        """The bytes of one half of ``table2`` (little-endian words)."""
+        img = np.zeros(self.kernel_words * 8, dtype=np.uint8)
+        img[:self.cells * 4] = self.index.astype("<u4").view(np.uint8)
+        start = self.index_words * 8
+        img[start:start + self.data.size] = self.data
+        return img
 
     def ring_lines(self) -> int:
-        """Line bytes marked RING (padding lines of narrow edge bands included)."""
-        return int(((self.data & THRESHOLD_MASK) == RING).sum())
+        """Line bytes of refined cells marked RING (padding lines of narrow edge bands included)."""
+        per_set = ((self.data.reshape(-1, self.lines) & THRESHOLD_MASK) == RING).sum(axis=1)
+        return int(per_set[self.index].sum()) if self.cells else 0
 
     def check(self, unsure_cells: int) -> None:
         if not 1 <= self.lines <= MAX_LINES:
             raise Level2Error(f"level 2 with {self.lines} lines per cell: 1..{MAX_LINES}")
-        if self.data.dtype != np.uint8 or self.data.size != unsure_cells * self.lines:
-            raise Level2Error(f"level 2 holds {self.data.size} bytes, the table's"
-                              f" {unsure_cells} UNSURE cells need {unsure_cells * self.lines}")
+        if self.index.dtype != np.uint32 or self.index.size != unsure_cells:
+            raise Level2Error(f"level 2 indexes {self.index.size} cells, the table has"
+                              f" {unsure_cells} UNSURE cells; they need {unsure_cells}")
+        if self.data.dtype != np.uint8 or self.data.size % self.lines:
+            raise Level2Error(f"level 2 holds {self.data.size} line bytes, not whole cells of"
+                              f" {self.lines}")
+        if self.cells and int(self.index.max()) >= self.distinct:
+            raise Level2Error(f"level 2 index names line set {int(self.index.max())} of"
+                              f" {self.distinct}")
 
     def decide(self, ordinal: np.ndarray, qs: np.ndarray, qd: np.ndarray, src: np.ndarray,
                dst: np.ndarray) -> np.ndarray:
         """Decisions (STAY/MIGRATE, UNSURE for RING lines) of refined cells, vectorized.
 
-        ``ordinal``: each row's cell number in ``data``; ``qs``/``qd`` its level-1 bands;
-        ``src``/``dst`` wire loads. The same arithmetic as ``mlsched_level2()``.
+        ``ordinal``: each row's cell number; ``qs``/``qd`` its level-1 bands; ``src``/``dst``
+        wire loads. The same arithmetic as ``mlsched_level2()``.
         """
         s = self.src.levels(src) - np.asarray(self.src.band_start)[qs]
         d = self.dst.levels(dst) - np.asarray(self.dst.band_start)[qd]
         ok = (s >= 0) & (s < self.lines) & (d >= 0) & (d < MAX_LINES)
-        idx = np.where(ok, np.asarray(ordinal, np.int64) * self.lines + s, 0)
-        line = self.data[idx] if self.data.size else np.zeros(idx.shape, np.uint8)
+        if not self.cells:
+            return np.full(np.shape(ok), UNSURE, dtype=np.uint8)
+        uid = self.index[np.where(ok, ordinal, 0)].astype(np.int64)
+        line = self.data[np.where(ok, uid * self.lines + s, 0)]
         t = (line & THRESHOLD_MASK).astype(np.int64)
         first_migrate = (line & FIRST_MIGRATE) != 0
         out = np.where((d < t) == first_migrate, MIGRATE, STAY).astype(np.uint8)
         out[~ok | (t == RING)] = UNSURE
         return out
 
+    @classmethod
+    def from_cells(cls, lines: int, src: LoadQuant, dst: LoadQuant, cells: np.ndarray) -> Level2:
+        """From the line bytes of every refined cell [cells, lines], storing each set once."""
+        cells = np.asarray(cells, dtype=np.uint8).reshape(-1, lines)
+        if cells.shape[0] == 0:
+            return cls(lines, src, dst, np.zeros(0, np.uint32), np.zeros(0, np.uint8))
+        uniq, inverse = np.unique(cells, axis=0, return_inverse=True)
+        return cls(lines, src, dst, inverse.reshape(-1).astype(np.uint32), uniq.reshape(-1))
+
+    def to_bytes(self) -> bytes:
+        """level2.bin: the index (uint32 little-endian), then the line bytes."""
+        return self.index.astype("<u4").tobytes() + self.data.tobytes()
+
     def to_json(self) -> dict:
-        return {"lines": self.lines, "src": self.src.to_json(), "dst": self.dst.to_json()}
+        return {"lines": self.lines, "cells": self.cells, "src": self.src.to_json(),
+                "dst": self.dst.to_json()}
 
     @classmethod
-    def from_json(cls, d: dict, data: bytes) -> Level2:
+    def from_json(cls, d: dict, blob: bytes) -> Level2:
         try:
-            lines = int(d["lines"])
+            lines, cells = int(d["lines"]), int(d["cells"])
             src, dst = LoadQuant.from_json(d["src"]), LoadQuant.from_json(d["dst"])
         except (KeyError, TypeError, ValueError) as e:
             raise Level2Error(f"level 2 description: {e}") from None
-        return cls(lines, src, dst, np.frombuffer(data, dtype=np.uint8).copy())
+        if not 0 <= cells * 4 <= len(blob):
+            raise Level2Error(f"level2.bin holds {len(blob)} bytes, fewer than the index of"
+                              f" {cells} cells")
+        index = np.frombuffer(blob, dtype="<u4", count=cells).astype(np.uint32)
+        return cls(lines, src, dst, index, np.frombuffer(blob, np.uint8, offset=cells * 4).copy())
 
 
 def cell_ordinals(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -167,7 +167,8 @@ class Server:
         self.kp.load(None, ncpus=ncpus, ring_size=config.ring_size, domains=config.domains,
                      pin=config.pin, pin_dir=config.pin_dir,
                      table_capacity=ncpus or bundle.cpus,
-                     level2_capacity=bundle.level2.nbytes if bundle.level2 is not None else 0)
+                     level2_capacity=(bundle.level2.kernel_words * 8 if bundle.level2 is not None
+                                      else 0))
         if config.collector:
             self._warn_coverage()
         try:

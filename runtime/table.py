@@ -246,7 +246,7 @@ def build_exact(ncpus: int, quantize: Callable[[np.ndarray], np.ndarray],
     if reason is not None:
         return Exact(table, None, reason, points, 0, 0)
     data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-    level2 = Level2(lines, qsrc, qdst, data.astype(np.uint8))
+    level2 = Level2.from_cells(lines, qsrc, qdst, data)
     level2.check(int((table == UNSURE).sum()))
     return Exact(table, level2, None, points, ring, total)
 

@@ -599,6 +599,9 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	if (level2 && level2->lines && (level2->lines > MLSCHED_L2_MAX_LINES || !lines))
 		return fail(-EINVAL, "level 2 with %u lines per cell: at most %d", level2->lines,
 			    MLSCHED_L2_MAX_LINES);
+	if (level2 && level2->lines &&
+	    (level2->word_base > words || level2->index_base + (level2->cells + 1) / 2 > words))
+		return fail(-EINVAL, "level 2 index or lines outside its %zu bytes", lines_len);
 	if (level2 && level2->lines && words > k->table2_capacity)
 		return fail(-E2BIG, "table level 2 of %zu bytes exceeds the %llu bytes loaded",
 			    lines_len, (unsigned long long)k->table2_capacity * 8);
@@ -617,7 +620,8 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 		memcpy(dst2, lines, lines_len);
 		memset(dst2 + lines_len, 0, words * 8 - lines_len);
 		k->ctl->level2[half] = *level2;
-		k->ctl->level2[half].word_base = half * k->table2_capacity;
+		k->ctl->level2[half].word_base += half * k->table2_capacity;
+		k->ctl->level2[half].index_base += half * k->table2_capacity;
 	}
 	__atomic_store_n(&k->ctl->table_sel, sel | ncpus, __ATOMIC_RELEASE);
 	return 0;

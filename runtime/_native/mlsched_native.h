@@ -80,8 +80,8 @@ struct mls_consumer_stats {
 int mls_open(const struct mls_load_opts *opts, struct mls_kernel **out);
 void mls_close(struct mls_kernel *k);
 /* rows: `len` bytes; cpu_domain: `len` entries; a buffer short of the geometry is refused.
- * level2: NULL or lines == 0 for a table without level 2; else `lines_len` line bytes
- * (word_base is set here). */
+ * level2: NULL or lines == 0 for a table without level 2; else `lines_len` bytes of one
+ * half of `table2` (index, then line bytes; word_base and index_base relative to it). */
 int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus,
 		  const uint8_t *lines, size_t lines_len, const struct mlsched_level2 *level2);
 int mls_set_domains(struct mls_kernel *k, const uint32_t *cpu_domain, size_t len,

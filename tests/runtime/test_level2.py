@@ -149,9 +149,16 @@ def test_a_band_wider_than_a_line_byte_allows_leaves_no_level_2():
 def test_level2_bytes_of_the_wrong_size_are_refused(bundle8):
     lv = bundle8.level2
     assert lv is not None
-    bad = l2.Level2(lv.lines, lv.src, lv.dst, lv.data[:-1])
+    unsure = int((bundle8.table == UNSURE).sum())
+    lv.check(unsure)
     with pytest.raises(l2.Level2Error, match="need"):
-        bad.check(int((bundle8.table == UNSURE).sum()))
+        l2.Level2(lv.lines, lv.src, lv.dst, lv.index[:-1], lv.data).check(unsure)
+    with pytest.raises(l2.Level2Error, match="whole cells"):
+        l2.Level2(lv.lines, lv.src, lv.dst, lv.index, lv.data[:-1]).check(unsure)
+    far = lv.index.copy()
+    far[0] = lv.distinct
+    with pytest.raises(l2.Level2Error, match="names line set"):
+        l2.Level2(lv.lines, lv.src, lv.dst, far, lv.data).check(unsure)
 
 
 def test_decisions_are_stay_or_migrate_only():
