@@ -43,7 +43,7 @@ from mlsched.runtime.features import (
     Normalization,
     pad,
 )
-from mlsched.runtime.interp import Model, quiet_stderr
+from mlsched.runtime.interp import Model, quiet_stderr, table_deciders
 from mlsched.runtime.wire import LOAD_ONE, ROW_BYTES, UNSURE
 
 import mlsched
@@ -331,7 +331,7 @@ def build_table(int8: Model, norm: Normalization, opt: Options
     if opt.table_mode == "boundary" and int8.quantized:
         built = table_mod.build_exact(
             opt.cpus, lambda x: int8.quantize_input(norm.apply(x[:, :width])),
-            lambda xq: int8.decide(xq, quantized=True), progress=progress)
+            table_deciders(int8), progress=progress)
     else:
         table = table_mod.build(lambda x: int8.decide(norm.apply(x[:, :width])), opt.cpus,
                                 opt.table_mode, progress=progress)

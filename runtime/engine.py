@@ -59,7 +59,7 @@ import numpy as np
 from . import table as table_mod
 from .bundle import Bundle
 from .features import COUNT_COLUMNS, LOAD_COLUMNS, THRESHOLD, pad
-from .interp import Model
+from .interp import Model, table_deciders
 from .level2 import CELL_LEVEL2, WIRE_LOADS, Level2, cell_ordinals
 from .wire import (
     DECISION_NAMES,
@@ -237,8 +237,7 @@ class Engine:
         model whose input is not int8)."""
         if self.mode != "boundary" or not self.model.quantized:
             return table_mod.build(self.interpreter_decide, ncpus, self.mode), None
-        ex = table_mod.build_exact(ncpus, self._quantize,
-                                   lambda xq: self.model.decide(xq, quantized=True))
+        ex = table_mod.build_exact(ncpus, self._quantize, table_deciders(self.model))
         if ex.reason:
             log.info("no table level 2: %s", ex.reason)
         return ex.table, ex.level2

@@ -137,6 +137,12 @@ class Model:
             info = np.iinfo(self.input_dtype)
             self._qmin, self._qmax = info.min, info.max
 
+    def clone(self) -> Model:
+        """Another Model over the same bytes and backend, with its own interpreters (for
+        another thread)."""
+        return Model(self._content, backend=self.backend, threads=self._threads,
+                     width=self.width)
+
     def _interpreter(self, bucket: int, resize: bool = True):
         entry = self._interps.get(bucket)
         if entry is None:
@@ -197,3 +203,11 @@ class Model:
     def decide(self, u: np.ndarray, quantized: bool = False) -> np.ndarray:
         """MIGRATE (1) where the probability exceeds THRESHOLD, else STAY (0); uint8 [n]."""
         return (self.probability(u, quantized) > THRESHOLD).astype(np.uint8)
+
+
+def table_deciders(model: Model, workers: int | None = None) -> list:
+    """Decision functions on the model's input tensor values for ``table.build_exact``: one
+    per worker thread (default: one per usable CPU), each with its own interpreters."""
+    n = workers or max(1, len(os.sched_getaffinity(0)))
+    models = [model] + [model.clone() for _ in range(n - 1)]
+    return [lambda xq, m=m: m.decide(xq, quantized=True) for m in models]

@@ -26,7 +26,9 @@ table for a host with fewer CPUs than the bundle's from ``model.tflite``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -183,72 +185,106 @@ def _fill(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_exact(ncpus: int, quantize: Callable[[np.ndarray], np.ndarray],
-                decide_quantized: Callable[[np.ndarray], np.ndarray],
+                deciders: list[Callable[[np.ndarray], np.ndarray]],
                 progress: Callable[[int, int], None] | None = None) -> Exact:
     """Both levels from the int8 model's complete picture, row by row.
 
     ``quantize``: raw features [n, 10] -> the model's int8 input [n, width];
-    ``decide_quantized``: int8 input -> 0/1. For each (cpu, idle) the model is asked
+    ``deciders``: one or more functions int8 input -> 0/1, each its own interpreter: rows
+    are shared out among them, one thread each. For each (cpu, idle) the model is asked
     about every pair of reachable src and dst input levels; a level-1 cell is sure iff
     its whole rectangle of levels is one colour, and every other cell gets level-2 lines.
     Raises Level2Error if the stored levels decode to anything but the picture.
     """
     lv_src, lv_dst = input_levels(quantize, ncpus)
     qsrc, qdst = fit_load_quant(lv_src), fit_load_quant(lv_dst)
-    lo_s, hi_s = _bands(lv_src)
-    lo_d, hi_d = _bands(lv_dst)
-    lines, span_d = int((hi_s - lo_s).max()) + 1, int((hi_d - lo_d).max()) + 1
+    plan = _Plan(lv_src, lv_dst)
     reason = None
     if qsrc is None or qdst is None:
         reason = "the model's load input levels have no integer form the kernel can compute"
-    elif max(lines, span_d) > MAX_LINES:
-        reason = (f"a 0.1 load band spans {max(lines, span_d)} input levels of the model,"
-                  f" more than {MAX_LINES}")
-    reach_s, fill_s = _fill(lv_src)
-    reach_d, fill_d = _fill(lv_dst)
+    elif max(plan.lines, plan.span_d) > MAX_LINES:
+        reason = (f"a 0.1 load band spans {max(plan.lines, plan.span_d)} input levels of the"
+                  f" model, more than {MAX_LINES}")
     table = np.empty(table_shape(ncpus), dtype=np.uint8)
     rows = [(c, i) for c in range(ncpus) for i in range(ncpus + 1)]
-    chunks, ring, total = [], 0, 0
-    # per cell: its rectangle of input levels, as prefix-sum corners
-    cs, cd = np.meshgrid(np.arange(LOAD_LEVELS), np.arange(LOAD_LEVELS), indexing="ij")
-    area = (hi_s[cs] - lo_s[cs] + 1) * (hi_d[cd] - lo_d[cd] + 1)
-    offs = np.arange(lines)
-    dpos = np.arange(span_d)
+    out: list = [None] * len(rows)
+    done = [0]
+    lock = threading.Lock()
+
+    def work(k: int) -> None:
+        decide = deciders[k]
+        for n in range(k, len(rows), len(deciders)):
+            c, i = rows[n]
+            base = np.asarray(quantize(host_features(ncpus, c, i, 0.0, 0.0)), dtype=np.int8)[0]
+            out[n] = plan.row(base, decide, refine=reason is None, where=(c, i))
+            with lock:
+                done[0] += 1
+                if progress and (done[0] % 8 == 0 or done[0] == len(rows)):
+                    progress(done[0], len(rows))
+
+    if len(deciders) == 1:
+        work(0)
+    else:
+        with ThreadPoolExecutor(len(deciders)) as pool:
+            for f in [pool.submit(work, k) for k in range(len(deciders))]:
+                f.result()
     for n, (c, i) in enumerate(rows):
-        base = np.asarray(quantize(host_features(ncpus, c, i, 0.0, 0.0)), dtype=np.int8)[0]
-        grid = np.repeat(base[None, :], reach_s.size * reach_d.size, axis=0)
-        grid[:, SRC_LOAD] = np.repeat(reach_s - INPUT_LEVELS // 2, reach_d.size)
-        grid[:, DST_LOAD] = np.tile(reach_d - INPUT_LEVELS // 2, reach_s.size)
-        small = np.asarray(decide_quantized(grid), dtype=np.int64).reshape(reach_s.size,
-                                                                            reach_d.size)
-        pic = small[fill_s][:, fill_d]                     # [256, 256], 0/1
-        pre = np.zeros((INPUT_LEVELS + 1, INPUT_LEVELS + 1), dtype=np.int64)
-        pre[1:, 1:] = pic.cumsum(0).cumsum(1)
-        ones = (pre[hi_s[cs] + 1, hi_d[cd] + 1] - pre[lo_s[cs], hi_d[cd] + 1]
-                - pre[hi_s[cs] + 1, lo_d[cd]] + pre[lo_s[cs], lo_d[cd]])
-        cells = np.where(ones == 0, 0, np.where(ones == area, MIGRATE, UNSURE)).astype(np.uint8)
-        table[c, i] = cells
-        if reason is None:
-            uq, ud = np.nonzero(cells == UNSURE)
-            if uq.size:
-                s_lv = lo_s[uq][:, None] + offs[None, :]                         # [K, lines]
-                valid = s_lv <= hi_s[uq][:, None]
-                d_lv = np.minimum(lo_d[ud][:, None] + dpos[None, :], hi_d[ud][:, None])
-                g = pic[np.minimum(s_lv, INPUT_LEVELS - 1)[:, :, None], d_lv[:, None, :]]
-                chunk = _encode(g, valid)
-                _verify(chunk, g, valid, d_lv - lo_d[ud][:, None], (c, i))
-                ring += int(((chunk == RING) & valid).sum())
-                total += int(valid.sum())
-                chunks.append(chunk.reshape(-1))
-        if progress and (n + 1) % 8 == 0 or progress and n + 1 == len(rows):
-            progress(n + 1, len(rows))
-    points = len(rows) * reach_s.size * reach_d.size
+        table[c, i] = out[n][0]
+    points = len(rows) * plan.reach_s.size * plan.reach_d.size
     if reason is not None:
         return Exact(table, None, reason, points, 0, 0)
+    chunks = [o[1] for o in out if o[1] is not None]
     data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-    level2 = Level2.from_cells(lines, qsrc, qdst, data)
+    level2 = Level2.from_cells(plan.lines, qsrc, qdst, data)
     level2.check(int((table == UNSURE).sum()))
-    return Exact(table, level2, None, points, ring, total)
+    return Exact(table, level2, None, points, sum(o[2] for o in out), sum(o[3] for o in out))
+
+
+class _Plan:
+    """The geometry of one build: input levels of each 0.1 band, and per-row work."""
+
+    def __init__(self, lv_src: np.ndarray, lv_dst: np.ndarray):
+        self.lo_s, self.hi_s = _bands(lv_src)
+        self.lo_d, self.hi_d = _bands(lv_dst)
+        self.lines = int((self.hi_s - self.lo_s).max()) + 1
+        self.span_d = int((self.hi_d - self.lo_d).max()) + 1
+        self.reach_s, self.fill_s = _fill(lv_src)
+        self.reach_d, self.fill_d = _fill(lv_dst)
+        # per cell: its rectangle of input levels, as prefix-sum corners
+        self.cs, self.cd = np.meshgrid(np.arange(LOAD_LEVELS), np.arange(LOAD_LEVELS),
+                                       indexing="ij")
+        self.area = ((self.hi_s[self.cs] - self.lo_s[self.cs] + 1)
+                     * (self.hi_d[self.cd] - self.lo_d[self.cd] + 1))
+
+    def row(self, base: np.ndarray, decide, refine: bool, where
+            ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+        """(level-1 cells, level-2 line bytes of its UNSURE cells, RING lines, lines) of a row
+        whose model input without the loads is ``base``."""
+        rs, rd = self.reach_s, self.reach_d
+        grid = np.repeat(base[None, :], rs.size * rd.size, axis=0)
+        grid[:, SRC_LOAD] = np.repeat(rs - INPUT_LEVELS // 2, rd.size)
+        grid[:, DST_LOAD] = np.tile(rd - INPUT_LEVELS // 2, rs.size)
+        small = np.asarray(decide(grid), dtype=np.int64).reshape(rs.size, rd.size)
+        pic = small[self.fill_s][:, self.fill_d]                     # [256, 256], 0/1
+        pre = np.zeros((INPUT_LEVELS + 1, INPUT_LEVELS + 1), dtype=np.int64)
+        pre[1:, 1:] = pic.cumsum(0).cumsum(1)
+        lo_s, hi_s, lo_d, hi_d, cs, cd = (self.lo_s, self.hi_s, self.lo_d, self.hi_d,
+                                          self.cs, self.cd)
+        ones = (pre[hi_s[cs] + 1, hi_d[cd] + 1] - pre[lo_s[cs], hi_d[cd] + 1]
+                - pre[hi_s[cs] + 1, lo_d[cd]] + pre[lo_s[cs], lo_d[cd]])
+        cells = np.where(ones == 0, 0, np.where(ones == self.area, MIGRATE, UNSURE))
+        cells = cells.astype(np.uint8)
+        uq, ud = np.nonzero(cells == UNSURE)
+        if not refine or uq.size == 0:
+            return cells, None, 0, 0
+        s_lv = lo_s[uq][:, None] + np.arange(self.lines)[None, :]             # [K, lines]
+        valid = s_lv <= hi_s[uq][:, None]
+        d_lv = np.minimum(lo_d[ud][:, None] + np.arange(self.span_d)[None, :], hi_d[ud][:, None])
+        g = pic[np.minimum(s_lv, INPUT_LEVELS - 1)[:, :, None], d_lv[:, None, :]]
+        chunk = _encode(g, valid)
+        _verify(chunk, g, valid, d_lv - lo_d[ud][:, None], where)
+        return (cells, chunk.reshape(-1), int(((chunk == RING) & valid).sum()),
+                int(valid.sum()))
 
 
 def _encode(g: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -110,7 +110,7 @@ def levels_of(wire):
 def test_a_monotone_model_is_answered_exactly_at_every_wire_pair():
     rule = lambda c, i, s, d: s > d + 20 * i + 7 * c                       # noqa: E731
     quantize, decide = synthetic(rule)
-    built = table_mod.build_exact(N, quantize, decide)
+    built = table_mod.build_exact(N, quantize, [decide])
     assert built.reason is None and built.ring_lines == 0
     assert (built.table == UNSURE).any()
     s, d = np.meshgrid(L, L, indexing="ij")
@@ -126,7 +126,7 @@ def test_lines_that_are_not_monotone_go_to_user_space_and_nothing_else_is_wrong(
     # a stripe of MIGRATE inside a STAY region: lines through it flip twice
     rule = lambda c, i, s, d: (d >= 100 + 3 * c) & (d < 110 + 3 * c) & (s > 40)   # noqa: E731
     quantize, decide = synthetic(rule)
-    built = table_mod.build_exact(N, quantize, decide)
+    built = table_mod.build_exact(N, quantize, [decide])
     assert built.ring_lines > 0
     s, d = np.meshgrid(L, L, indexing="ij")
     vals, level, _ = all_wire_pairs(built, 0, 1)     # cpu 0: the stripe lies inside one band
@@ -141,7 +141,7 @@ def test_a_band_wider_than_a_line_byte_allows_leaves_no_level_2():
         q = np.zeros((len(x), 10), np.int8)
         q[:, 3:5] = np.clip(np.rint(np.asarray(x)[:, 3:5] * 2550) - 128, -128, 127)
         return q
-    built = table_mod.build_exact(1, quantize, lambda q: (q[:, 3] > q[:, 4]).astype(np.uint8))
+    built = table_mod.build_exact(1, quantize, [lambda q: (q[:, 3] > q[:, 4]).astype(np.uint8)])
     assert built.level2 is None and "more than" in built.reason
     assert (built.table != UNSURE).any()
 
@@ -163,7 +163,7 @@ def test_level2_bytes_of_the_wrong_size_are_refused(bundle8):
 
 def test_decisions_are_stay_or_migrate_only():
     quantize, decide = synthetic(lambda c, i, s, d: s > d)
-    built = table_mod.build_exact(1, quantize, decide)
+    built = table_mod.build_exact(1, quantize, [decide])
     vals, level, _ = all_wire_pairs_one(built)
     assert set(np.unique(vals[level > 0]).tolist()) <= {STAY, MIGRATE}
 
