@@ -14,7 +14,11 @@ Order of work (each step's figure is the median over ``--reps`` repetitions, wit
 5. raw ring: injector + a C consumer that discards records: the ring's ceiling here;
 6. pipeline: injector -> ring -> ``mlsched-lite run`` -> write-back, hits then misses,
    then latency at a fixed offered rate (``bench.pipeline``);
-7. ratios, the markdown table, ``bench/results.json`` (written atomically).
+7. table levels: the share of in-geometry requests the kernel decides exactly (both
+   levels), per-decision time in the kernel, table sizes, for the default model converted
+   for 8, 64 and 128 CPUs (``bench.levels``; the full profile converts the 64- and 128-CPU
+   bundles once, several minutes, and reuses them);
+8. ratios, the markdown table, ``bench/results.json`` (written atomically).
 
 A figure that cannot be measured here (no TensorFlow, no BPF) is ``null`` with a reason.
 """
@@ -46,6 +50,11 @@ TARGETS = {
     "pipeline_decisions_per_s": (">=", 2_000_000),
     "pipeline_miss_decisions_per_s": (">=", 500_000),
     "kernel_lookup_ns_per_decision": ("<=", 100),
+    "kernel_exact_fraction_uniform": (">=", 0.999),
+    "kernel_exact_fraction_busy": (">=", 0.999),
+    "kernel_lookup_p50_ns": ("<=", 100),
+    "kernel_lookup_p99_ns": ("<=", 250),
+    "table_kernel_bytes": ("<=", {"64": 2 << 20, "128": 8 << 20}),
     "latency_p99_us": ("<=", 200),
     "daemon_rss_mb": ("<=", 50),
     "speedup_vs_tf": (">=", 1000),
@@ -61,6 +70,11 @@ KEYS = (
     "engine_wire_table_ns_per_decision",
     "engine_wire_miss_ns_per_decision",
     "kernel_lookup_ns_per_decision",
+    "kernel_exact_fraction_uniform",
+    "kernel_exact_fraction_busy",
+    "kernel_lookup_p50_ns",
+    "kernel_lookup_p99_ns",
+    "table_kernel_bytes",
     "raw_ring_drain_per_s",
     "pipeline_decisions_per_s",
     "pipeline_miss_decisions_per_s",
@@ -85,17 +99,19 @@ class Profile:
     pipeline_hit_records: int
     pipeline_miss_records: int
     latency_seconds: float
+    level_cpus: tuple[int, ...]
+    level_records: int
 
 
 PROFILES = {
     "full": Profile(reps=5, min_seconds=0.2, tf_calls=1000, engine_batch=4096,
                     kernel_records=1_000_000, ring_records=4_000_000, ring_bytes=1 << 20,
                     pipeline_hit_records=2_000_000, pipeline_miss_records=1_000_000,
-                    latency_seconds=1.0),
+                    latency_seconds=1.0, level_cpus=(8, 64, 128), level_records=400_000),
     "tiny": Profile(reps=2, min_seconds=0.01, tf_calls=20, engine_batch=1024,
                     kernel_records=20_000, ring_records=100_000, ring_bytes=1 << 20,
                     pipeline_hit_records=100_000, pipeline_miss_records=20_000,
-                    latency_seconds=0.1),
+                    latency_seconds=0.1, level_cpus=(8,), level_records=20_000),
 }
 
 
@@ -161,6 +177,32 @@ def step_kernel(p: Profile, engine, out: dict) -> None:
         per, "ns", table="nearest mode (no UNSURE cell): generated traffic is all hits", **extra)
     per, extra = micro.raw_ring(engine.table, p.ring_records, p.reps, p.ring_bytes)
     out["raw_ring_drain_per_s"] = figure(per, "records/s", **extra)
+
+
+def step_levels(p: Profile, out: dict) -> dict:
+    from . import levels
+
+    got = levels.run(p.level_cpus, p.level_records, p.reps, log)
+    how = "in-geometry requests a table level answered in the kernel, equal to the interpreter"
+    for kind in ("uniform", "busy"):
+        out[f"kernel_exact_fraction_{kind}"] = {
+            f"{c} CPUs": figure([g[kind]["kernel_exact_fraction"]], "fraction", how=how,
+                                level2=g[kind]["level2"], ring=g[kind]["ring"],
+                                wrong_in_kernel=g[kind]["wrong_in_kernel"])
+            for c, g in got.items()}
+    for q in ("p50", "p99"):
+        out[f"kernel_lookup_{q}_ns"] = {
+            f"{c} CPUs": figure([r[q] for r in g["decide_ns_reps"]], "ns",
+                                clock_pair_ns=g["decide_ns"]["clock_pair_ns"],
+                                how="one mlsched_decide() between two clock reads, uniform"
+                                    " traffic, both levels")
+            for c, g in got.items()}
+    out["table_kernel_bytes"] = {
+        f"{c} CPUs": figure([g["kernel_table_bytes"]], "bytes", level1=g["level1_bytes"],
+                            level2=g["level2_bytes"], convert_seconds=g["convert_seconds"],
+                            table_seconds=g["table_seconds"])
+        for c, g in got.items()}
+    return got
 
 
 def step_pipeline(p: Profile, engine, out: dict, use_daemon: bool) -> dict:
@@ -269,10 +311,14 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def _target(key: str, median) -> str:
+def _target(key: str, median, sub: str | None = None) -> str:
     if key not in TARGETS:
         return ""
     op, bound = TARGETS[key]
+    if isinstance(bound, dict):                      # bounds per entry ("64 CPUs" -> "64")
+        bound = bound.get((sub or "").split(" ")[0])
+        if bound is None:
+            return ""
     text = f"{op} {_fmt(float(bound))}"
     if median is None:
         return f"{text}: not measured"
@@ -284,12 +330,13 @@ def table(out: dict) -> str:
     lines = ["| figure | median | min | max | unit | target |", "|---|---:|---:|---:|---|---|"]
     for key in KEYS:
         v = out[key]
-        items = [(key, v)] if "median" in v else [(f"{key} ({b})", f) for b, f in v.items()]
-        for name, f in items:
+        items = ([(key, None, v)] if "median" in v else
+                 [(f"{key} ({b})", b, f) for b, f in v.items()])
+        for name, sub, f in items:
             med = f.get("median")
             lines.append(f"| `{name}` | {_fmt(med)} | {_fmt(f.get('min'))} | {_fmt(f.get('max'))}"
                          f" | {f.get('unit', '') if med is not None else f.get('reason', '')}"
-                         f" | {_target(key, med)} |")
+                         f" | {_target(key, med, sub)} |")
     return "\n".join(lines)
 
 
@@ -328,7 +375,16 @@ How each figure is taken:
   consumer → engine → write-back; a repetition ends when the kernel reads the last answer;
 * `latency_*` — {LATENCY_RATE_PER_S // 1000} k requests/s offered in batches of
   {LATENCY_INJECT_BATCH}; request `ts_ns` → answer stored, as the consumer measures it;
-* `daemon_rss_mb` — peak RSS (VmHWM) of the consumer process over the pipeline runs.
+* `daemon_rss_mb` — peak RSS (VmHWM) of the consumer process over the pipeline runs;
+* `kernel_exact_fraction_*` — in-geometry requests (uniform, and a busy host: 30 % idle
+  CPUs, loads skewed high) through the BPF helper with both table levels: the share it
+  decided in the kernel with exactly the int8 interpreter's answer, per host size
+  (the default model converted for that many CPUs);
+* `kernel_lookup_p50/p99_ns` — one `mlsched_decide()` between two clock reads in the
+  injector, uniform traffic with both levels (`clock_pair_ns` in results.json: the two
+  reads alone, included);
+* `table_kernel_bytes` — both table levels as the kernel holds them (one half of the
+  double buffer), with level 1, level 2 and the conversion time beside them.
 
 Rerun: `make bench` (about a minute; root for the BPF parts). Figures land in
 `bench/results.json`; `python -m bench.run --markdown bench/PERFORMANCE.md` rewrites this
@@ -405,10 +461,16 @@ def main(argv: list[str] | None = None) -> int:
     attempt("engine", ("engine_table_ns_per_decision", "engine_miss_ns_per_decision",
                        "engine_wire_table_ns_per_decision", "engine_wire_miss_ns_per_decision"),
             lambda: step_engine(p, engine, request_dtype, out))
+    level_keys = ("kernel_exact_fraction_uniform", "kernel_exact_fraction_busy",
+                  "kernel_lookup_p50_ns", "kernel_lookup_p99_ns", "table_kernel_bytes")
     if bpf_reason is None:
         attempt("kernel", kernel_keys, lambda: step_kernel(p, engine, out))
         attempt("pipeline", pipe_keys, lambda: step_pipeline(p, engine, out,
                                                              not args.no_daemon))
+        attempt("levels", level_keys, lambda: step_levels(p, out))
+    else:
+        for k in level_keys:
+            out[k] = missing(f"BPF unavailable: {bpf_reason}")
     ratios(out)
 
     figures = {k: out.get(k, missing("not measured")) for k in KEYS}

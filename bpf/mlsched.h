@@ -264,6 +264,8 @@ struct mlsched_stats {
 #define MLSCHED_INJ_BAD_VERSION 4	/* stamp a wrong version on records (tests) */
 #define MLSCHED_INJ_BAD_SIZE 8		/* stamp a wrong size on records (tests) */
 #define MLSCHED_INJ_NO_CONSUMER_CHECK 16 /* ignore the consumer heartbeat */
+#define MLSCHED_INJ_TIME_EACH 32	/* batch mode: time each decide() into slot.decide_ns */
+#define MLSCHED_INJ_TIME_CLOCK 64	/* with TIME_EACH: time two clock reads only, no decide() */
 
 /* What became of one decide() call (inject_slot.fate). */
 enum mlsched_fate {
@@ -280,6 +282,8 @@ struct mlsched_inject_slot {
 	__u8 fate;			/* out: enum mlsched_fate */
 	__u8 level;			/* out: table level that answered (1, 2), 0: none */
 	__u64 seq;			/* out: seq of the record sent, 0 if none */
+	__u32 decide_ns;		/* out (TIME_EACH): clock read -> decide() -> clock read */
+	__u32 _pad;
 };
 
 struct mlsched_inject_args {

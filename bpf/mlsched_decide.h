@@ -44,6 +44,7 @@
 #define MLSCHED_DECIDE_BYPASS_TABLE	1	/* skip the table: always a request */
 #define MLSCHED_DECIDE_REPORT_HITS	2	/* also emit an informational record on hits */
 #define MLSCHED_DECIDE_NO_CONSUMER_CHECK 4	/* send even without a consumer heartbeat */
+#define MLSCHED_DECIDE_LEVEL1_ONLY	8	/* skip table level 2: its cells go to the ring */
 
 /* Placeholder sizes; the loader sets the real ones before load. */
 #define MLSCHED_DEFAULT_RING_BYTES	(1 << 20)
@@ -206,7 +207,8 @@ static __always_inline __u8 mlsched_level2(const struct mlsched_level2 *g, __u32
  * when off-grid (*level 0 for both).
  */
 static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
-					   const struct mlsched_features *f, __u8 *level)
+					   const struct mlsched_features *f, __u32 flags,
+					   __u8 *level)
 {
 	/* one read: geometry and half come from the same published table */
 	__u32 sel = *(volatile __u32 *)&ctl->table_sel;
@@ -244,7 +246,7 @@ static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 		*level = 1;
 		return c;
 	}
-	if (c < MLSCHED_CELL_LEVEL2)
+	if (c < MLSCHED_CELL_LEVEL2 || (flags & MLSCHED_DECIDE_LEVEL1_ONLY))
 		return MLSCHED_UNSURE;
 	c = mlsched_level2(&ctl->level2[half], row->level2_base + (c - MLSCHED_CELL_LEVEL2),
 			   qs, qd, src, dst);
@@ -335,7 +337,7 @@ static __always_inline __u8 mlsched_decide_ex(const struct mlsched_features *raw
 	if (!ctl)
 		return MLSCHED_STAY;
 	if (!(flags & MLSCHED_DECIDE_BYPASS_TABLE) && !(ctl->flags & MLSCHED_CTL_BYPASS_TABLE)) {
-		d = mlsched_lookup(ctl, f, &level);
+		d = mlsched_lookup(ctl, f, flags, &level);
 		if (d <= MLSCHED_MIGRATE) {
 			mlsched_count(MLSCHED_STAT_KERNEL_HITS);
 			if (level == 2)

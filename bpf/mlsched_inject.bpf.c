@@ -111,8 +111,23 @@ static long inject_one(__u32 i, struct inject_state *st)
 		return 0;
 	}
 
-	d = mlsched_decide_ex(&f, st->pid, MLSCHED_SRC_INJECT, MLSCHED_NONE, MLSCHED_CPU_NONE,
-			      flags, &out);
+	if (slot && (st->flags & MLSCHED_INJ_TIME_EACH)) {
+		__u64 t0 = bpf_ktime_get_ns(), t1;
+
+		if (st->flags & MLSCHED_INJ_TIME_CLOCK) {
+			t1 = bpf_ktime_get_ns();
+			slot->decide_ns = t1 - t0;
+			st->done++;
+			return 0;
+		}
+		d = mlsched_decide_ex(&f, st->pid, MLSCHED_SRC_INJECT, MLSCHED_NONE,
+				      MLSCHED_CPU_NONE, flags, &out);
+		t1 = bpf_ktime_get_ns();
+		slot->decide_ns = t1 - t0;
+	} else {
+		d = mlsched_decide_ex(&f, st->pid, MLSCHED_SRC_INJECT, MLSCHED_NONE,
+				      MLSCHED_CPU_NONE, flags, &out);
+	}
 	switch (out.fate) {
 	case MLSCHED_FATE_HIT:
 		st->hits++;

@@ -232,10 +232,12 @@ static __always_inline u8 ask(struct task_struct *p, struct task_ctx *t,
 	f.src_load = dom_load(s, src);
 	f.dst_load = dom_load(s, dst);
 	d = mlsched_decide_ex(&f, p->pid, MLSCHED_SRC_BALANCER, MLSCHED_NONE,
-			      dst_cpu, 0, &out);
+			      dst_cpu, cfg.levels == 1 ? MLSCHED_DECIDE_LEVEL1_ONLY : 0, &out);
 	switch (out.fate) {
 	case MLSCHED_FATE_HIT:
 		stat_inc(SCX_MLSCHED_STAT_FROM_TABLE);
+		if (out.level == 2)
+			stat_inc(SCX_MLSCHED_STAT_FROM_LEVEL2);
 		break;
 	case MLSCHED_FATE_SENT:
 		t->ask_seq = out.seq;

@@ -45,7 +45,7 @@
 
 /* Names of enum scx_mlsched_stat, in order (the JSON keys of the report). */
 static const char *const sched_stat_names[] = {
-	"ask_wake", "ask_pull", "from_table", "from_daemon", "sent", "waiting",
+	"ask_wake", "ask_pull", "from_table", "from_level2", "from_daemon", "sent", "waiting",
 	"unanswered", "no_answer", "fixed", "said_migrate", "moved_wake", "moved_pull",
 	"nudges", "direct", "queued", "pinned",
 };
@@ -55,7 +55,7 @@ _Static_assert(sizeof(sched_stat_names) / sizeof(sched_stat_names[0]) == SCX_MLS
 /* Names of enum mlsched_stat (bpf/mlsched.h), lower-cased as mlsched-lite prints them. */
 static const char *const helper_stat_names[] = {
 	"produced", "dropped", "kernel_hits", "misses_sent", "answered", "stale",
-	"no_consumer", "clamped", "invalid",
+	"no_consumer", "clamped", "invalid", "level2_hits",
 };
 _Static_assert(sizeof(helper_stat_names) / sizeof(helper_stat_names[0]) == MLSCHED_STAT_COUNT,
 	       "one name per helper counter");
@@ -68,6 +68,8 @@ static const char usage[] =
 "\n"
 "  -p, --policy NAME     model (ask mlsched_decide(); needs --pin-dir), stay or\n"
 "                        migrate (controls: fixed answers)            [model]\n"
+"  -l, --levels N        table levels the kernel answers from: 2, or 1 (what level 2\n"
+"                        would answer goes to mlsched-lite over the ring)  [2]\n"
 "  -P, --pin-dir DIR     maps pinned by `mlsched-lite run --pin`      [none]\n"
 "  -d, --domains SPEC    CPU domains: comma-separated CPU lists, '+' joins ranges\n"
 "                        inside one (0-3,4-7 or 0-1+4-5,2-3+6-7); default: CPUs\n"
@@ -396,8 +398,9 @@ static int fill_report(FILE *f, void *arg)
 	const struct report *r = arg;
 	int i;
 
-	fprintf(f, "{\n  \"policy\": \"%s\",\n  \"nr_cpus\": %u,\n  \"nr_doms\": %u,\n"
-		"  \"seconds\": %.3f,\n  \"sched\": {", policy_names[r->cfg->policy], r->cfg->nr_cpus,
+	fprintf(f, "{\n  \"policy\": \"%s\",\n  \"levels\": %u,\n  \"nr_cpus\": %u,\n"
+		"  \"nr_doms\": %u,\n  \"seconds\": %.3f,\n  \"sched\": {",
+		policy_names[r->cfg->policy], r->cfg->levels, r->cfg->nr_cpus,
 		r->cfg->nr_doms, r->seconds);
 	for (i = 0; i < SCX_MLSCHED_STAT_COUNT; i++)
 		fprintf(f, "%s\"%s\": %llu", i ? ", " : "", sched_stat_names[i],
@@ -440,6 +443,7 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "policy", required_argument, NULL, 'p' },
+		{ "levels", required_argument, NULL, 'l' },
 		{ "pin-dir", required_argument, NULL, 'P' },
 		{ "domains", required_argument, NULL, 'd' },
 		{ "slice-us", required_argument, NULL, 's' },
@@ -454,6 +458,7 @@ int main(int argc, char **argv)
 	};
 	struct scx_mlsched_cfg cfg = {
 		.policy = SCX_MLSCHED_POLICY_MODEL,
+		.levels = 2,
 		.slice_ns = DEFAULT_SLICE_US * 1000ULL,
 		.answer_ttl_ns = DEFAULT_TTL_MS * 1000000ULL,
 		.nudge_interval_ns = DEFAULT_NUDGE_US * 1000ULL,
@@ -470,7 +475,7 @@ int main(int argc, char **argv)
 	__u64 err_kind;
 	int c, i;
 
-	while ((c = getopt_long(argc, argv, "p:P:d:s:t:n:D:Lo:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "p:l:P:d:s:t:n:D:Lo:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p':
 			for (i = 0; i < 3 && strcmp(optarg, policy_names[i]); i++)
@@ -479,6 +484,7 @@ int main(int argc, char **argv)
 				die("--policy: expected model, stay or migrate, got '%s'", optarg);
 			cfg.policy = i;
 			break;
+		case 'l': cfg.levels = parse_num(optarg, "--levels", 1, 2); break;
 		case 'P': pin_dir = optarg; break;
 		case 'd': domains = optarg; break;
 		case 's': cfg.slice_ns = parse_num(optarg, "--slice-us", 100, 1000000) * 1000ULL; break;

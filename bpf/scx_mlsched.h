@@ -23,7 +23,8 @@ enum scx_mlsched_policy {
 enum scx_mlsched_stat {
 	SCX_MLSCHED_STAT_ASK_WAKE,	/* balancer asked at wake-up (push to an idle domain) */
 	SCX_MLSCHED_STAT_ASK_PULL,	/* balancer asked from an idle CPU's dispatch (pull) */
-	SCX_MLSCHED_STAT_FROM_TABLE,	/* answered by the in-kernel table */
+	SCX_MLSCHED_STAT_FROM_TABLE,	/* answered by the in-kernel table (either level) */
+	SCX_MLSCHED_STAT_FROM_LEVEL2,	/* of those, answered by the table's second level */
 	SCX_MLSCHED_STAT_FROM_DAEMON,	/* answered by mlsched-lite (an earlier request) */
 	SCX_MLSCHED_STAT_SENT,		/* miss: request sent, STAY for now */
 	SCX_MLSCHED_STAT_WAITING,	/* request in flight for this task: STAY */
@@ -49,7 +50,7 @@ struct scx_mlsched_cfg {
 	__u32 nr_cpus;				/* CPUs 0..nr_cpus-1, all in some domain */
 	__u32 nr_doms;				/* domains 0..nr_doms-1, DSQ id == domain id */
 	__u32 policy;				/* enum scx_mlsched_policy */
-	__u32 _pad;
+	__u32 levels;				/* table levels asked: 2, or 1 (level 2 via the ring) */
 	__u64 slice_ns;				/* time slice of every task */
 	__u64 answer_ttl_ns;			/* wait this long for mlsched-lite's answer */
 	__u64 nudge_interval_ns;		/* at most one nudge per domain this often */

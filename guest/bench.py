@@ -5,7 +5,8 @@
 1. Boot ``DIR/kernel-dir``'s bzImage with ``DIR/initramfs.cpio`` (``make kernel``)
    under qemu-system-x86_64, TCG (no KVM), 4 vCPUs in 2 sockets. The guest's /init
    runs guest/run.sh: mlsched-lite serves the pinned maps; for each run and each
-   configuration (EEVDF, scx_mlsched with the model, always-STAY, always-MIGRATE;
+   configuration (EEVDF, scx_mlsched with the model from both table levels, the model
+   with the kernel's level 1 only, always-STAY, always-MIGRATE;
    order rotated per run) it attaches the scheduler, runs mlsched-workload, detaches.
 2. Results arrive on the guest's second serial port as ``@mlsched KIND JSON``
    records; the console (kernel log, script progress) goes to a log file.
@@ -35,7 +36,7 @@ from pathlib import Path
 VCPUS = 4
 SOCKETS = 2
 MEMORY_MB = 2048
-CONFIGS = ("eevdf", "model", "stay", "migrate")
+CONFIGS = ("eevdf", "model", "model1", "stay", "migrate")
 README_BEGIN = "<!-- guest-bench:begin -->"
 README_END = "<!-- guest-bench:end -->"
 RECORD = re.compile(r"^@mlsched (\w+) ", re.M)
@@ -172,15 +173,17 @@ def summarize(b: Boot, params: dict) -> dict:
 
 def table(summary: dict) -> str:
     names = {"eevdf": "EEVDF (kernel default)", "model": "scx_mlsched, model",
+             "model1": "scx_mlsched, model, kernel level 1 only",
              "stay": "scx_mlsched, always STAY", "migrate": "scx_mlsched, always MIGRATE"}
     rows = ["| scheduler | makespan (s) | vs EEVDF | CPU migrations | context switches |"
-            " balancer moves | answers: table / mlsched-lite |",
+            " balancer moves | answers: level 1 / level 2 / ring (answered in time) |",
             "|---|---:|---:|---:|---:|---:|---|"]
     for cfg, e in summary["configs"].items():
         s = e.get("scheduler")
         moves = f"{s['moved_wake'] + s['moved_pull']:.0f}" if s else "–"
-        answers = (f"{s['from_table']:.0f} / {s['from_daemon']:.0f}"
-                   if s and cfg == "model" else "–")
+        answers = (f"{s['from_table'] - s.get('from_level2', 0):.0f} /"
+                   f" {s.get('from_level2', 0):.0f} / {s['sent']:.0f} ({s['from_daemon']:.0f})"
+                   if s and cfg.startswith("model") else "–")
         vs = e["makespan_vs_eevdf"]
         rows.append(f"| {names.get(cfg, cfg)} | {e['median_makespan_s']:.2f} | "
                     f"{'–' if vs is None or cfg == 'eevdf' else f'{vs:+.1%}'} | "

@@ -1,16 +1,18 @@
 #!/bin/sh
 # Guest scenario, run by /init. Settings come from the kernel command line:
-#   mlsched.mode=bench|test   mlsched.runs=N   mlsched.configs=eevdf,model,stay,migrate
+#   mlsched.mode=bench|test   mlsched.runs=N   mlsched.configs=eevdf,model,model1,stay,migrate
 #   mlsched.workers= mlsched.units= mlsched.spin= mlsched.sleep=   (mlsched-workload)
 #
-#   1. start mlsched-lite (run --pin --no-collector): it loads the bundle's table
-#      into the pinned maps and answers every request the table cannot;
+#   1. start mlsched-lite (run --pin --no-collector): it loads both levels of the
+#      bundle's table into the pinned maps and answers every request they cannot;
+#      configuration model1 asks the kernel for level 1 only (scx_mlsched --levels 1),
+#      so what level 2 would answer travels the ring to mlsched-lite instead;
 #   2. for each run, for each configuration (order rotated per run): attach the
 #      scheduler (none for eevdf), run mlsched-workload, detach;
 #   3. stop mlsched-lite.
 # Every result is one line "@mlsched KIND JSON" on fd 3 (the host reads ttyS1).
 set -u
-mode=bench runs=3 configs=eevdf,model,stay,migrate
+mode=bench runs=3 configs=eevdf,model,model1,stay,migrate
 workers=8 units=200 spin=200000 sleep=500
 for w in $(cat /proc/cmdline); do
     case "$w" in
@@ -71,6 +73,8 @@ run_one() {
     case "$cfg" in
         eevdf) ;;
         model) scx_mlsched --policy model --pin-dir "$PIN" -o /tmp/scx.json & sched_pid=$! ;;
+        model1) scx_mlsched --policy model --levels 1 --pin-dir "$PIN" -o /tmp/scx.json &
+            sched_pid=$! ;;
         stay|migrate) scx_mlsched --policy "$cfg" -o /tmp/scx.json & sched_pid=$! ;;
         *) fail "unknown configuration $cfg" ;;
     esac
@@ -97,7 +101,7 @@ start_daemon
 emit ready "{\"uptime_s\": $(cut -d' ' -f1 /proc/uptime)}"
 
 case "$mode" in
-    test) run_one model 1 ;;
+    test) run_one model 1; run_one model1 1 ;;
     bench)
         list=$(echo "$configs" | tr ',' ' ')
         r=1

@@ -147,6 +147,7 @@ class InjectResult:
     fate: np.ndarray | None = None      # uint8 enum mlsched_fate
     seq: np.ndarray | None = None       # uint64 seq sent (0: none)
     level: np.ndarray | None = None     # uint8 table level that answered (1, 2; 0: none)
+    decide_ns: np.ndarray | None = None  # uint32 per-record time (time_each), else zeros
 
 
 @dataclass
@@ -504,19 +505,24 @@ class KernelPath:
     def inject(self, features: np.ndarray | None = None, *, generate: int = 0, seed: int = 1,
                gen_ncpus: int | None = None, invalid_pct: int = 0, bypass_table: bool = False,
                pid: int = 0, ignore_consumer: bool = False, bad_version: bool = False,
-               bad_size: bool = False) -> InjectResult:
+               bad_size: bool = False, time_each: bool = False,
+               time_clock_only: bool = False) -> InjectResult:
         """Run records through mlsched_decide() in the kernel.
 
         ``features``: [n, 5] integers (cpu, idle, busy, src_load, dst_load; loads in 1/1024)
         or a structured array with those fields; or ``generate`` > 0 records from ``seed``
         for a ``gen_ncpus``-CPU host (default: the table's). ``bypass_table`` sends every
         record to the ring; ``bad_version``/``bad_size`` emit malformed records.
+        ``time_each`` (batch input): each decide() timed between two clock reads, into
+        ``decide_ns``; ``time_clock_only``: the two clock reads alone, no decide().
         """
         k = self._handle()
         flags = ((lib.MLSCHED_INJ_BYPASS_TABLE if bypass_table else 0)
                  | (lib.MLSCHED_INJ_NO_CONSUMER_CHECK if ignore_consumer else 0)
                  | (lib.MLSCHED_INJ_BAD_VERSION if bad_version else 0)
-                 | (lib.MLSCHED_INJ_BAD_SIZE if bad_size else 0))
+                 | (lib.MLSCHED_INJ_BAD_SIZE if bad_size else 0)
+                 | (lib.MLSCHED_INJ_TIME_EACH if time_each or time_clock_only else 0)
+                 | (lib.MLSCHED_INJ_TIME_CLOCK if time_clock_only else 0))
         args = ffi.new("struct mlsched_inject_args *")
         args.pid = pid
         if generate:
@@ -541,18 +547,19 @@ class KernelPath:
             r = _inject_result(args)
             parts.append((slots["result"][:n].copy(), slots["reason"][:n].copy(),
                           slots["fate"][:n].copy(), slots["seq"][:n].copy(),
-                          slots["level"][:n].copy()))
+                          slots["level"][:n].copy(), slots["decide_ns"][:n].copy()))
             for f in ("done", "hits", "sent", "dropped", "no_consumer", "migrate", "elapsed_ns"):
                 setattr(total, f, getattr(total, f) + getattr(r, f))
             total.first_seq = total.first_seq or r.first_seq
             total.last_seq = r.last_seq or total.last_seq
         if parts:
-            total.result, total.reason, total.fate, total.seq, total.level = (
-                np.concatenate([p[i] for p in parts]) for i in range(5))
+            (total.result, total.reason, total.fate, total.seq, total.level,
+             total.decide_ns) = (np.concatenate([p[i] for p in parts]) for i in range(6))
         else:
             empty = np.zeros(0, np.uint8)
-            total.result, total.reason, total.fate, total.seq, total.level = (
-                empty, empty, empty, np.zeros(0, np.uint64), empty)
+            (total.result, total.reason, total.fate, total.seq, total.level,
+             total.decide_ns) = (empty, empty, empty, np.zeros(0, np.uint64), empty,
+                                 np.zeros(0, np.uint32))
         return total
 
     def read_decisions(self, first_seq: int, count: int) -> ReadResult:

@@ -79,23 +79,31 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
     assert boot["cpus"] == 4, "the guest must see its 4 vCPUs (ACPI/MADT)"
     assert boot["sched_ext"] == "disabled", "sched_ext available and idle before we load"
 
-    (run,) = b.of("run")
-    assert run["config"] == "model"
-    assert run["ops"] == "mlsched", "/sys/kernel/sched_ext/root/ops names our scheduler"
-    work = run["workload"]
-    assert work["failed"] == 0 and work["makespan_s"] > 0
-
-    scx = run["scx"]
-    sched = scx["sched"]
-    assert sched["ask_wake"] + sched["ask_pull"] > 0, "the balancer asked"
-    assert sched["from_table"] > 0, f"no decision from the in-kernel table: {sched}"
-    assert sched["sent"] > 0, f"no request went to mlsched-lite: {sched}"
-    assert sched["from_daemon"] > 0, f"no decision from mlsched-lite's answers: {sched}"
-    helper = scx["helper"]          # mlsched_decide()'s own counters, this run only
-    assert helper["kernel_hits"] == sched["from_table"]
-    assert helper["answered"] == sched["from_daemon"]
-    assert helper["misses_sent"] == sched["sent"]
-    assert scx["exit"]["kind"] == SCX_EXIT_UNREG, f"unclean unload: {scx['exit']}"
+    runs = {r["config"]: r for r in b.of("run")}
+    assert set(runs) == {"model", "model1"}
+    for run in runs.values():
+        assert run["ops"] == "mlsched", "/sys/kernel/sched_ext/root/ops names our scheduler"
+        work = run["workload"]
+        assert work["failed"] == 0 and work["makespan_s"] > 0
+        scx = run["scx"]
+        sched = scx["sched"]
+        assert sched["ask_wake"] + sched["ask_pull"] > 0, "the balancer asked"
+        assert sched["from_table"] > 0, f"no decision from the in-kernel table: {sched}"
+        helper = scx["helper"]          # mlsched_decide()'s own counters, this run only
+        assert helper["kernel_hits"] == sched["from_table"]
+        assert helper["level2_hits"] == sched["from_level2"]
+        assert helper["answered"] == sched["from_daemon"]
+        assert helper["misses_sent"] == sched["sent"]
+        assert scx["exit"]["kind"] == SCX_EXIT_UNREG, f"unclean unload: {scx['exit']}"
+    # both levels: the second answers in the kernel what level 1 leaves
+    both = runs["model"]["scx"]
+    assert both["levels"] == 2 and both["sched"]["from_level2"] > 0, both["sched"]
+    # level 1 only: those questions travel the ring and mlsched-lite answers them
+    one = runs["model1"]["scx"]
+    assert one["levels"] == 1 and one["sched"]["from_level2"] == 0, one["sched"]
+    assert one["sched"]["sent"] > 0, f"no request went to mlsched-lite: {one['sched']}"
+    assert one["sched"]["from_daemon"] > 0, f"no decision from mlsched-lite: {one['sched']}"
+    scx = one
     # default domains, as mlsched-lite's: CPUs sharing a last-level cache (one L3 a socket)
     assert (scx["nr_cpus"], scx["nr_doms"]) == (4, 2)
 

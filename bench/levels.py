@@ -1,0 +1,132 @@
+"""Both table levels in the kernel: what share of requests it decides exactly, how fast, how big.
+
+For each host size (the default model converted for 8, 64 and 128 CPUs; bundles other
+than the shipped 8-CPU one are converted once into ``bench/bundles/`` and reused while the
+SavedModel is unchanged), two kinds of in-geometry traffic go through the real BPF helper
+(``mlsched_decide()`` under the injector):
+
+* ``uniform`` — cpu, idle count and both wire loads uniform;
+* ``busy`` — a busy host: each CPU idle with probability 0.3, loads skewed high
+  (1024 x Beta(5, 2)).
+
+A request counts as *kernel exact* when a table level answered it in the kernel and the
+answer equals the int8 interpreter's decision on the same wire features. Per-decision time
+is the injector's clock read before and after each ``mlsched_decide()`` (``time_each``),
+over uniform traffic; ``clock_pair_ns`` is the two clock reads alone, included in it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SAVED_MODEL = ROOT / "models" / "default" / "saved_model"
+DEFAULT_BUNDLE = ROOT / "models" / "default" / "bundle"
+CACHE = ROOT / "bench" / "bundles"
+#: Share of a busy host's CPUs that are idle, and the Beta law of its loads.
+BUSY_IDLE_P = 0.3
+BUSY_LOAD_AB = (5.0, 2.0)
+
+
+def bundle_for(cpus: int, log=print) -> Path:
+    """The default model's bundle for ``cpus`` CPUs: the shipped one for 8, else converted
+    into bench/bundles/ (again when the SavedModel is newer than it)."""
+    if cpus == 8:
+        return DEFAULT_BUNDLE
+    out = CACHE / f"cpus{cpus}"
+    newest = max(p.stat().st_mtime for p in SAVED_MODEL.rglob("*") if p.is_file())
+    manifest = out / "manifest.json"
+    if manifest.is_file() and manifest.stat().st_mtime >= newest:
+        return out
+    log(f"converting the default model for {cpus} CPUs into {out} (once) ...")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run([sys.executable, "-m", "mlsched.convert.cli", str(SAVED_MODEL), "-o",
+                        str(out), "--cpus", str(cpus), "--force"], capture_output=True,
+                       text=True)
+    if p.returncode:
+        raise RuntimeError(f"mlsched-convert --cpus {cpus} failed: {p.stderr.strip()[-300:]}")
+    return out
+
+
+def traffic(kind: str, n: int, cpus: int, rng: np.random.Generator) -> np.ndarray:
+    """[n, 5] uint32 wire features of in-geometry requests (see the module doc)."""
+    if kind == "uniform":
+        idle = rng.integers(0, cpus + 1, n)
+        loads = rng.integers(0, 1025, (n, 2))
+    elif kind == "busy":
+        idle = rng.binomial(cpus, BUSY_IDLE_P, n)
+        loads = np.rint(rng.beta(*BUSY_LOAD_AB, (n, 2)) * 1024)
+    else:
+        raise ValueError(kind)
+    return np.column_stack([rng.integers(0, cpus, n), idle, cpus - idle, loads]).astype(np.uint32)
+
+
+def measure(cpus: int, records: int, log=print) -> dict:
+    """Exact fractions, level shares, per-decision times and sizes for one host size."""
+    from mlsched.runtime.bundle import Bundle
+    from mlsched.runtime.features import pad
+    from mlsched.runtime.interp import Model
+    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.wire import ROW_BYTES, from_wire
+
+    path = bundle_for(cpus, log)
+    b = Bundle.load(path, allow_insecure=True)
+    report = json.loads((path / "report.json").read_text())
+    model = Model(b.model_bytes, width=b.width)
+    rng = np.random.default_rng(cpus)
+    out: dict = {"bundle": str(path.relative_to(ROOT)),
+                 "level1_bytes": int(b.table.nbytes),
+                 "level2_bytes": b.level2.nbytes if b.level2 is not None else 0,
+                 "kernel_table_bytes": (b.cpus * (b.cpus + 1) * ROW_BYTES
+                                        + (b.level2.kernel_words * 8 if b.level2 else 0)),
+                 "convert_seconds": report.get("seconds"),
+                 "table_seconds": report.get("table_seconds")}
+    with KernelPath().load(b.table, level2=b.level2, consumer_timeout_ns=0,
+                           ring_size=1 << 22) as kp:
+        for kind in ("uniform", "busy"):
+            f = traffic(kind, records, cpus, rng)
+            r = kp.inject(f, ignore_consumer=True)
+            ref = model.decide(b.normalization.apply(pad(from_wire(f), model.width)))
+            inside = r.level > 0
+            out[kind] = {
+                "kernel_exact_fraction": float(np.mean(inside & (r.result == ref))),
+                "level1": float(np.mean(r.level == 1)), "level2": float(np.mean(r.level == 2)),
+                "ring": float(np.mean(~inside)),
+                "wrong_in_kernel": int(np.count_nonzero(inside & (r.result != ref)))}
+            kp.drain(target=int(r.sent), idle_timeout_ms=50)
+        f = traffic("uniform", min(records, 1 << 16), cpus, rng)
+        kp.inject(f, time_each=True, ignore_consumer=True)          # warm
+        t = kp.inject(f, time_each=True, ignore_consumer=True)
+        c = kp.inject(f, time_clock_only=True)
+        ns = t.decide_ns.astype(np.float64)
+        out["decide_ns"] = {"p50": float(np.percentile(ns, 50)), "p99": float(np.percentile(ns, 99)),
+                            "level2_p99": float(np.percentile(ns[t.level == 2], 99))
+                            if (t.level == 2).any() else None,
+                            "clock_pair_ns": float(np.percentile(c.decide_ns, 50))}
+        kp.drain(target=int(t.sent), idle_timeout_ms=50)
+    return out
+
+
+def run(cpus_list: tuple[int, ...], records: int, reps: int, log=print) -> dict:
+    """``measure`` for each host size, ``reps`` times for the timing (fractions are exact
+    counts over fixed traffic and do not vary)."""
+    got = {}
+    for cpus in cpus_list:
+        t0 = time.perf_counter()
+        first = measure(cpus, records, log)
+        first["decide_ns_reps"] = [first["decide_ns"]]
+        for _ in range(reps - 1):
+            first["decide_ns_reps"].append(measure(cpus, min(records, 1 << 16), log)["decide_ns"])
+        got[str(cpus)] = first
+        log(f"levels, {cpus} CPUs: {time.perf_counter() - t0:.1f} s")
+    return got
+
+
+if __name__ == "__main__":
+    print(json.dumps(run((8,), 20000, 1), indent=1))
