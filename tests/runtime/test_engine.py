@@ -398,3 +398,64 @@ def test_unknown_backend_is_refused(bundle8):
 
     with pytest.raises(BackendError):
         Engine(bundle8, backend="tensorflow")
+
+
+# ---- table level 2 ---------------------------------------------------------------------------
+def refined_wire_rows(bundle8, n: int, seed: int) -> np.ndarray:
+    """Wire features [n, 5] whose level-1 cell is UNSURE (so level 2 answers them)."""
+    rng = np.random.default_rng(seed)
+    cpu, idle, qs, qd = np.nonzero(bundle8.table == UNSURE)
+    pick = rng.integers(0, cpu.size, n)
+    # a wire load inside band q: q*102.4 - 51.2 .. q*102.4 + 51.2, clipped to 0..1024
+    lo = lambda q: np.maximum(0, np.ceil(q * 102.4 - 51.2)).astype(int)           # noqa: E731
+    hi = lambda q: np.minimum(1024, np.ceil(q * 102.4 + 51.2) - 1).astype(int)    # noqa: E731
+    src = rng.integers(lo(qs[pick]), hi(qs[pick]) + 1)
+    dst = rng.integers(lo(qd[pick]), hi(qd[pick]) + 1)
+    c, i = cpu[pick], idle[pick]
+    return np.stack([c, i, N - i, src, dst], axis=1).astype(np.uint32)
+
+
+def test_level2_answers_unsure_cells_without_the_interpreter(bundle8, oracle):
+    assert bundle8.level2 is not None
+    e = Engine(bundle8)
+    w = refined_wire_rows(bundle8, 20_000, seed=7)
+    src = np.zeros(len(w), np.uint8)
+    got = e.decide_wire(w, source=src)
+    np.testing.assert_array_equal(got, oracle(from_wire(w)))
+    c = e.counters
+    assert c.level2_hits == int((src == SOURCE_LEVEL2).sum()) > 0.99 * len(w)
+    # only what level 2 leaves (lines that flip twice in a cell) reaches the interpreter
+    assert c.interpreter_rows == int((src == SOURCE_INTERPRETER).sum()) < 0.01 * len(w)
+    # the float path and decide_one agree, row by row
+    r = e.decide(from_wire(w))
+    np.testing.assert_array_equal(r.decisions, got)
+    np.testing.assert_array_equal(r.source, src)
+    one = e.decide_one(*from_wire(w[:1])[0])
+    assert one.source == ("level2" if src[0] == SOURCE_LEVEL2 else "interpreter")
+
+
+def test_a_derived_table_has_both_levels(bundle8):
+    e = Engine(bundle8, ncpus=3)
+    assert e.derived and e.level2 is not None
+    rng = np.random.default_rng(3)
+    n = 30_000
+    idle = rng.integers(0, 4, n)
+    w = np.stack([rng.integers(0, 3, n), idle, 3 - idle, rng.integers(0, 1025, n),
+                  rng.integers(0, 1025, n)], axis=1).astype(np.uint32)
+    got = e.decide_wire(w)
+    np.testing.assert_array_equal(got, e.interpreter_decide(from_wire(w)))
+    assert e.counters.level2_hits > 0
+    assert e.counters.interpreter_rows < 0.001 * n
+
+
+def test_a_level2_that_quantizes_loads_unlike_the_model_is_refused(bundle_copy):
+    import json
+
+    from mlsched.runtime.bundle import Bundle
+
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    q = m["table"]["level2"]["src"]
+    q["add"] -= 1 << 26          # shifts the edges of some input levels, not the band starts
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EngineError, match="quantizes loads unlike its model"):
+        Engine(Bundle.load(bundle_copy, allow_insecure=True))
