@@ -52,7 +52,8 @@ class MLScheduler:
 
     @property
     def stats(self) -> Counters:
-        """A snapshot of the counters (requests, hits, misses, interpreter rows, invalid, clamped)."""
+        """A snapshot of the counters (requests, hits and the part of them table level 2
+        answered, misses, interpreter rows, invalid, clamped)."""
         return self.engine.counters.snapshot()
 
     @property

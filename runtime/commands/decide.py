@@ -94,7 +94,8 @@ def decide_file(args) -> int:
     seconds = time.perf_counter() - t0
     c = engine.counters
     rate = c.requests / seconds if seconds > 0 else 0.0
-    print(f"{PROG}: {c.requests} rows, table hit rate {c.hit_rate:.1%} ({c.hits}),"
+    print(f"{PROG}: {c.requests} rows, table hit rate {c.hit_rate:.1%} ({c.hits}: level 1"
+          f" {c.hits - c.level2_hits}, level 2 {c.level2_hits}),"
           f" interpreter rows {c.misses}, invalid {c.invalid}, clamped {c.clamped},"
           f" {rate:,.0f} rows/s ({seconds:.2f} s)", file=sys.stderr)
     return 0

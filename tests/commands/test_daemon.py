@@ -173,3 +173,24 @@ def test_replay_decisions_are_what_the_kernel_reads(require_bpf, tmp_path, bundl
         np.testing.assert_array_equal(got[3:3 + n], expected)
         assert out[-4:] == ["STAY"] * 4
         assert "invalid 4" in r.stderr
+
+
+def test_replay_where_names_the_level_that_answered(require_bpf, tmp_path, bundle8):
+    """--where: level1 for a sure cell, level2 under an UNSURE one, invalid for bad rows."""
+    from mlsched.runtime.wire import UNSURE
+
+    cpu, idle, qs, qd = (int(v[0]) for v in np.nonzero(bundle8.table == UNSURE))
+    sure = [int(v[0]) for v in np.nonzero(bundle8.table != UNSURE)]
+    rows = [f"{sure[0]},{sure[1]},{N - sure[1]},{sure[2] / 10},{sure[3] / 10}",
+            f"{cpu},{idle},{N - idle},{qs / 10},{qd / 10}",
+            "1,nan,7,0.5,0.5"]
+    csv = tmp_path / "f.csv"
+    csv.write_text("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load\n" + "\n".join(rows) + "\n")
+    r = lite("replay", "--where", csv)
+    assert r.returncode == 0, r.stderr
+    where = [line.split()[1] for line in r.stdout.splitlines()]
+    assert where[0] == "level1" and where[2] == "invalid"
+    assert where[1] in ("level2", "ring")          # ring only for a line that flips twice
+    assert "level 2 " in r.stderr and "level 1 " in r.stderr
+    plain = lite("replay", csv)
+    assert [line.split()[0] for line in r.stdout.splitlines()] == plain.stdout.split()
