@@ -55,7 +55,7 @@ from .wire import (
 
 __all__ = ["CELL_LEVEL2", "FIRST_MIGRATE", "INPUT_LEVELS", "MAX_LINES", "RING", "SHIFT",
            "THRESHOLD_MASK", "WIRE_LOADS", "Level2", "Level2Error", "LoadQuant", "band_starts",
-           "cell_ordinals", "encode_line", "fit_load_quant"]
+           "cell_ordinals", "encode_lines", "fit_load_quant"]
 #: Every wire load the kernel side quantizes (after its clamp to LOAD_ONE).
 WIRE_LOADS = np.arange(LOAD_ONE + 1, dtype=np.int64)
 
@@ -140,19 +140,21 @@ def fit_load_quant(levels: np.ndarray) -> LoadQuant | None:
     return q
 
 
-def encode_line(offsets: np.ndarray, decisions: np.ndarray) -> int:
-    """One line byte: decisions (0/1) at the reachable dst offsets (ascending) of one src level."""
-    first = int(decisions[0])
-    flips = np.flatnonzero(decisions != first)
-    if flips.size == 0:
-        t = int(offsets[-1]) + 1
-    else:
-        if np.any(decisions[flips[0]:] == first):
-            return RING                      # not monotone in dst: left to user space
-        t = int(offsets[flips[0]])
-    if t >= RING:
-        return RING
-    return t | (FIRST_MIGRATE if first == MIGRATE else 0)
+def encode_lines(g: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Line bytes of lines ``g`` [..., offsets] (0/1 at each dst offset of a cell, in order).
+
+    A line that flips once at offset t becomes t, with FIRST_MIGRATE when it starts
+    MIGRATE; one that never flips, its length (every offset is below it); one that flips
+    more than once, or is not ``valid`` (a padding line), RING.
+    """
+    g = np.asarray(g)
+    first = g[..., 0]
+    flip = g[..., 1:] != g[..., :-1]
+    nflip = flip.sum(-1)
+    t = np.where(nflip == 0, g.shape[-1], np.argmax(flip, axis=-1) + 1)
+    byte = t | np.where(first == MIGRATE, FIRST_MIGRATE, 0)
+    byte = np.where((nflip <= 1) & valid & (t < RING), byte, RING)
+    return byte.astype(np.uint8)
 
 
 @dataclass

@@ -43,6 +43,7 @@ from .level2 import (
     Level2,
     Level2Error,
     cell_ordinals,
+    encode_lines,
     fit_load_quant,
 )
 from .wire import LOAD_ONE, MIGRATE, UNSURE, load_level
@@ -281,21 +282,10 @@ class _Plan:
         valid = s_lv <= hi_s[uq][:, None]
         d_lv = np.minimum(lo_d[ud][:, None] + np.arange(self.span_d)[None, :], hi_d[ud][:, None])
         g = pic[np.minimum(s_lv, INPUT_LEVELS - 1)[:, :, None], d_lv[:, None, :]]
-        chunk = _encode(g, valid)
+        chunk = encode_lines(g, valid)
         _verify(chunk, g, valid, d_lv - lo_d[ud][:, None], where)
         return (cells, chunk.reshape(-1), int(((chunk == RING) & valid).sum()),
                 int(valid.sum()))
-
-
-def _encode(g: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Line bytes of lines g [K, lines, span] (0/1 over dst offsets); invalid lines RING."""
-    first = g[..., 0]
-    flip = g[..., 1:] != g[..., :-1]
-    nflip = flip.sum(-1)
-    t = np.where(nflip == 0, g.shape[-1], np.argmax(flip, axis=-1) + 1)
-    byte = t | np.where(first == MIGRATE, FIRST_MIGRATE, 0)
-    byte = np.where((nflip <= 1) & valid & (t < RING), byte, RING)
-    return byte.astype(np.uint8)
 
 
 def _verify(chunk: np.ndarray, g: np.ndarray, valid: np.ndarray, d_off: np.ndarray, row) -> None:

@@ -63,15 +63,16 @@ def test_levels_that_fall_have_no_integer_form():
     assert l2.fit_load_quant(want) is None
 
 
-@pytest.mark.parametrize("offsets, decisions, byte", [
-    ([0, 1, 2, 3], [1, 1, 0, 0], 2 | 128),            # MIGRATE below offset 2
-    ([0, 1, 2, 3], [0, 0, 0, 1], 3),                  # STAY below offset 3
-    ([0, 1, 2], [1, 1, 1], 3 | 128),                  # all MIGRATE: threshold past the end
-    ([0, 2, 5], [0, 0, 1], 5),                        # flip at an offset, not an index
-    ([0, 1, 2, 3], [0, 1, 0, 0], 127),                # not monotone: RING
+@pytest.mark.parametrize("decisions, valid, byte", [
+    ([1, 1, 0, 0], True, 2 | 128),                    # MIGRATE below offset 2
+    ([0, 0, 0, 1], True, 3),                          # STAY below offset 3
+    ([1, 1, 1, 1], True, 4 | 128),                    # all MIGRATE: threshold past the end
+    ([0, 0, 0, 0], True, 4),
+    ([0, 1, 0, 0], True, 127),                        # flips twice: RING
+    ([1, 1, 0, 0], False, 127),                       # padding line: RING
 ])
-def test_line_bytes(offsets, decisions, byte):
-    assert l2.encode_line(np.array(offsets), np.array(decisions)) == byte
+def test_line_bytes(decisions, valid, byte):
+    assert l2.encode_lines(np.array([decisions]), np.array([valid])).tolist() == [byte]
 
 
 # ---- both levels from a synthetic model --------------------------------------------------------
