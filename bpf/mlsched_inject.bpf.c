@@ -117,6 +117,11 @@ static long inject_one(__u32 i, struct inject_state *st)
 		if (st->flags & MLSCHED_INJ_TIME_CLOCK) {
 			t1 = bpf_ktime_get_ns();
 			slot->decide_ns = t1 - t0;
+			slot->result = MLSCHED_STAY;
+			slot->reason = MLSCHED_REASON_BYPASS;
+			slot->fate = MLSCHED_FATE_NO_CONSUMER;
+			slot->level = 0;
+			slot->seq = 0;
 			st->done++;
 			return 0;
 		}

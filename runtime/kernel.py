@@ -258,7 +258,7 @@ class KernelPath:
                                   f"{MAX_TABLE_CPUS}", errno_mod.E2BIG)
         slots = opts.decision_slots or decision_slots_for(opts.ring_size)
         domains = [] if opts.share else opts.resolved_domains()
-        words = _words(level2) if table is not None else (opts.level2_capacity + 7) // 8
+        words = max(_words(level2), (opts.level2_capacity + 7) // 8)
         self._open(opts, n_table, slots, words)
         try:
             self._map_views()

@@ -129,12 +129,14 @@ def fit_load_quant(levels: np.ndarray) -> LoadQuant | None:
     mul_lo, mul_hi = max(int(mul_lo), 0), min(int(mul_hi), 1 << 40)   # levels never fall
     if mul_lo > mul_hi:
         return None
-    mul = (int(mul_lo) + int(mul_hi)) // 2
+    # the allowed multiplier nearest the levels' own slope, then the allowed add nearest 0:
+    # small integers, also where the levels saturate (one side of the bounds is open)
+    mul = min(max(int(round((lv[-1] - lv[0]) / LOAD_ONE * one)), mul_lo), mul_hi)
     add_lo = int((lo - L * mul).max())
     add_hi = int((hi - L * mul).min())
     if add_lo > add_hi:
         return None
-    q = LoadQuant(mul, (add_lo + add_hi) // 2, band_starts(lv))
+    q = LoadQuant(mul, min(max(0, add_lo), add_hi), band_starts(lv))
     if not np.array_equal(q.levels(L), lv):
         return None
     return q

@@ -199,9 +199,10 @@ class Server:
         except kernel.KernelPathError as exc:
             if e.level2 is None or exc.errno != errno.E2BIG:
                 raise
-            log.warning("table level 2 (%d bytes) does not fit the kernel's room for it:"
-                        " the kernel answers from level 1 and sends the rest to the ring",
-                        e.level2.nbytes)
+            log.warning("table level 2 (%d bytes) does not fit the kernel's room for it (pinned"
+                        " maps of another bundle? `mlsched-lite unpin` makes room): the kernel"
+                        " answers from level 1 and sends the rest to the ring",
+                        e.level2.kernel_words * 8)
             self.kp.set_table(e.table)
 
     def _warn_coverage(self) -> None:

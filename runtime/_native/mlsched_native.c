@@ -267,9 +267,10 @@ static int prepare_pin_dir(struct mls_kernel *k)
 }
 
 /*
- * A pinned map at least as large as the one asked for is reused at its own size (libbpf
- * reuses a pinned map only when its size is the one set): a consumer restarted with a table
- * whose level 2 is smaller, or absent, keeps the maps a balancer may hold.
+ * A pinned `table2` is reused at its own size (libbpf reuses a pinned map only when its
+ * size is the one set): a consumer restarted with another bundle keeps the maps a
+ * balancer may hold. A level 2 larger than the pinned room is then refused by
+ * mls_set_table() (E2BIG), and the caller may serve level 1 alone.
  */
 static int set_size(struct bpf_map *map, uint32_t entries);
 
@@ -281,8 +282,8 @@ static int adopt_pinned_size(struct bpf_map *map, const char *path)
 
 	if (fd < 0)
 		return 0;	/* nothing pinned yet: created at the size asked for */
-	if (!bpf_obj_get_info_by_fd(fd, &info, &len) &&
-	    info.max_entries > bpf_map__max_entries(map))
+	if (!bpf_obj_get_info_by_fd(fd, &info, &len) && info.max_entries &&
+	    info.max_entries != bpf_map__max_entries(map))
 		err = set_size(map, info.max_entries);
 	close(fd);
 	return err;
@@ -449,6 +450,9 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	if (o->table_ncpus > MLSCHED_MAX_TABLE_CPUS)
 		return fail(-E2BIG, "table for %u CPUs: at most %d", o->table_ncpus,
 			    MLSCHED_MAX_TABLE_CPUS);
+	if (o->table2_words > UINT32_MAX / 2)
+		return fail(-E2BIG, "table level 2 of %u words: at most %u", o->table2_words,
+			    UINT32_MAX / 2);
 
 	k = calloc(1, sizeof(*k));
 	if (!k)
@@ -596,11 +600,14 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	if (nrows > k->table_capacity)
 		return fail(-E2BIG, "table for %u CPUs (%llu rows) exceeds the %u rows loaded",
 			    ncpus, (unsigned long long)nrows, k->table_capacity);
-	if (level2 && level2->lines && (level2->lines > MLSCHED_L2_MAX_LINES || !lines))
+	if (level2 && level2->lines && level2->lines > MLSCHED_L2_MAX_LINES)
 		return fail(-EINVAL, "level 2 with %u lines per cell: at most %d", level2->lines,
 			    MLSCHED_L2_MAX_LINES);
+	if (level2 && level2->lines && (!lines || !lines_len))
+		return fail(-EINVAL, "level 2 described but no bytes given");
 	if (level2 && level2->lines &&
-	    (level2->word_base > words || level2->index_base + (level2->cells + 1) / 2 > words))
+	    ((uint64_t)level2->index_base + ((uint64_t)level2->cells + 1) / 2 >
+	     level2->word_base || level2->word_base >= words))
 		return fail(-EINVAL, "level 2 index or lines outside its %zu bytes", lines_len);
 	if (level2 && level2->lines && words > k->table2_capacity)
 		return fail(-E2BIG, "table level 2 of %zu bytes exceeds the %llu bytes loaded",

@@ -71,3 +71,99 @@ def test_every_key_of_the_geometry_matches_the_interpreter(bundle8, model, kerne
     assert wrong == 0
     assert level2 > 0
     assert answered / total >= 0.999
+
+
+def unsure_cell_traffic(bundle8, n: int, seed: int) -> np.ndarray:
+    """Wire features [n, 5] inside level 1's UNSURE cells."""
+    rng = np.random.default_rng(seed)
+    cpu, idle, qs, qd = np.nonzero(bundle8.table == 2)
+    k = rng.integers(0, cpu.size, n)
+    lo = lambda q: np.maximum(0, -(-(1024 * q - 512) // 10))                      # noqa: E731
+    hi = lambda q: np.minimum(LOAD_ONE, -(-(1024 * q + 512) // 10) - 1)          # noqa: E731
+    return np.stack([cpu[k], idle[k], N - idle[k], rng.integers(lo(qs[k]), hi(qs[k]) + 1),
+                     rng.integers(lo(qd[k]), hi(qd[k]) + 1)], axis=1).astype(np.uint32)
+
+
+def test_level2_follows_its_table_through_swaps(bundle8, model, kernel_path):
+    """Published with its table into either half, and gone with a table that has none."""
+    from mlsched.runtime.wire import from_wire
+
+    f = unsure_cell_traffic(bundle8, 20_000, seed=4)
+    want = model.decide(bundle8.normalization.apply(pad(from_wire(f), model.width)))
+    kp = kernel_path(bundle8.table, level2=bundle8.level2, consumer_timeout_ns=0,
+                     ring_size=1 << 22)
+    for step in range(5):
+        with_level2 = step % 2 == 0
+        if step:
+            kp.set_table(bundle8.table, bundle8.level2 if with_level2 else None)
+        half = int(kp.control["table_sel"][0]) >> 16
+        r = kp.inject(f, ignore_consumer=True)
+        if with_level2:
+            assert (r.level == 2).mean() > 0.99, (step, half)
+            inside = r.level > 0
+            np.testing.assert_array_equal(r.result[inside], want[inside])
+        else:
+            assert (r.level == 0).all() and (r.seq != 0).all(), (step, half)
+        kp.drain(target=int(r.sent), idle_timeout_ms=50)
+
+
+def test_a_level2_without_room_is_refused_and_level1_still_loads(bundle8, kernel_path):
+    from mlsched.runtime.bpfenv import KernelPathError
+
+    kp = kernel_path(None, table_capacity=N, consumer_timeout_ns=0)
+    with pytest.raises(KernelPathError) as e:
+        kp.set_table(bundle8.table, bundle8.level2)
+    assert e.value.errno == 7 and "exceeds" in str(e.value)          # E2BIG
+    kp.set_table(bundle8.table)
+    r = kp.inject(unsure_cell_traffic(bundle8, 100, seed=5), ignore_consumer=True)
+    assert (r.level == 0).all()
+
+
+def test_a_level2_description_outside_its_bytes_is_refused(bundle8, kernel_path):
+    from mlsched.runtime._bpf import ffi, lib
+    from mlsched.runtime.wire import table_rows
+
+    lv = bundle8.level2
+    kp = kernel_path(bundle8.table, level2=lv, consumer_timeout_ns=0)
+    rows = np.ascontiguousarray(table_rows(bundle8.table, refined=True))
+    img = lv.kernel_image()
+
+    def publish(image, nbytes, **fields):
+        g = ffi.new("struct mlsched_level2 *")
+        g.lines, g.cells, g.word_base = lv.lines, lv.cells, lv.index_words
+        for k, v in fields.items():
+            setattr(g, k, v)
+        rc = lib.mls_set_table(kp._handle(), ffi.from_buffer("uint8_t[]", rows), rows.nbytes,
+                               N, image, nbytes, g)
+        return rc, ffi.string(lib.mls_last_error()).decode()
+
+    rc, msg = publish(ffi.NULL, 0)
+    assert rc < 0 and "no bytes" in msg
+    buf = ffi.from_buffer("uint8_t[]", img)
+    rc, msg = publish(buf, img.nbytes, word_base=1)                  # index overlaps lines
+    assert rc < 0 and "outside" in msg
+    rc, msg = publish(buf, img.nbytes, word_base=img.nbytes // 8)    # lines past the end
+    assert rc < 0 and "outside" in msg
+    rc, msg = publish(buf, img.nbytes, lines=200)
+    assert rc < 0 and "at most" in msg
+    assert publish(buf, img.nbytes)[0] == 0
+
+
+def test_pinned_maps_of_another_size_are_reused_not_refused(bundle8, pin_dir, require_bpf):
+    """A consumer restarted on pins made for a smaller (or no) level 2 opens them; the
+    larger level 2 is refused with one line, and level 1 serves."""
+    from mlsched.runtime.bpfenv import KernelPathError
+    from mlsched.runtime.kernel import KernelPath
+
+    with KernelPath() as kp:                      # pins made without a level 2
+        kp.load(bundle8.table, pin=True, pin_dir=str(pin_dir), consumer_timeout_ns=0)
+    with KernelPath() as kp:                      # restart asking for room for one
+        kp.load(None, pin=True, pin_dir=str(pin_dir), table_capacity=N,
+                level2_capacity=bundle8.level2.kernel_words * 8, consumer_timeout_ns=0)
+        with pytest.raises(KernelPathError, match="exceeds"):
+            kp.set_table(bundle8.table, bundle8.level2)
+        kp.set_table(bundle8.table)
+        assert kp.inject(unsure_cell_traffic(bundle8, 10, seed=6), ignore_consumer=True).done == 10
+    with KernelPath() as kp:                      # pins with room, a restart without a level 2
+        kp.load(None, pin=True, pin_dir=str(pin_dir), table_capacity=N, consumer_timeout_ns=0)
+        kp.set_table(bundle8.table)

@@ -406,9 +406,9 @@ def refined_wire_rows(bundle8, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     cpu, idle, qs, qd = np.nonzero(bundle8.table == UNSURE)
     pick = rng.integers(0, cpu.size, n)
-    # a wire load inside band q: q*102.4 - 51.2 .. q*102.4 + 51.2, clipped to 0..1024
-    lo = lambda q: np.maximum(0, np.ceil(q * 102.4 - 51.2)).astype(int)           # noqa: E731
-    hi = lambda q: np.minimum(1024, np.ceil(q * 102.4 + 51.2) - 1).astype(int)    # noqa: E731
+    # wire loads L of band q: (10 L + 512) >> 10 == q, i.e. 1024 q - 512 <= 10 L < 1024 q + 512
+    lo = lambda q: np.maximum(0, -(-(1024 * q - 512) // 10))                      # noqa: E731
+    hi = lambda q: np.minimum(1024, -(-(1024 * q + 512) // 10) - 1)               # noqa: E731
     src = rng.integers(lo(qs[pick]), hi(qs[pick]) + 1)
     dst = rng.integers(lo(qd[pick]), hi(qd[pick]) + 1)
     c, i = cpu[pick], idle[pick]

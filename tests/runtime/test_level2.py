@@ -11,7 +11,7 @@ import pytest
 from mlsched.runtime import level2 as l2
 from mlsched.runtime import table as table_mod
 from mlsched.runtime.interp import Model
-from mlsched.runtime.wire import LOAD_ONE, MIGRATE, STAY, UNSURE
+from mlsched.runtime.wire import LOAD_ONE, UNSURE
 
 L = np.arange(LOAD_ONE + 1)
 
@@ -162,15 +162,8 @@ def test_level2_bytes_of_the_wrong_size_are_refused(bundle8):
         l2.Level2(lv.lines, lv.src, lv.dst, far, lv.data).check(unsure)
 
 
-def test_decisions_are_stay_or_migrate_only():
-    quantize, decide = synthetic(lambda c, i, s, d: s > d)
-    built = table_mod.build_exact(1, quantize, [decide])
-    vals, level, _ = all_wire_pairs_one(built)
-    assert set(np.unique(vals[level > 0]).tolist()) <= {STAY, MIGRATE}
-
-
-def all_wire_pairs_one(built):
-    s, d = np.meshgrid(L[::7], L[::7], indexing="ij")
-    n = s.size
-    return table_mod.TwoLevels(built.table, built.level2).lookup(
-        np.zeros(n), np.zeros(n), np.ones(n), s.ravel(), d.ravel())
+@pytest.mark.parametrize("level", [0, 255, 100])
+def test_a_load_column_the_model_sees_as_one_level_has_a_small_integer_form(level):
+    q = l2.fit_load_quant(np.full(L.size, level))
+    assert q is not None and np.array_equal(q.levels(L), np.full(L.size, level))
+    assert l2.LoadQuant.from_json(q.to_json()) == q          # the bundle reads it back
