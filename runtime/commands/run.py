@@ -1,14 +1,16 @@
 """``mlsched-lite run``: serve the kernel side until stopped, then print the summary.
 
 Flags become a ``ServeConfig``; ``serve.Server`` does the work. This module adds what
-belongs to a process rather than to the serving loop: signal handling, the optional
-``--load`` workers, the summary on stdout and in ``--summary-json``.
+belongs to a process rather than to the serving loop: signal handling, the scheduling
+policy (``--rt-priority``), the optional ``--load`` workers, the summary on stdout and in
+``--summary-json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 
 from .. import kernel, loadgen, serve
@@ -28,12 +30,16 @@ examples:
         keep the live features; then: mlsched-convert MODEL -o BUNDLE --calibration live.csv
   mlsched-lite run --no-collector --pin --pin-dir /sys/fs/bpf/mlsched
         serve producers that share the pinned maps (a scheduler's balancer, the injector)
+  mlsched-lite run --rt-priority 10 --load 3
+        serve at SCHED_FIFO priority 10: CPU-bound tasks no longer delay the answers
 
 needs CAP_BPF and CAP_PERFMON (root); stops on SIGINT/SIGTERM or after --duration.
 --backend auto prefers tflite-runtime here (batches only: faster and smaller than litert).
 """
 #: Longest batch linger accepted (µs).
 MAX_WAIT_US_LIMIT = 1_000_000
+#: SCHED_FIFO priorities (sched(7)).
+RT_PRIORITY_MIN, RT_PRIORITY_MAX = 1, 99
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -66,6 +72,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--load", type=int, default=0, metavar="N",
                    help="also start N worker processes that alternate spinning and sleeping,"
                         " so CFS has tasks to migrate (demonstration; stopped at exit)")
+    p.add_argument("--rt-priority", type=int, metavar="P",
+                   help="serve at SCHED_FIFO priority P (1..99) once started: a request then"
+                        " waits for no CPU-bound task; --load workers and other children keep"
+                        " the normal policy (default: the normal policy)")
     p.add_argument("--pin", action="store_true",
                    help="keep the maps pinned under --pin-dir (reused and kept after exit)")
     p.add_argument("--pin-dir", default=kernel.PIN_DIR, metavar="DIR",
@@ -82,6 +92,10 @@ def config_from(args) -> serve.ServeConfig:
         serve.check_writable(path, flag)
     if not 0 <= args.max_wait_us <= MAX_WAIT_US_LIMIT:
         raise UsageError(f"--max-wait-us {args.max_wait_us}: expected 0..{MAX_WAIT_US_LIMIT}")
+    if args.rt_priority is not None and not (
+            RT_PRIORITY_MIN <= args.rt_priority <= RT_PRIORITY_MAX):
+        raise UsageError(f"--rt-priority {args.rt_priority}: expected"
+                         f" {RT_PRIORITY_MIN}..{RT_PRIORITY_MAX}")
     return serve.ServeConfig(
         bundle=args.bundle, backend=args.backend,
         allow_insecure_bundle=args.allow_insecure_bundle, cpus=args.cpus,
@@ -89,6 +103,22 @@ def config_from(args) -> serve.ServeConfig:
         pin=args.pin, pin_dir=args.pin_dir, batch=args.batch, max_wait_us=args.max_wait_us,
         duration=args.duration, interval=args.interval, stats_file=args.stats_file,
         record=args.record)
+
+
+def serve_realtime(priority: int) -> None:
+    """Put this thread (the one that serves) under SCHED_FIFO at ``priority``.
+
+    Woken by the ring, a normal-policy daemon waits until the CPU-bound task in its place
+    has used its slice; a FIFO one runs at once. The reset-on-fork bit gives children
+    (the --load workers) the normal policy back.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                              os.sched_param(priority))
+    except PermissionError as e:
+        raise UsageError(f"--rt-priority {priority}: SCHED_FIFO refused ({e.strerror}):"
+                         f" run as root with CAP_SYS_NICE or raise RLIMIT_RTPRIO to"
+                         f" {priority}") from None
 
 
 def run(args) -> int:
@@ -103,6 +133,8 @@ def run(args) -> int:
         previous[sig] = signal.signal(sig, on_signal)
     workers = []
     try:
+        if args.rt_priority is not None:
+            serve_realtime(args.rt_priority)
         workers = loadgen.start(args.load)
         summary = server.serve()
     finally:
