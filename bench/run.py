@@ -13,7 +13,7 @@ Order of work (each step's figure is the median over ``--reps`` repetitions, wit
 4. kernel: the BPF helper's hit path, timed by the injector itself (test-run);
 5. raw ring: injector + a C consumer that discards records: the ring's ceiling here;
 6. pipeline: injector -> ring -> ``mlsched-lite run`` -> write-back, hits then misses,
-   then latency at a fixed offered rate (``bench.pipeline``);
+   then latency at a fixed offered rate, high and low (``bench.pipeline``);
 7. table levels: the share of in-geometry requests the kernel decides exactly (both
    levels), per-decision time in the kernel, table sizes, for the default model converted
    for 8, 64 and 128 CPUs (``bench.levels``; the full profile converts the 64- and 128-CPU
@@ -44,6 +44,12 @@ BUNDLE = ROOT / "models" / "default" / "bundle"
 #: Offered rate of the latency sessions, and the records per injector call that pace it.
 LATENCY_RATE_PER_S = 100_000
 LATENCY_INJECT_BATCH = 20
+#: The low-rate sessions: one request per injector call, each answered by the interpreter
+#: (the live collector's misses are UNSURE cells and off-grid keys); the consumer is woken
+#: for every request. Measured as shipped, then with --rt-priority LOW_RATE_RT_PRIORITY.
+LOW_RATE_PER_S = 1_000
+LOW_RATE_INJECT_BATCH = 1
+LOW_RATE_RT_PRIORITY = 10
 
 #: Targets on a 2-core machine: key -> (comparison, bound).
 TARGETS = {
@@ -56,6 +62,7 @@ TARGETS = {
     "kernel_lookup_p99_ns": ("<=", 250),
     "table_kernel_bytes": ("<=", {"64": 2 << 20, "128": 8 << 20}),
     "latency_p99_us": ("<=", 200),
+    "latency_1k_p99_us": ("<=", 1000),
     "daemon_rss_mb": ("<=", 50),
     "speedup_vs_tf": (">=", 1000),
 }
@@ -80,6 +87,8 @@ KEYS = (
     "pipeline_miss_decisions_per_s",
     "latency_p50_us",
     "latency_p99_us",
+    "latency_1k_p50_us",
+    "latency_1k_p99_us",
     "daemon_rss_mb",
     "speedup_vs_tf",
     "fraction_of_raw_ring",
@@ -101,17 +110,20 @@ class Profile:
     latency_seconds: float
     level_cpus: tuple[int, ...]
     level_records: int
+    latency_1k_seconds: float
 
 
 PROFILES = {
     "full": Profile(reps=5, min_seconds=0.2, tf_calls=1000, engine_batch=4096,
                     kernel_records=1_000_000, ring_records=4_000_000, ring_bytes=1 << 20,
                     pipeline_hit_records=2_000_000, pipeline_miss_records=1_000_000,
-                    latency_seconds=1.0, level_cpus=(8, 64, 128), level_records=400_000),
+                    latency_seconds=1.0, latency_1k_seconds=3.0, level_cpus=(8, 64, 128),
+                    level_records=400_000),
     "tiny": Profile(reps=2, min_seconds=0.01, tf_calls=20, engine_batch=1024,
                     kernel_records=20_000, ring_records=100_000, ring_bytes=1 << 20,
                     pipeline_hit_records=100_000, pipeline_miss_records=20_000,
-                    latency_seconds=0.1, level_cpus=(8,), level_records=20_000),
+                    latency_seconds=0.1, latency_1k_seconds=0.2, level_cpus=(8,),
+                    level_records=20_000),
 }
 
 
@@ -262,12 +274,55 @@ def step_pipeline(p: Profile, engine, out: dict, use_daemon: bool) -> dict:
              "measured": "request ts_ns -> answer stored, by the consumer (CLOCK_MONOTONIC)"}
     out["latency_p50_us"] = figure(p50, "µs", **extra)
     out["latency_p99_us"] = figure(p99, "µs", **extra)
+    # low rate: every request wakes the consumer and is decided alone
+    variants = [("latency_1k", [])]
+    if s.daemon:                    # the stand-in consumer has no --rt-priority
+        variants.append(("latency_1k_rt", ["--rt-priority", str(LOW_RATE_RT_PRIORITY)]))
+    for label, args in variants:
+        low = _low_rate_sessions(p, engine.table, feats["miss"], args, use_daemon)
+        info[label] = low
+        rss += low.pop("rss")
+    low = info["latency_1k"]
+    extra = {"offered_per_s": low["offered_per_s"], "inject_batch": LOW_RATE_INJECT_BATCH,
+             "traffic": "all misses (interpreter), one request per injector call",
+             "consumer": low["consumer"], "measured": extra["measured"]}
+    if "latency_1k_rt" in info:
+        rt = info["latency_1k_rt"]
+        extra[f"with_rt_priority_{LOW_RATE_RT_PRIORITY}"] = {"p50": rt["p50"], "p99": rt["p99"]}
+    out["latency_1k_p50_us"] = figure(low["p50"], "µs", **extra)
+    out["latency_1k_p99_us"] = figure(low["p99"], "µs", **extra)
     if rss:
         out["daemon_rss_mb"] = figure([max(rss)], "MB", consumer=s.consumer_name,
                                       how="peak RSS (VmHWM) over every pipeline session")
     else:
         out["daemon_rss_mb"] = missing("the consumer's peak RSS could not be read")
     return info
+
+
+def _low_rate_sessions(p: Profile, table, features, args: list[str], use_daemon: bool
+                       ) -> dict:
+    """``p.reps`` sessions at LOW_RATE_PER_S, one request per injector call; per session the
+    consumer's own p50/p99 of request ts_ns -> answer stored."""
+    from .pipeline import Session
+
+    got: dict = {"args": args, "inject_batch": LOW_RATE_INJECT_BATCH, "p50": [], "p99": [],
+                 "offered_per_s": [], "reps": [], "rss": []}
+    for _ in range(p.reps):
+        with Session(BUNDLE, table, p.ring_bytes, args, duration_s=600,
+                     use_daemon=use_daemon) as s:
+            r = s.paced(features, LOW_RATE_PER_S, p.latency_1k_seconds, LOW_RATE_INJECT_BATCH)
+        if r["answered_of_checked"] != r["checked"] or r["dropped"]:
+            raise RuntimeError(f"low-rate session: {r['answered_of_checked']} of {r['checked']}"
+                               f" answered, {r['dropped']} dropped")
+        if s.summary.get("latency_p50_us") is None:
+            raise RuntimeError(f"{s.consumer_name} reported no latency: {s.summary}")
+        got["p50"].append(s.summary["latency_p50_us"])
+        got["p99"].append(s.summary["latency_p99_us"])
+        got["offered_per_s"].append(r["offered_per_s"])
+        got["reps"].append({"producer": r, "summary": s.summary})
+        got["rss"] += [x for x in (s.rss_mb, s.summary.get("peak_rss_mb")) if x]
+    got["consumer"] = s.consumer_name
+    return got
 
 
 def _check_answers(kind: str, reps: list[dict]) -> None:
@@ -373,8 +428,13 @@ How each figure is taken:
   another: the ring buffer's ceiling on this machine;
 * `pipeline_*` — records injected with the table bypassed, so each travels ring →
   consumer → engine → write-back; a repetition ends when the kernel reads the last answer;
-* `latency_*` — {LATENCY_RATE_PER_S // 1000} k requests/s offered in batches of
-  {LATENCY_INJECT_BATCH}; request `ts_ns` → answer stored, as the consumer measures it;
+* `latency_p50_us`, `latency_p99_us` — {LATENCY_RATE_PER_S // 1000} k requests/s offered
+  in batches of {LATENCY_INJECT_BATCH}; request `ts_ns` → answer stored, as the consumer
+  measures it;
+* `latency_1k_*` — {LOW_RATE_PER_S} requests/s, one per injector call, all answered by the
+  interpreter ({res['profile_sizes']['latency_1k_seconds']:g} s per repetition): every
+  request wakes the consumer and is decided alone; the same sessions with
+  `--rt-priority {LOW_RATE_RT_PRIORITY}` are in `results.json` beside the figure;
 * `daemon_rss_mb` — peak RSS (VmHWM) of the consumer process over the pipeline runs;
 * `kernel_exact_fraction_*` — in-geometry requests (uniform, and a busy host: 30 % idle
   CPUs, loads skewed high) through the BPF helper with both table levels: the share it
@@ -449,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     bpf_reason = _bpf_reason()
     kernel_keys = ("kernel_lookup_ns_per_decision", "raw_ring_drain_per_s")
     pipe_keys = ("pipeline_decisions_per_s", "pipeline_miss_decisions_per_s",
-                 "latency_p50_us", "latency_p99_us", "daemon_rss_mb")
+                 "latency_p50_us", "latency_p99_us", "latency_1k_p50_us", "latency_1k_p99_us",
+                 "daemon_rss_mb")
     request_dtype = None
     if bpf_reason is None:
         from mlsched.runtime.wire import REQUEST_DTYPE as request_dtype

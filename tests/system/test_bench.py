@@ -50,10 +50,17 @@ def test_bench_tiny_run_writes_every_key(tmp_path):
     if bpf_unavailable_reason() is None:
         for key in ("kernel_lookup_ns_per_decision", "raw_ring_drain_per_s",
                     "pipeline_decisions_per_s", "pipeline_miss_decisions_per_s",
-                    "latency_p50_us", "latency_p99_us", "daemon_rss_mb"):
+                    "latency_p50_us", "latency_p99_us", "latency_1k_p50_us",
+                    "latency_1k_p99_us", "daemon_rss_mb"):
             assert res[key] is not None, (key, res["figures"][key])
         assert res["kernel_lookup_ns_per_decision"] < 10_000
         assert res["latency_p50_us"] <= res["latency_p99_us"]
+        assert res["latency_1k_p50_us"] <= res["latency_1k_p99_us"]
+        # the low-rate sessions send one request per injector call, answered by the interpreter
+        low = res["details"]["pipeline"]["latency_1k"]
+        assert low["inject_batch"] == 1
+        for rep in low["reps"]:
+            assert rep["summary"]["interpreter"] == rep["summary"]["records"] > 0
     # the markdown table names every key and the targets
     text = md.read_text()
     assert all(f"`{k}" in text for k in run.KEYS)
