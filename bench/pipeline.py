@@ -89,9 +89,12 @@ class Session:
     """One consumer process plus this process's handle on its pinned maps."""
 
     def __init__(self, bundle: Path, table: np.ndarray, ring_bytes: int,
-                 consumer_args: list[str], duration_s: float, use_daemon: bool = True):
+                 consumer_args: list[str], duration_s: float, use_daemon: bool = True,
+                 consumer_module: str = "bench.consumer"):
+        """``consumer_module`` is the stand-in run when the daemon is not used."""
         self.bundle, self.table, self.ring_bytes = bundle, table, ring_bytes
         self.consumer_args, self.duration_s = consumer_args, duration_s
+        self.consumer_module = consumer_module
         self.daemon = daemon_command() if use_daemon else None
         self.proc: subprocess.Popen | None = None
         self.kp: KernelPath | None = None
@@ -101,7 +104,7 @@ class Session:
 
     @property
     def consumer_name(self) -> str:
-        return "mlsched-lite run" if self.daemon else "bench.consumer (stand-in)"
+        return "mlsched-lite run" if self.daemon else f"{self.consumer_module} (stand-in)"
 
     def __enter__(self) -> Session:
         self._mount = private_bpffs()
@@ -115,7 +118,7 @@ class Session:
         if self.daemon:
             argv = [*self.daemon, "--no-collector", "--pin", "--interval", "0", *common]
         else:
-            argv = [sys.executable, "-m", "bench.consumer", *common]
+            argv = [sys.executable, "-m", self.consumer_module, *common]
         self.argv = argv
         try:
             self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
