@@ -428,13 +428,12 @@ How each figure is taken:
   another: the ring buffer's ceiling on this machine;
 * `pipeline_*` — records injected with the table bypassed, so each travels ring →
   consumer → engine → write-back; a repetition ends when the kernel reads the last answer;
-* `latency_p50_us`, `latency_p99_us` — {LATENCY_RATE_PER_S // 1000} k requests/s offered
-  in batches of {LATENCY_INJECT_BATCH}; request `ts_ns` → answer stored, as the consumer
-  measures it;
+* `latency_p50_us`, `latency_p99_us` — {LATENCY_RATE_PER_S // 1000} k requests/s offered in
+  batches of {LATENCY_INJECT_BATCH}; request `ts_ns` → answer stored, as the consumer measures it;
 * `latency_1k_*` — {LOW_RATE_PER_S} requests/s, one per injector call, all answered by the
-  interpreter ({res['profile_sizes']['latency_1k_seconds']:g} s per repetition): every
-  request wakes the consumer and is decided alone; the same sessions with
-  `--rt-priority {LOW_RATE_RT_PRIORITY}` are in `results.json` beside the figure;
+  interpreter ({res['profile_sizes']['latency_1k_seconds']:g} s per repetition): every request wakes the consumer and
+  is decided alone; the same sessions with `--rt-priority {LOW_RATE_RT_PRIORITY}` are in
+  `results.json` beside the figure (`python -m bench.lowrate` splits the time);
 * `daemon_rss_mb` — peak RSS (VmHWM) of the consumer process over the pipeline runs;
 * `kernel_exact_fraction_*` — in-geometry requests (uniform, and a busy host: 30 % idle
   CPUs, loads skewed high) through the BPF helper with both table levels: the share it
@@ -446,7 +445,7 @@ How each figure is taken:
 * `table_kernel_bytes` — both table levels as the kernel holds them (one half of the
   double buffer), with level 1, level 2 and the conversion time beside them.
 
-Rerun: `make bench` (about a minute; root for the BPF parts). Figures land in
+Rerun: `make bench` (a few minutes; root for the BPF parts). Figures land in
 `bench/results.json`; `python -m bench.run --markdown bench/PERFORMANCE.md` rewrites this
 section. On a shared machine run it as `nice -n -5 make bench`.
 """
