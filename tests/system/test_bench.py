@@ -30,7 +30,7 @@ def test_bench_tiny_run_writes_every_key(tmp_path):
     md = tmp_path / "PERFORMANCE.md"
     p = subprocess.run([sys.executable, "-m", "bench.run", "--profile", "tiny", "--out", str(out),
                         "--markdown", str(md)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60)
+                       timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(out.read_text())
     for key in ("cpu_model", "cores", "kernel", "python", "packages"):
