@@ -69,7 +69,8 @@ def test_daemon_answers_an_external_producer(pin_dir, tmp_path, bundle8):
     s = json.loads(summary.read_text())
     assert s["records"] == s["answered"] == sent
     assert s["dropped"] == 0 and s["rejected"] == 0
-    assert s["table"] + s["interpreter"] == sent and s["interpreter"] > 0
+    assert s["table"] + s["level2"] + s["interpreter"] == sent and s["interpreter"] > 0
+    assert s["level2"] > 0                  # bypassed records in refined cells: user level 2
     assert 0 < s["latency_p50_us"] <= s["latency_p99_us"]
     # --pin keeps the maps (and their counters) for the next run, until unpin
     assert (pin_dir / "stats").exists()
