@@ -65,6 +65,8 @@ from .wire import (
     DECISION_NAMES,
     LOAD_LEVELS,
     LOAD_ONE,
+    LOAD_SHIFT,
+    LOAD_STEPS,
     MIGRATE,
     STAY,
     UNSURE,
@@ -81,6 +83,9 @@ SOURCE_TABLE, SOURCE_INTERPRETER, SOURCE_INVALID, SOURCE_LEVEL2 = 0, 1, 2, 3
 SOURCE_NAMES = ("table", "interpreter", "invalid", "level2")
 #: Raw feature columns the engine reads; columns past these are padding and ignored.
 RAW_COLUMNS = 5
+#: Wire batches of at most this many rows take the per-row path (``_decide_small``): a
+#: dozen numpy calls on a one-row array cost more than the same steps in Python integers.
+SMALL_BATCH = 8
 
 
 class EngineError(ValueError):
@@ -356,6 +361,9 @@ class Engine:
             out = np.empty(n, dtype=np.uint8)
         if n == 0:
             return out
+        if n <= SMALL_BATCH:
+            self._decide_small(cols, out, source)
+            return out
         keys, in_geometry = self._wire_keys(*cols)
         invalid = _negative_rows(cols)
         if invalid is not None:
@@ -377,6 +385,50 @@ class Engine:
             out[idx] = self._interpret(raw, probabilities=False)
         self._count_wire(cols, missing, in_geometry, invalid)
         return out
+
+    def _decide_small(self, cols, out: np.ndarray, source: np.ndarray | None) -> None:
+        """``decide_wire``'s steps for a few rows, one row at a time in Python integers:
+        the same keys, cells, level-2 bytes, counters and one interpreter call."""
+        c = self.counters
+        n = len(out)
+        ncpus, cells = self.ncpus, LOAD_LEVELS * LOAD_LEVELS
+        miss = []
+        for r in range(n):
+            cpu, idle, busy, src, dst = (int(col[r]) for col in cols)
+            where = SOURCE_TABLE
+            if min(cpu, idle, busy, src, dst) < 0:
+                out[r] = STAY
+                c.invalid += 1
+                if source is not None:
+                    source[r] = SOURCE_INVALID
+                continue
+            if src > LOAD_ONE or dst > LOAD_ONE:
+                c.clamped += 1
+            d = UNSURE
+            if cpu < ncpus and idle <= ncpus and idle + busy == ncpus:
+                qs = (LOAD_STEPS * min(src, LOAD_ONE) + LOAD_ONE // 2) >> LOAD_SHIFT
+                qd = (LOAD_STEPS * min(dst, LOAD_ONE) + LOAD_ONE // 2) >> LOAD_SHIFT
+                key = cpu * self._s_cpu + idle * self._s_idle + qs * LOAD_LEVELS + qd
+                d = int(self._flat[key])
+                if d >= CELL_LEVEL2:
+                    d = self.level2.decide_one(int(self._row_base[key // cells]) + d - CELL_LEVEL2,
+                                               qs, qd, src, dst)
+                    where = SOURCE_LEVEL2
+            else:
+                c.off_grid += 1
+            if d == UNSURE:
+                miss.append(r)
+                where = SOURCE_INTERPRETER
+            else:
+                out[r] = d
+                c.hits += 1
+                c.level2_hits += where == SOURCE_LEVEL2
+            if source is not None:
+                source[r] = where
+        c.misses += len(miss)
+        if miss:
+            raw = from_wire(np.array([[int(col[r]) for col in cols] for r in miss], np.int64))
+            out[miss] = self._interpret(raw, probabilities=False)
 
     def _level2_wire(self, out: np.ndarray, keys: np.ndarray, cols) -> np.ndarray | None:
         """Answer the refined cells in ``out`` from level 2 (UNSURE where a line is left to

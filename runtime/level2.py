@@ -77,6 +77,11 @@ class LoadQuant:
         L = np.minimum(np.asarray(wire, dtype=np.int64), LOAD_ONE)
         return np.clip((L * self.mul + self.add) >> SHIFT, 0, INPUT_LEVELS - 1)
 
+    def level_of(self, wire: int) -> int:
+        """``levels`` of one wire load, in Python integers."""
+        v = (min(wire, LOAD_ONE) * self.mul + self.add) >> SHIFT
+        return 0 if v < 0 else min(v, INPUT_LEVELS - 1)
+
     def to_json(self) -> dict:
         return {"mul": int(self.mul), "add": int(self.add), "band_start": list(self.band_start)}
 
@@ -245,6 +250,18 @@ class Level2:
         out = np.where((d < t) == first_migrate, MIGRATE, STAY).astype(np.uint8)
         out[~ok | (t == RING)] = UNSURE
         return out
+
+    def decide_one(self, ordinal: int, qs: int, qd: int, src: int, dst: int) -> int:
+        """``decide`` for one request, in Python integers (small batches)."""
+        s = self.src.level_of(src) - self.src.band_start[qs]
+        d = self.dst.level_of(dst) - self.dst.band_start[qd]
+        if not (0 <= s < self.lines and 0 <= d < MAX_LINES) or ordinal >= self.cells:
+            return UNSURE
+        line = int(self.data[int(self.index[ordinal]) * self.lines + s])
+        t = line & THRESHOLD_MASK
+        if t == RING:
+            return UNSURE
+        return MIGRATE if (d < t) == bool(line & FIRST_MIGRATE) else STAY
 
     @classmethod
     def from_cells(cls, lines: int, src: LoadQuant, dst: LoadQuant, cells: np.ndarray) -> Level2:

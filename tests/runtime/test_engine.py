@@ -459,3 +459,32 @@ def test_a_level2_that_quantizes_loads_unlike_the_model_is_refused(bundle_copy):
     (bundle_copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EngineError, match="quantizes loads unlike its model"):
         Engine(Bundle.load(bundle_copy, allow_insecure=True))
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64])
+def test_small_batches_take_the_same_steps_as_large_ones(bundle8, dtype):
+    """A batch of a few rows is decided row by row in Python integers; every row must get
+    the decision, source and counters a large (numpy) batch gives it."""
+    from mlsched.runtime.engine import SMALL_BATCH, Counters
+
+    rng = np.random.default_rng(11)
+    w = np.concatenate([refined_wire_rows(bundle8, 300, seed=12),
+                        np.stack([rng.integers(0, N + 2, 300), rng.integers(0, N + 2, 300),
+                                  rng.integers(0, N + 2, 300), rng.integers(0, 1300, 300),
+                                  rng.integers(0, 1300, 300)], axis=1)]).astype(dtype)
+    if dtype == np.int64:
+        w[::17, 1] = -1                                   # invalid rows
+    big = Engine(bundle8)
+    want_src = np.zeros(len(w), np.uint8)
+    want = big.decide_wire(w, source=want_src)
+    small = Engine(bundle8)
+    got, got_src = np.zeros(len(w), np.uint8), np.zeros(len(w), np.uint8)
+    for start in range(0, len(w), SMALL_BATCH):
+        part = slice(start, start + SMALL_BATCH)
+        small.decide_wire(w[part], out=got[part], source=got_src[part])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_src, want_src)
+    keys = [f for f in Counters.__dataclass_fields__ if f not in ("batches", "interpreter_calls")]
+    assert {k: getattr(small.counters, k) for k in keys} == \
+        {k: getattr(big.counters, k) for k in keys}
+    assert small.counters.level2_hits > 0 and small.counters.off_grid > 0
