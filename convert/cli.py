@@ -57,6 +57,11 @@ def parse_args(argv):
                          " auto: from the op that makes it (default)")
     ap.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
                     help="refuse when int8 and float decisions agree on fewer held-out samples (default %(default)s)")
+    ap.add_argument("--table-levels", type=int, choices=(1, 2), default=2,
+                    help="2: both table levels from the int8 model's complete picture, every cell"
+                         " checked (N*(N+1)*65536 interpreter rows, minutes for large N);"
+                         " 1: level 1 alone from probes inside each cell, seconds at any size,"
+                         " UNSURE cells answered by the interpreter (default %(default)s)")
     ap.add_argument("--table-mode", choices=("boundary", "nearest"), default="boundary",
                     help="boundary: cells the model is not sure about are misses (default); nearest: never miss")
     ap.add_argument("--no-normalize", dest="normalize", action="store_false",
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     opt = Options(model=a.model, output=a.output, cpus=a.cpus, calibration=a.calibration,
                   signature=a.signature, model_output=a.model_output, output_kind=a.output_kind,
                   min_agreement=a.min_agreement, table_mode=a.table_mode,
+                  table_levels=a.table_levels,
                   force=a.force, progress=True, normalize=a.normalize)
     try:
         report = convert(opt, verbose=a.verbose)

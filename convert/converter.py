@@ -81,6 +81,7 @@ class Options:
     output_kind: str = "auto"
     min_agreement: float = 0.99
     table_mode: str = "boundary"
+    table_levels: int = 2
     force: bool = False
     progress: bool = False
     normalize: bool = True
@@ -172,6 +173,8 @@ def check_options(opt: Options) -> None:
         raise ConvertError(f"--cpus {opt.cpus}: must be 1..{bundle_mod.MAX_CPUS}")
     if not 0 <= opt.min_agreement <= 1:
         raise ConvertError(f"--min-agreement {opt.min_agreement}: must be within [0, 1]")
+    if opt.table_levels not in (1, 2):
+        raise ConvertError(f"--table-levels {opt.table_levels}: use 1 or 2")
     if opt.table_mode not in table_mod.MODES:
         raise ConvertError(f"--table-mode {opt.table_mode}: use {' or '.join(table_mod.MODES)}")
     if opt.output_kind not in OUTPUT_KINDS:
@@ -328,7 +331,7 @@ def build_table(int8: Model, norm: Normalization, opt: Options
     t0 = time.time()
     width = int8.width
     progress = Progress("table", opt.progress)
-    if opt.table_mode == "boundary" and int8.quantized:
+    if opt.table_mode == "boundary" and int8.quantized and opt.table_levels == 2:
         built = table_mod.build_exact(
             opt.cpus, lambda x: int8.quantize_input(norm.apply(x[:, :width])),
             table_deciders(int8), progress=progress)
@@ -336,6 +339,7 @@ def build_table(int8: Model, norm: Normalization, opt: Options
         table = table_mod.build(lambda x: int8.decide(norm.apply(x[:, :width])), opt.cpus,
                                 opt.table_mode, progress=progress)
         why = ("nearest mode: level 1 answers every cell" if opt.table_mode == "nearest"
+               else "--table-levels 1" if opt.table_levels == 1
                else "the model's input is not int8")
         built = table_mod.Exact(table, None, why, 0, 0, 0)
     if built.reason:

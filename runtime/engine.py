@@ -242,7 +242,9 @@ class Engine:
         model whose input is not int8)."""
         if self.mode != "boundary" or not self.model.quantized:
             return table_mod.build(self.interpreter_decide, ncpus, self.mode), None
-        ex = table_mod.build_exact(ncpus, self._quantize, table_deciders(self.model))
+        # one interpreter, this thread: a worker thread's malloc arena keeps the build's
+        # freed memory resident for the daemon's lifetime
+        ex = table_mod.build_exact(ncpus, self._quantize, table_deciders(self.model, workers=1))
         if ex.reason:
             log.info("no table level 2: %s", ex.reason)
         return ex.table, ex.level2
@@ -427,7 +429,7 @@ class Engine:
                 source[r] = where
         c.misses += len(miss)
         if miss:
-            raw = from_wire(np.array([[int(col[r]) for col in cols] for r in miss], np.int64))
+            raw = from_wire(np.stack([col[miss] for col in cols], axis=1))
             out[miss] = self._interpret(raw, probabilities=False)
 
     def _level2_wire(self, out: np.ndarray, keys: np.ndarray, cols) -> np.ndarray | None:

@@ -54,6 +54,7 @@ from .stats import (
     peak_rss_bytes,
     peak_rss_mb,
     prometheus_text,
+    release_free_memory,
     reset_peak_rss,
     stats_line,
 )
@@ -188,6 +189,7 @@ class Server:
         self.stats_write_errors = 0
         self.kernel_start = self.kp.stats()
         self.startup_peak_rss_mb = _round(peak_rss_mb())
+        release_free_memory()
         self.peak_reset = reset_peak_rss()
 
     def _set_table(self) -> None:

@@ -28,6 +28,7 @@ Fields of that dict:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -222,6 +223,20 @@ def peak_rss_bytes(pid: int | str = "self") -> int | None:
     """Peak resident set in bytes, None when it cannot be read."""
     mb = peak_rss_mb(pid)
     return None if math.isnan(mb) else int(mb * 1024 * 1024)
+
+
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the kernel (glibc ``malloc_trim``): start-up
+    work (the BTF libbpf parses, a derived table's build) leaves freed memory that would
+    otherwise stay resident for the daemon's lifetime. False where there is no such call."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def reset_peak_rss() -> bool:

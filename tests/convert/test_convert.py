@@ -73,7 +73,8 @@ def bundle8(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bundle64(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("b") / "bundle64"
-    assert convert_main([str(DEFAULT_MODEL), "-o", str(out), "--cpus", "64"]) == 0
+    assert convert_main([str(DEFAULT_MODEL), "-o", str(out), "--cpus", "64",
+                         "--table-levels", "1"]) == 0
     return out
 
 
@@ -85,6 +86,8 @@ def test_default_model_converts_with_report(bundle64):
                 "seconds"):
         assert key in rep, key
     assert rep["cpus"] == 64 and b.cpus == 64
+    assert b.level2 is None and rep["level2_absent_because"] == "--table-levels 1"
+    assert not (bundle64 / "level2.bin").exists()
     assert rep["int8_vs_float_agreement"] >= 0.99
     assert rep["table_vs_int8_agreement"] >= 0.999
     assert b.table.shape == (64, 65, LOAD_LEVELS, LOAD_LEVELS)
@@ -194,7 +197,8 @@ def test_raw_scale_model_folds_where_naive_fails(raw_model, tmp_path, capfd):
     figure = float(err.split("on ")[1].split("%")[0]) / 100
     assert figure < 0.99
     folded = tmp_path / "folded"
-    code, err = run_convert(capfd, raw_model, "-o", folded, "--cpus", RAW_CPUS)
+    code, err = run_convert(capfd, raw_model, "-o", folded, "--cpus", RAW_CPUS,
+                            "--table-levels", "1")
     assert code == 0, err
     rep = json.loads((folded / "report.json").read_text())
     assert rep["normalization_folded"] and rep["int8_vs_float_agreement"] >= 0.99
