@@ -60,6 +60,8 @@ TARGETS = {
     "kernel_exact_fraction_busy": (">=", 0.999),
     "kernel_lookup_p50_ns": ("<=", 100),
     "kernel_lookup_p99_ns": ("<=", 250),
+    "kernel_lookup_one_state_p50_ns": ("<=", 100),
+    "kernel_lookup_one_state_p99_ns": ("<=", 250),
     "table_kernel_bytes": ("<=", {"64": 2 << 20, "128": 8 << 20}),
     "latency_p99_us": ("<=", 200),
     "latency_1k_p99_us": ("<=", 1000),
@@ -81,6 +83,8 @@ KEYS = (
     "kernel_exact_fraction_busy",
     "kernel_lookup_p50_ns",
     "kernel_lookup_p99_ns",
+    "kernel_lookup_one_state_p50_ns",
+    "kernel_lookup_one_state_p99_ns",
     "table_kernel_bytes",
     "raw_ring_drain_per_s",
     "pipeline_decisions_per_s",
@@ -207,7 +211,12 @@ def step_levels(p: Profile, out: dict) -> dict:
             f"{c} CPUs": figure([r[q] for r in g["decide_ns_reps"]], "ns",
                                 clock_pair_ns=g["decide_ns"]["clock_pair_ns"],
                                 how="one mlsched_decide() between two clock reads, uniform"
-                                    " traffic, both levels")
+                                    " traffic over the whole table, both levels")
+            for c, g in got.items()}
+        out[f"kernel_lookup_one_state_{q}_ns"] = {
+            f"{c} CPUs": figure([r[f"one_state_{q}"] for r in g["decide_ns_reps"]], "ns",
+                                clock_pair_ns=g["decide_ns"]["clock_pair_ns"],
+                                how="as kernel_lookup, cpu and idle fixed, loads uniform")
             for c, g in got.items()}
     out["table_kernel_bytes"] = {
         f"{c} CPUs": figure([g["kernel_table_bytes"]], "bytes", level1=g["level1_bytes"],
@@ -440,8 +449,10 @@ How each figure is taken:
   decided in the kernel with exactly the int8 interpreter's answer, per host size
   (the default model converted for that many CPUs);
 * `kernel_lookup_p50/p99_ns` — one `mlsched_decide()` between two clock reads in the
-  injector, uniform traffic with both levels (`clock_pair_ns` in results.json: the two
-  reads alone, included);
+  injector, uniform traffic with both levels, keys spread over the whole table
+  (`clock_pair_ns` in results.json: the two reads alone, included);
+  `kernel_lookup_one_state_*` the same with cpu and idle fixed (one host state, the rows
+  a balancer asks about while the idle count holds);
 * `table_kernel_bytes` — both table levels as the kernel holds them (one half of the
   double buffer), with level 1, level 2 and the conversion time beside them.
 
@@ -522,7 +533,9 @@ def main(argv: list[str] | None = None) -> int:
                        "engine_wire_table_ns_per_decision", "engine_wire_miss_ns_per_decision"),
             lambda: step_engine(p, engine, request_dtype, out))
     level_keys = ("kernel_exact_fraction_uniform", "kernel_exact_fraction_busy",
-                  "kernel_lookup_p50_ns", "kernel_lookup_p99_ns", "table_kernel_bytes")
+                  "kernel_lookup_p50_ns", "kernel_lookup_p99_ns",
+                  "kernel_lookup_one_state_p50_ns", "kernel_lookup_one_state_p99_ns",
+                  "table_kernel_bytes")
     if bpf_reason is None:
         attempt("kernel", kernel_keys, lambda: step_kernel(p, engine, out))
         attempt("pipeline", pipe_keys, lambda: step_pipeline(p, engine, out,
