@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VCPUS = 4
+VCPUS = 4                # guest/Makefile's GUEST_CPUS: the bundle is converted for them
 SOCKETS = 2
 MEMORY_MB = 2048
 CONFIGS = ("eevdf", "model", "model1", "stay", "migrate")
