@@ -70,7 +70,7 @@ def traffic(kind: str, n: int, cpus: int, rng: np.random.Generator) -> np.ndarra
     return np.column_stack([rng.integers(0, cpus, n), idle, cpus - idle, loads]).astype(np.uint32)
 
 
-def measure(cpus: int, records: int, log=print) -> dict:
+def measure(cpus: int, records: int, reps: int = 1, log=print) -> dict:
     """Exact fractions, level shares, per-decision times and sizes for one host size."""
     from mlsched.runtime.bundle import Bundle
     from mlsched.runtime.features import pad
@@ -104,40 +104,43 @@ def measure(cpus: int, records: int, log=print) -> dict:
                 "wrong_in_kernel": int(np.count_nonzero(inside & (r.result != ref)))}
             kp.drain(target=int(r.sent), idle_timeout_ms=50)
         f = traffic("uniform", min(records, 1 << 16), cpus, rng)
-        kp.inject(f, time_each=True, ignore_consumer=True)          # warm
-        t = kp.inject(f, time_each=True, ignore_consumer=True)
-        c = kp.inject(f, time_clock_only=True)
-        ns = t.decide_ns.astype(np.float64)
-        kp.drain(target=int(t.sent), idle_timeout_ms=50)
         one = f.copy()
         one[:, :3] = f[0, :3]                                        # one (cpu, idle, busy)
-        kp.inject(one, time_each=True, ignore_consumer=True)
-        o = kp.inject(one, time_each=True, ignore_consumer=True)
-        kp.drain(target=int(o.sent), idle_timeout_ms=50)
-        ons = o.decide_ns.astype(np.float64)
-        out["decide_ns"] = {"p50": float(np.percentile(ns, 50)), "p99": float(np.percentile(ns, 99)),
-                            "level2_p99": float(np.percentile(ns[t.level == 2], 99))
-                            if (t.level == 2).any() else None,
-                            "one_state_p50": float(np.percentile(ons, 50)),
-                            "one_state_p99": float(np.percentile(ons, 99)),
-                            "clock_pair_ns": float(np.percentile(c.decide_ns, 50))}
+        out["decide_ns_reps"] = [_decide_times(kp, f, one) for _ in range(reps)]
+    out["decide_ns"] = out["decide_ns_reps"][0]
     return out
 
 
+def _timed(kp, f: np.ndarray):
+    """The injector's result for ``f``, each decision timed (after a warm-up pass)."""
+    w = kp.inject(f, time_each=True, ignore_consumer=True)
+    t = kp.inject(f, time_each=True, ignore_consumer=True)
+    kp.drain(target=int(w.sent + t.sent), idle_timeout_ms=50)
+    return t
+
+
+def _decide_times(kp, uniform: np.ndarray, one_state: np.ndarray) -> dict:
+    t, o = _timed(kp, uniform), _timed(kp, one_state)
+    ns, ons = t.decide_ns.astype(np.float64), o.decide_ns.astype(np.float64)
+    clock = kp.inject(uniform, time_clock_only=True).decide_ns
+    return {"p50": float(np.percentile(ns, 50)), "p99": float(np.percentile(ns, 99)),
+            "level2_p99": float(np.percentile(ns[t.level == 2], 99))
+            if (t.level == 2).any() else None,
+            "one_state_p50": float(np.percentile(ons, 50)),
+            "one_state_p99": float(np.percentile(ons, 99)),
+            "clock_pair_ns": float(np.percentile(clock, 50))}
+
+
 def run(cpus_list: tuple[int, ...], records: int, reps: int, log=print) -> dict:
-    """``measure`` for each host size, ``reps`` times for the timing (fractions are exact
-    counts over fixed traffic and do not vary)."""
+    """``measure`` for each host size; the timing ``reps`` times over one loaded table (the
+    fractions are exact counts over fixed traffic and do not vary)."""
     got = {}
     for cpus in cpus_list:
         t0 = time.perf_counter()
-        first = measure(cpus, records, log)
-        first["decide_ns_reps"] = [first["decide_ns"]]
-        for _ in range(reps - 1):
-            first["decide_ns_reps"].append(measure(cpus, min(records, 1 << 16), log)["decide_ns"])
-        got[str(cpus)] = first
+        got[str(cpus)] = measure(cpus, records, reps, log)
         log(f"levels, {cpus} CPUs: {time.perf_counter() - t0:.1f} s")
     return got
 
 
 if __name__ == "__main__":
-    print(json.dumps(run((8,), 20000, 1), indent=1))
+    print(json.dumps(run((8,), 20000, 1), indent=1, default=str))

@@ -362,7 +362,7 @@ def pipeline_decide(built: table_mod.Exact, model: Model, norm: Normalization, x
     counts = snapped[:, :3]
     integral = (counts == np.floor(counts)).all(axis=1) & (counts >= 0).all(axis=1)
     c = np.where(integral[:, None], counts, -1).astype(np.int64)
-    vals, level, _ = table_mod.TwoLevels(built.table, built.level2).lookup(
+    vals, level, _ = built.levels.lookup(
         c[:, 0], c[:, 1], c[:, 2], wire[:, 0], wire[:, 1])
     int8_dec = model.decide(norm.apply(pad(snapped, model.width)))
     out = np.where(level > 0, vals, int8_dec).astype(np.uint8)
@@ -525,7 +525,7 @@ def _heatmaps(m: Loaded, model: Model, norm: Normalization, built: table_mod.Exa
     for col, (cpu, idle) in enumerate(cases):
         x = host_features(ncpus, cpu, idle, s.ravel(), d.ravel())
         _, wire = on_wire(x)
-        levels = table_mod.TwoLevels(built.table, built.level2).lookup(
+        levels = built.levels.lookup(
             x[:, 0].astype(np.int64), x[:, 1].astype(np.int64), x[:, 2].astype(np.int64),
             wire[:, 0], wire[:, 1])[0]
         maps = [m.decide(x), model.decide(norm.apply(x[:, :model.width])), levels]

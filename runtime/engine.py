@@ -60,7 +60,7 @@ from . import table as table_mod
 from .bundle import Bundle
 from .features import COUNT_COLUMNS, LOAD_COLUMNS, THRESHOLD, pad
 from .interp import Model, table_deciders
-from .level2 import CELL_LEVEL2, WIRE_LOADS, Level2, cell_ordinals
+from .level2 import CELL_LEVEL2, WIRE_LOADS, Level2
 from .wire import (
     DECISION_NAMES,
     LOAD_LEVELS,
@@ -220,12 +220,8 @@ class Engine:
         # the extra last cell is UNSURE, where off-grid keys point.
         # Cells level 2 refines hold CELL_LEVEL2 + their rank in the row (as in the kernel).
         self._levels = table_mod.TwoLevels(self.table, self.level2)
-        codes = self.table
-        self._row_base = np.zeros(1, np.int64)
-        if self.level2 is not None:
-            codes, base = cell_ordinals(self.table)
-            self._row_base = base.reshape(-1).astype(np.int64)
-        self._flat = np.append(np.ascontiguousarray(codes).ravel(), np.uint8(UNSURE))
+        self._row_base = self._levels.base.reshape(-1).astype(np.int64)
+        self._flat = np.append(np.ascontiguousarray(self._levels.codes).ravel(), np.uint8(UNSURE))
         self._off_grid_index = self._flat.size - 1
         self._s_idle = LOAD_LEVELS * LOAD_LEVELS
         self._s_cpu = (self.ncpus + 1) * self._s_idle

@@ -55,7 +55,7 @@ from .wire import (
 
 __all__ = ["CELL_LEVEL2", "FIRST_MIGRATE", "INPUT_LEVELS", "MAX_LINES", "RING", "SHIFT",
            "THRESHOLD_MASK", "WIRE_LOADS", "Level2", "Level2Error", "LoadQuant", "band_starts",
-           "cell_ordinals", "encode_lines", "fit_load_quant"]
+           "encode_lines", "fit_load_quant"]
 #: Every wire load the kernel side quantizes (after its clamp to LOAD_ONE).
 WIRE_LOADS = np.arange(LOAD_ONE + 1, dtype=np.int64)
 
@@ -292,19 +292,3 @@ class Level2:
                               f" {cells} cells")
         index = np.frombuffer(blob, dtype="<u4", count=cells).astype(np.uint32)
         return cls(lines, src, dst, index, np.frombuffer(blob, np.uint8, offset=cells * 4).copy())
-
-
-def cell_ordinals(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel cell codes and row bases for a level-1 table whose UNSURE cells level 2 refines.
-
-    Returns (codes [N, N+1, 121] uint8: STAY/MIGRATE, or CELL_LEVEL2 + rank of the cell
-    among its row's UNSURE cells; base [N, N+1] uint32: cell number of the row's first).
-    """
-    n = table.shape[0]
-    flat = table.reshape(n, n + 1, -1)
-    unsure = flat == UNSURE
-    rank = np.cumsum(unsure, axis=2) - 1
-    codes = np.where(unsure, CELL_LEVEL2 + rank, flat).astype(np.uint8)
-    per_row = unsure.sum(axis=2).reshape(-1)
-    base = (np.cumsum(per_row) - per_row).reshape(n, n + 1).astype(np.uint32)
-    return codes, base

@@ -42,11 +42,10 @@ from .level2 import (
     WIRE_LOADS,
     Level2,
     Level2Error,
-    cell_ordinals,
     encode_lines,
     fit_load_quant,
 )
-from .wire import LOAD_ONE, MIGRATE, UNSURE, load_level
+from .wire import CELL_LEVEL2, LOAD_ONE, MIGRATE, UNSURE, cell_ordinals, load_level
 
 MODES = ("boundary", "nearest")
 #: Probe lattice points per table cell along each load axis (even: centre and edges both fall on it).
@@ -160,6 +159,14 @@ class Exact:
         self.points = points               # interpreter rows evaluated
         self.ring_lines = ring_lines       # refined-cell lines left to user space
         self.lines_total = lines_total     # refined-cell lines that can be addressed
+        self._levels: TwoLevels | None = None
+
+    @property
+    def levels(self) -> TwoLevels:
+        """Both levels ready for lookups (made once)."""
+        if self._levels is None:
+            self._levels = TwoLevels(self.table, self.level2)
+        return self._levels
 
 
 def input_levels(quantize: Callable[[np.ndarray], np.ndarray], ncpus: int
@@ -300,18 +307,21 @@ def _verify(chunk: np.ndarray, g: np.ndarray, valid: np.ndarray, d_off: np.ndarr
 
 
 class TwoLevels:
-    """Both levels of one table, ready to answer wire features (``lookup``)."""
+    """Both levels of one table, ready to answer wire features (``lookup``).
+
+    ``codes``/``base``: the cells as the kernel holds them (``wire.cell_ordinals``; the
+    level-1 table itself, and no bases, without a level 2).
+    """
 
     def __init__(self, table: np.ndarray, level2: Level2 | None):
         self.table = table
         self.level2 = level2
         n = table.shape[0]
+        self.codes = table.reshape(n, n + 1, -1)
+        self.base = np.zeros((n, n + 1), np.uint32)
         if level2 is not None:
             level2.check(int((table == UNSURE).sum()))
-            _, base = cell_ordinals(table)
-            flat = (table == UNSURE).reshape(n, n + 1, -1)
-            rank = (np.cumsum(flat, axis=2) - 1).reshape(table.shape)
-            self.ordinal = (base[:, :, None, None].astype(np.int64) + rank).astype(np.int64)
+            self.codes, self.base = cell_ordinals(table)
 
     def lookup(self, cpu, idle, busy, src_wire, dst_wire
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -332,8 +342,10 @@ class TwoLevels:
         level = np.where(vals <= MIGRATE, 1, 0).astype(np.uint8)
         ref = ok & (vals == UNSURE)
         if self.level2 is not None and ref.any():
-            d = self.level2.decide(self.ordinal[c[ref], i[ref], qs[ref], qd[ref]], qs[ref],
-                                   qd[ref], src[ref], dst[ref])
+            c, i, qs, qd = c[ref], i[ref], qs[ref], qd[ref]
+            ordinal = (self.base[c, i].astype(np.int64)
+                       + self.codes[c, i, qs * LOAD_LEVELS + qd] - CELL_LEVEL2)
+            d = self.level2.decide(ordinal, qs, qd, src[ref], dst[ref])
             vals[ref] = d
             level[ref] = np.where(d <= MIGRATE, 2, 0)
         return vals, level, ok

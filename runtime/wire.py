@@ -203,6 +203,23 @@ L2_RING = lib.MLSCHED_L2_RING
 L2_MAX_LINES = lib.MLSCHED_L2_MAX_LINES
 
 
+def cell_ordinals(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel cell codes and row bases for a level-1 table whose UNSURE cells level 2 refines.
+
+    Returns (codes [N, N+1, ROW_CELLS] uint8: STAY/MIGRATE, or CELL_LEVEL2 + rank of the
+    cell among its row's UNSURE cells; base [N, N+1] uint32: cell number of the row's
+    first refined cell, i.e. the order of level 2's cells).
+    """
+    n = table.shape[0]
+    flat = table.reshape(n, n + 1, -1)
+    unsure = flat == UNSURE
+    rank = np.cumsum(unsure, axis=2) - 1
+    codes = np.where(unsure, CELL_LEVEL2 + rank, flat).astype(np.uint8)
+    per_row = unsure.sum(axis=2).reshape(-1)
+    base = (np.cumsum(per_row) - per_row).reshape(n, n + 1).astype(np.uint32)
+    return codes, base
+
+
 def table_rows(table: np.ndarray, refined: bool = False) -> np.ndarray:
     """[N, N+1, LEVELS, LEVELS] uint8 -> the kernel's rows [N*(N+1), MLSCHED_ROW_BYTES].
 
@@ -219,14 +236,12 @@ def table_rows(table: np.ndarray, refined: bool = False) -> np.ndarray:
     if t.size and int(t.max()) > UNSURE:
         raise ValueError("table holds values other than STAY/MIGRATE/UNSURE")
     n = t.shape[0]
-    cells = t.reshape(n * (n + 1), levels * levels)
     rows = np.zeros(n * (n + 1), dtype=ROW_DTYPE)
     rows["cell"][:] = UNSURE
-    rows["cell"][:, :lib.MLSCHED_ROW_CELLS] = cells
     if refined:
-        unsure = cells == UNSURE
-        rank = np.cumsum(unsure, axis=1) - 1
-        rows["cell"][:, :lib.MLSCHED_ROW_CELLS] = np.where(unsure, CELL_LEVEL2 + rank, cells)
-        per_row = unsure.sum(axis=1)
-        rows["level2_base"] = np.cumsum(per_row) - per_row
+        codes, base = cell_ordinals(t)
+        rows["cell"][:, :lib.MLSCHED_ROW_CELLS] = codes.reshape(n * (n + 1), -1)
+        rows["level2_base"] = base.reshape(-1)
+    else:
+        rows["cell"][:, :lib.MLSCHED_ROW_CELLS] = t.reshape(n * (n + 1), levels * levels)
     return rows.view(np.uint8).reshape(n * (n + 1), ROW_BYTES)

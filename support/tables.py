@@ -19,3 +19,22 @@ def synthetic_table(seed: int = 7, ncpus: int = N) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.choice(np.array([STAY, MIGRATE, UNSURE], np.uint8),
                       size=(ncpus, ncpus + 1, LEVELS, LEVELS), p=[0.4, 0.4, 0.2])
+
+
+def band_bounds(q):
+    """Smallest and largest wire load L (0..1024) of 0.1 band q: (10 L + 512) >> 10 == q, i.e.
+    1024 q - 512 <= 10 L < 1024 q + 512."""
+    q = np.asarray(q, np.int64)
+    return np.maximum(0, -(-(1024 * q - 512) // 10)), np.minimum(1024, -(-(1024 * q + 512) // 10) - 1)
+
+
+def unsure_cell_traffic(table: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Wire features [n, 5] uint32 whose level-1 cell in ``table`` is UNSURE."""
+    rng = np.random.default_rng(seed)
+    ncpus = table.shape[0]
+    cpu, idle, qs, qd = np.nonzero(table == UNSURE)
+    k = rng.integers(0, cpu.size, n)
+    (slo, shi), (dlo, dhi) = band_bounds(qs[k]), band_bounds(qd[k])
+    src = rng.integers(slo, shi + 1)
+    dst = rng.integers(dlo, dhi + 1)
+    return np.stack([cpu[k], idle[k], ncpus - idle[k], src, dst], axis=1).astype(np.uint32)

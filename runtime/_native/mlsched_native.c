@@ -272,7 +272,12 @@ static int prepare_pin_dir(struct mls_kernel *k)
  * balancer may hold. A level 2 larger than the pinned room is then refused by
  * mls_set_table() (E2BIG), and the caller may serve level 1 alone.
  */
-static int set_size(struct bpf_map *map, uint32_t entries);
+static int set_size(struct bpf_map *map, uint32_t entries)
+{
+	int err = bpf_map__set_max_entries(map, entries);
+
+	return err ? fail(err, "cannot size map %s to %u", bpf_map__name(map), entries) : 0;
+}
 
 static int adopt_pinned_size(struct bpf_map *map, const char *path)
 {
@@ -423,13 +428,6 @@ static void *map_mm(struct mls_kernel *k, enum mls_map which)
 	k->mm[which] = p;
 	k->mm_size[which] = sz;
 	return p;
-}
-
-static int set_size(struct bpf_map *map, uint32_t entries)
-{
-	int err = bpf_map__set_max_entries(map, entries);
-
-	return err ? fail(err, "cannot size map %s to %u", bpf_map__name(map), entries) : 0;
 }
 
 int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)

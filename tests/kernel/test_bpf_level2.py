@@ -14,6 +14,8 @@ from mlsched.runtime.features import host_features, pad
 from mlsched.runtime.interp import Model
 from mlsched.runtime.wire import LOAD_ONE, MIGRATE, STAY, load_level
 
+from support.tables import unsure_cell_traffic
+
 N = 8
 L = np.arange(LOAD_ONE + 1)
 
@@ -73,22 +75,11 @@ def test_every_key_of_the_geometry_matches_the_interpreter(bundle8, model, kerne
     assert answered / total >= 0.999
 
 
-def unsure_cell_traffic(bundle8, n: int, seed: int) -> np.ndarray:
-    """Wire features [n, 5] inside level 1's UNSURE cells."""
-    rng = np.random.default_rng(seed)
-    cpu, idle, qs, qd = np.nonzero(bundle8.table == 2)
-    k = rng.integers(0, cpu.size, n)
-    lo = lambda q: np.maximum(0, -(-(1024 * q - 512) // 10))                      # noqa: E731
-    hi = lambda q: np.minimum(LOAD_ONE, -(-(1024 * q + 512) // 10) - 1)          # noqa: E731
-    return np.stack([cpu[k], idle[k], N - idle[k], rng.integers(lo(qs[k]), hi(qs[k]) + 1),
-                     rng.integers(lo(qd[k]), hi(qd[k]) + 1)], axis=1).astype(np.uint32)
-
-
 def test_level2_follows_its_table_through_swaps(bundle8, model, kernel_path):
     """Published with its table into either half, and gone with a table that has none."""
     from mlsched.runtime.wire import from_wire
 
-    f = unsure_cell_traffic(bundle8, 20_000, seed=4)
+    f = unsure_cell_traffic(bundle8.table, 20_000, seed=4)
     want = model.decide(bundle8.normalization.apply(pad(from_wire(f), model.width)))
     kp = kernel_path(bundle8.table, level2=bundle8.level2, consumer_timeout_ns=0,
                      ring_size=1 << 22)
@@ -115,7 +106,7 @@ def test_a_level2_without_room_is_refused_and_level1_still_loads(bundle8, kernel
         kp.set_table(bundle8.table, bundle8.level2)
     assert e.value.errno == 7 and "exceeds" in str(e.value)          # E2BIG
     kp.set_table(bundle8.table)
-    r = kp.inject(unsure_cell_traffic(bundle8, 100, seed=5), ignore_consumer=True)
+    r = kp.inject(unsure_cell_traffic(bundle8.table, 100, seed=5), ignore_consumer=True)
     assert (r.level == 0).all()
 
 
@@ -163,7 +154,7 @@ def test_pinned_maps_of_another_size_are_reused_not_refused(bundle8, pin_dir, re
         with pytest.raises(KernelPathError, match="exceeds"):
             kp.set_table(bundle8.table, bundle8.level2)
         kp.set_table(bundle8.table)
-        assert kp.inject(unsure_cell_traffic(bundle8, 10, seed=6), ignore_consumer=True).done == 10
+        assert kp.inject(unsure_cell_traffic(bundle8.table, 10, seed=6), ignore_consumer=True).done == 10
     with KernelPath() as kp:                      # pins with room, a restart without a level 2
         kp.load(None, pin=True, pin_dir=str(pin_dir), table_capacity=N, consumer_timeout_ns=0)
         kp.set_table(bundle8.table)

@@ -29,6 +29,7 @@ from mlsched.runtime.table import lookup
 from mlsched.runtime.wire import MIGRATE, STAY, UNSURE, from_wire
 
 from support.scenarios import SCENARIOS, teacher_decisions
+from support.tables import unsure_cell_traffic
 
 N = 8
 HYPO = settings(max_examples=2000, deadline=None,
@@ -401,24 +402,10 @@ def test_unknown_backend_is_refused(bundle8):
 
 
 # ---- table level 2 ---------------------------------------------------------------------------
-def refined_wire_rows(bundle8, n: int, seed: int) -> np.ndarray:
-    """Wire features [n, 5] whose level-1 cell is UNSURE (so level 2 answers them)."""
-    rng = np.random.default_rng(seed)
-    cpu, idle, qs, qd = np.nonzero(bundle8.table == UNSURE)
-    pick = rng.integers(0, cpu.size, n)
-    # wire loads L of band q: (10 L + 512) >> 10 == q, i.e. 1024 q - 512 <= 10 L < 1024 q + 512
-    lo = lambda q: np.maximum(0, -(-(1024 * q - 512) // 10))                      # noqa: E731
-    hi = lambda q: np.minimum(1024, -(-(1024 * q + 512) // 10) - 1)               # noqa: E731
-    src = rng.integers(lo(qs[pick]), hi(qs[pick]) + 1)
-    dst = rng.integers(lo(qd[pick]), hi(qd[pick]) + 1)
-    c, i = cpu[pick], idle[pick]
-    return np.stack([c, i, N - i, src, dst], axis=1).astype(np.uint32)
-
-
 def test_level2_answers_unsure_cells_without_the_interpreter(bundle8, oracle):
     assert bundle8.level2 is not None
     e = Engine(bundle8)
-    w = refined_wire_rows(bundle8, 20_000, seed=7)
+    w = unsure_cell_traffic(bundle8.table, 20_000, seed=7)
     src = np.zeros(len(w), np.uint8)
     got = e.decide_wire(w, source=src)
     np.testing.assert_array_equal(got, oracle(from_wire(w)))
@@ -468,7 +455,7 @@ def test_small_batches_take_the_same_steps_as_large_ones(bundle8, dtype):
     from mlsched.runtime.engine import SMALL_BATCH, Counters
 
     rng = np.random.default_rng(11)
-    w = np.concatenate([refined_wire_rows(bundle8, 300, seed=12),
+    w = np.concatenate([unsure_cell_traffic(bundle8.table, 300, seed=12),
                         np.stack([rng.integers(0, N + 2, 300), rng.integers(0, N + 2, 300),
                                   rng.integers(0, N + 2, 300), rng.integers(0, 1300, 300),
                                   rng.integers(0, 1300, 300)], axis=1)]).astype(dtype)
