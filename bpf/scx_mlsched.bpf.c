@@ -6,31 +6,44 @@
  * Workflow:
  *
  *   1. Every task has a home domain (a group of CPUs, e.g. one socket); it
- *      starts in the domain of the CPU it was created on. Runnable tasks wait
- *      in their home domain's dispatch queue (DSQ id == domain id), one slice
- *      at a time; a CPU takes a task that last ran on it from the first few
- *      queued, else the oldest (FIFO).
- *   2. Wake-up (select_cpu): an idle CPU at home (its previous CPU first) runs
- *      the task at once. If home has none but another domain has, the balancer
- *      asks "move it there?" (push).
- *   3. Dispatch: a CPU whose domain queue is empty looks at the other domains'
- *      queues and asks the same question about the first task it could run
- *      (pull). Busy CPUs nudge an idle CPU of another domain from tick and
- *      enqueue so that pulls happen while work is queued; after a refused
- *      pull that domain stays quiet for a few nudge intervals.
+ *      starts in the domain of the CPU it was created on. Every CPU has a FIFO
+ *      dispatch queue (DSQ id == CPU); a runnable task waits in the queue of
+ *      the CPU it last ran on, one slice at a time, so it keeps its CPU.
+ *   2. Wake-up (select_cpu): its previous CPU, when idle, runs it at once;
+ *      else another idle CPU at home. If home has none but another domain has,
+ *      the balancer asks "move it there?" (push). Otherwise it queues on its
+ *      previous CPU.
+ *   3. Dispatch: a CPU runs its own queue first. Idle, it takes the first task
+ *      waiting on the busiest CPU of its domain (steal); with none waiting at
+ *      home, it looks at the other domains' busiest queues and asks the
+ *      balancer about the first task it could run (pull), but only once it has
+ *      been idle for cfg.cold_ns: a CPU whose task just blocked keeps itself
+ *      free for that task's wake-up (the kernel's migration-cost idea), and
+ *      the queued task runs soon on its own CPU, cache warm. A CPU with tasks
+ *      waiting kicks an idle CPU of its domain, else nudges one of another
+ *      domain (tick, enqueue); after a refused pull that domain stays quiet for
+ *      a few nudge intervals.
  *   4. The question goes to mlsched_decide() (mlsched_decide.h): a sure table
  *      cell answers at once; otherwise a request goes on the `requests` ring
  *      to mlsched-lite and the answer is STAY for now. The task remembers the
  *      request; the next time the same question comes up for it, mlsched-lite's
  *      answer (read from the mmapped `decisions` array) is used, if it came
  *      within answer_ttl_ns.
+ *   5. Exploration (cfg.explore_permille): that share of answers is a fair
+ *      coin instead. Each explored answer that was carried out is written to
+ *      the `explore` ring when the task next starts running (ops.running), with
+ *      the time it waited and the waiting tasks of both domains (struct
+ *      scx_mlsched_explore); the loader writes them to a CSV file that
+ *      `mlsched-train --labels outcome` reads. A task with a record pending
+ *      gets no second one until it runs, so a STAY's record covers whatever
+ *      happened to the task until then.
  *
  *      wake-up / dispatch          ask(p, src, dst)
- *          |                          | policy STAY / MIGRATE: fixed answer
- *          v                          | earlier request answered: use it
- *     home idle CPU? -- yes --> run   | else mlsched_decide(): table hit
- *          | no                       |      or request -> STAY for now
- *     other domain idle? -- ask ------'
+ *          |                          | exploring: a coin (recorded)
+ *          v                          | policy STAY / MIGRATE: fixed answer
+ *     prev / home idle CPU? -> run    | earlier request answered: use it
+ *          | no                       | else mlsched_decide(): table hit
+ *     other domain idle? -- ask ------'      or request -> STAY for now
  *
  *   Tasks that may not run everywhere (per-CPU kthreads, pinned tasks) skip
  *   the domains: they go straight to the local queue of a CPU they may use.
@@ -48,8 +61,8 @@
  * headers (tools/sched_ext/include: kfuncs, BPF_STRUCT_OPS, UEI,
  * SCX_OPS_DEFINE): bpf/Makefile's `scx` target, called from guest/Makefile.
  *
- * Future improvements: weighted vtime instead of FIFO inside a domain; the
- * domain scan is linear in the CPU count (fine for the <= 64 CPUs here).
+ * Future improvements: weighted vtime instead of FIFO per CPU; the domain
+ * scans are linear in the CPU count (fine for the <= 64 CPUs here).
  */
 #include <scx/common.bpf.h>	/* the guest kernel's vmlinux.h, kfuncs, UEI, compat */
 #include "mlsched_decide.h"
@@ -59,23 +72,25 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Tasks of another domain looked at per pull, at most. */
 #define PULL_SCAN_MAX		4
-/* Tasks of the own domain looked at for one that last ran on this CPU. */
-#define WARM_SCAN_MAX		4
 /* After a pull the balancer refused, no nudges from that domain for this many intervals. */
 #define NUDGE_QUIET_INTERVALS	10
 /* Domain load average: new = old + (sample - old) >> LOAD_AVG_SHIFT. */
 #define LOAD_AVG_SHIFT		2
+/* The explore ring: records waiting for the loader. */
+#define EXPLORE_RING_BYTES	(256 * 1024)
 
 /* Written by the loader before load (scx_mlsched.h). */
 const volatile struct scx_mlsched_cfg cfg;
 
-/* Per task: home domain and the question it is waiting on, if any. */
+/* Per task: home domain, the question it is waiting on, an explored answer pending. */
 struct task_ctx {
 	u32 dom;
 	u32 ask_src, ask_dst;		/* the question of the request in flight */
 	u32 _pad;
 	u64 ask_seq;			/* its seq; 0: none */
 	u64 ask_ns;			/* when it was sent */
+	struct scx_mlsched_explore x;	/* x.ts_ns != 0: an explored answer, not yet run */
+	u32 x_src, x_dst;		/* its domains */
 };
 
 struct {
@@ -92,11 +107,17 @@ struct {
 	__uint(max_entries, 1);
 } sched_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EXPLORE_RING_BYTES);
+} explore SEC(".maps");
+
 UEI_DEFINE(uei);
 
 static u32 dom_load_avg[SCX_MLSCHED_MAX_DOMS];	/* 1/1024 */
 static u64 dom_last_nudge[SCX_MLSCHED_MAX_DOMS];
 static u64 dom_quiet_until[SCX_MLSCHED_MAX_DOMS];	/* no nudges before (ns) */
+static u64 cpu_idle_since[SCX_MLSCHED_MAX_CPUS];	/* ns; 0: busy */
 
 static __always_inline void stat_inc(enum scx_mlsched_stat which)
 {
@@ -127,6 +148,43 @@ static __always_inline bool restricted(const struct task_struct *p)
 	return p->nr_cpus_allowed < cfg.nr_cpus;
 }
 
+/* Tasks waiting in the queue of `cpu`. */
+static __always_inline u32 cpu_queued(u32 cpu)
+{
+	s32 n = scx_bpf_dsq_nr_queued(cpu);
+
+	return n > 0 ? n : 0;
+}
+
+/* Tasks waiting in the queues of `dom`'s CPUs. */
+static __always_inline u32 dom_queued(u32 dom)
+{
+	u32 cpu, n = 0;
+
+	for (cpu = 0; cpu < SCX_MLSCHED_MAX_CPUS && cpu < cfg.nr_cpus; cpu++)
+		if (cpu_dom(cpu) == dom)
+			n += cpu_queued(cpu);
+	return n;
+}
+
+/* The CPU of `dom` other than `self` with the most tasks waiting (at least one); -1 if none. */
+static __always_inline s32 busiest_cpu(u32 dom, s32 self)
+{
+	u32 cpu, n, most = 0;
+	s32 best = -1;
+
+	for (cpu = 0; cpu < SCX_MLSCHED_MAX_CPUS && cpu < cfg.nr_cpus; cpu++) {
+		if (cpu_dom(cpu) != dom || (s32)cpu == self)
+			continue;
+		n = cpu_queued(cpu);
+		if (n > most) {
+			most = n;
+			best = cpu;
+		}
+	}
+	return best;
+}
+
 /* An idle CPU of `dom` that p may use, claimed (idle bit cleared); -1 if none. */
 static __always_inline s32 claim_idle_cpu(const struct task_struct *p, u32 dom)
 {
@@ -139,6 +197,24 @@ static __always_inline s32 claim_idle_cpu(const struct task_struct *p, u32 dom)
 			return cpu;
 	}
 	return -1;
+}
+
+/* The CPU of `dom` with the fewest tasks waiting that p may use; -1 if none. */
+static __always_inline s32 quietest_cpu(const struct task_struct *p, u32 dom)
+{
+	u32 cpu, n, least = ~0u;
+	s32 best = -1;
+
+	for (cpu = 0; cpu < SCX_MLSCHED_MAX_CPUS && cpu < cfg.nr_cpus; cpu++) {
+		if (cpu_dom(cpu) != dom || !bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
+			continue;
+		n = cpu_queued(cpu);
+		if (n < least) {
+			least = n;
+			best = cpu;
+		}
+	}
+	return best;
 }
 
 /* The host as the balancer sees it: idle CPUs, busy CPUs per domain, one idle CPU per domain. */
@@ -176,8 +252,7 @@ static __always_inline u32 dom_load(const struct snapshot *s, u32 dom)
 {
 	u32 d = dom & (SCX_MLSCHED_MAX_DOMS - 1);
 	u32 ncpus = cfg.dom_ncpus[d];
-	s32 queued = scx_bpf_dsq_nr_queued(d);
-	u64 runnable = s->dom_busy[d] + (queued > 0 ? queued : 0);
+	u64 runnable = s->dom_busy[d] + dom_queued(d);
 	s64 sample, avg;
 
 	if (ncpus == 0)
@@ -189,17 +264,56 @@ static __always_inline u32 dom_load(const struct snapshot *s, u32 dom)
 	return avg;
 }
 
+/* A fair coin for cfg.explore_permille of the answers: true and *d set when it was tossed. */
+static __always_inline bool explore_answer(struct task_ctx *t, const struct mlsched_features *f,
+					   u32 src, u32 dst, u8 kind, u32 pid, u64 now, u8 *d)
+{
+	if (!cfg.explore_permille || bpf_get_prandom_u32() % 1000 >= cfg.explore_permille)
+		return false;
+	*d = bpf_get_prandom_u32() & 1 ? MLSCHED_MIGRATE : MLSCHED_STAY;
+	stat_inc(SCX_MLSCHED_STAT_EXPLORED);
+	/* One record per task until it runs: later answers are part of this one's outcome. */
+	if (t->x.ts_ns)
+		return true;
+	t->x.cpu = f->cpu;
+	t->x.idle = f->idle;
+	t->x.busy = f->busy;
+	t->x.src_load = f->src_load;
+	t->x.dst_load = f->dst_load;
+	t->x.action = *d;
+	t->x.kind = kind;
+	t->x.propensity_permille = 500;
+	t->x.src_queued = dom_queued(src);
+	t->x.dst_queued = dom_queued(dst);
+	t->x_src = src;
+	t->x_dst = dst;
+	t->x.pid = pid;
+	t->x.wait_ns = 0;
+	t->x.ts_ns = now;
+	return true;
+}
+
 /*
  * Should p move from domain src to domain dst (whose CPU dst_cpu is idle)?
  * Returns MLSCHED_STAY or MLSCHED_MIGRATE; counts where the answer came from.
  */
 static __always_inline u8 ask(struct task_struct *p, struct task_ctx *t,
-			      const struct snapshot *s, u32 src, u32 dst, s32 dst_cpu)
+			      const struct snapshot *s, u32 src, u32 dst, s32 dst_cpu, u8 kind)
 {
-	struct mlsched_features f;
+	struct mlsched_features f = {};
 	struct mlsched_outcome out;
 	u64 now = bpf_ktime_get_ns();
 	u8 d;
+
+	if (cfg.explore_permille || cfg.policy == SCX_MLSCHED_POLICY_MODEL) {
+		f.cpu = scx_bpf_task_cpu(p);
+		f.idle = s->idle;
+		f.busy = cfg.nr_cpus - s->idle;
+		f.src_load = dom_load(s, src);
+		f.dst_load = dom_load(s, dst);
+	}
+	if (cfg.explore_permille && explore_answer(t, &f, src, dst, kind, p->pid, now, &d))
+		goto done;
 
 	if (cfg.policy != SCX_MLSCHED_POLICY_MODEL) {
 		stat_inc(SCX_MLSCHED_STAT_FIXED);
@@ -226,11 +340,6 @@ static __always_inline u8 ask(struct task_struct *p, struct task_ctx *t,
 	}
 	t->ask_seq = 0;
 
-	f.cpu = scx_bpf_task_cpu(p);
-	f.idle = s->idle;
-	f.busy = cfg.nr_cpus - s->idle;
-	f.src_load = dom_load(s, src);
-	f.dst_load = dom_load(s, dst);
 	d = mlsched_decide_ex(&f, p->pid, MLSCHED_SRC_BALANCER, MLSCHED_NONE,
 			      dst_cpu, cfg.levels == 1 ? MLSCHED_DECIDE_LEVEL1_ONLY : 0, &out);
 	switch (out.fate) {
@@ -263,7 +372,7 @@ static __always_inline void nudge_from(u32 dom, const struct snapshot *s)
 	u32 d, o;
 
 	/* A pull the policy always refuses is not worth waking a CPU for. */
-	if (cfg.policy == SCX_MLSCHED_POLICY_STAY)
+	if (cfg.policy == SCX_MLSCHED_POLICY_STAY && !cfg.explore_permille)
 		return;
 	dom &= SCX_MLSCHED_MAX_DOMS - 1;
 	if (now - dom_last_nudge[dom] < cfg.nudge_interval_ns || now < dom_quiet_until[dom])
@@ -279,12 +388,27 @@ static __always_inline void nudge_from(u32 dom, const struct snapshot *s)
 	}
 }
 
+/* Tasks wait on a CPU of `dom`: an idle CPU at home takes one, else one elsewhere may pull. */
+static __always_inline void kick_for(u32 dom)
+{
+	struct snapshot s;
+	s32 idle;
+
+	take_snapshot(&s);
+	idle = s.dom_idle_cpu[dom & (SCX_MLSCHED_MAX_DOMS - 1)];
+	if (idle >= 0)
+		scx_bpf_kick_cpu(idle, SCX_KICK_IDLE);
+	else
+		nudge_from(dom, &s);
+}
+
 s32 BPF_STRUCT_OPS(mls_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake_flags)
 {
 	struct task_ctx *t = task_ctx(p);
 	struct snapshot s;
 	s32 cpu;
 	u32 o, dst;
+	u64 since;
 
 	if (!t || restricted(p))
 		return prev_cpu;
@@ -305,15 +429,21 @@ s32 BPF_STRUCT_OPS(mls_select_cpu, struct task_struct *p, s32 prev_cpu, u64 wake
 		if (dst == t->dom || s.dom_idle_cpu[dst] < 0)
 			continue;
 		stat_inc(SCX_MLSCHED_STAT_ASK_WAKE);
-		if (ask(p, t, &s, t->dom, dst, s.dom_idle_cpu[dst]) != MLSCHED_MIGRATE)
+		since = t->x.ts_ns;
+		if (ask(p, t, &s, t->dom, dst, s.dom_idle_cpu[dst], SCX_MLSCHED_KIND_PUSH) !=
+		    MLSCHED_MIGRATE)
 			break;
 		cpu = claim_idle_cpu(p, dst);
-		if (cpu < 0)
+		if (cpu < 0) {
+			if (!since)	/* an explored MIGRATE that was not carried out */
+				t->x.ts_ns = 0;
 			break;
+		}
 		t->dom = dst;
 		stat_inc(SCX_MLSCHED_STAT_MOVED_WAKE);
 		goto direct;
 	}
+	/* It waits on its previous CPU when that is at home (enqueue). */
 	return prev_cpu;
 
 direct:
@@ -325,12 +455,11 @@ direct:
 void BPF_STRUCT_OPS(mls_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	struct task_ctx *t = task_ctx(p);
-	struct snapshot s;
 	s32 cpu;
 
+	cpu = scx_bpf_task_cpu(p);
 	if (!t || restricted(p)) {
 		/* Off the domains: the local queue of a CPU it may run on. */
-		cpu = scx_bpf_task_cpu(p);
 		if (!bpf_cpumask_test_cpu(cpu, p->cpus_ptr))
 			cpu = scx_bpf_pick_any_cpu(p->cpus_ptr, 0);
 		stat_inc(SCX_MLSCHED_STAT_PINNED);
@@ -339,17 +468,45 @@ void BPF_STRUCT_OPS(mls_enqueue, struct task_struct *p, u64 enq_flags)
 		return;
 	}
 
+	/* The queue of the CPU it last ran on, when that is at home. */
+	if (cpu_dom(cpu) != t->dom || !bpf_cpumask_test_cpu(cpu, p->cpus_ptr)) {
+		cpu = quietest_cpu(p, t->dom);
+		if (cpu < 0)
+			cpu = scx_bpf_task_cpu(p);
+	}
 	stat_inc(SCX_MLSCHED_STAT_QUEUED);
-	scx_bpf_dispatch(p, t->dom, cfg.slice_ns, enq_flags);
-
-	take_snapshot(&s);
-	if (s.dom_idle_cpu[t->dom & (SCX_MLSCHED_MAX_DOMS - 1)] >= 0)
-		scx_bpf_kick_cpu(s.dom_idle_cpu[t->dom & (SCX_MLSCHED_MAX_DOMS - 1)], SCX_KICK_IDLE);
-	else
-		nudge_from(t->dom, &s);
+	scx_bpf_dispatch(p, cpu, cfg.slice_ns, enq_flags);
+	if (scx_bpf_test_and_clear_cpu_idle(cpu))
+		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+	else if (cpu != bpf_get_smp_processor_id() || cpu_queued(cpu) > 1)
+		/* it waits (not a task of this CPU going round again): help */
+		kick_for(t->dom);
 }
 
-/* This CPU's domain queue is empty: pull one task from another domain, if the model agrees. */
+/*
+ * Idle for at least cfg.cold_ns: free to take other CPUs' work. A CPU whose task
+ * blocked a moment ago stays free for that task: it likely wakes soon, and runs where
+ * its cache is (the kernel skips its new-idle balance for the same reason).
+ */
+static __always_inline bool settled_idle(s32 cpu)
+{
+	u64 since = cpu_idle_since[(u32)cpu & (SCX_MLSCHED_MAX_CPUS - 1)];
+
+	return since && bpf_ktime_get_ns() - since >= cfg.cold_ns;
+}
+
+/* This CPU has nothing of its own: the first task waiting on the busiest CPU at home. */
+static __always_inline bool steal(s32 cpu, u32 dom)
+{
+	s32 victim = busiest_cpu(dom, cpu);
+
+	if (victim < 0 || !scx_bpf_consume(victim))
+		return false;
+	stat_inc(SCX_MLSCHED_STAT_STOLEN);
+	return true;
+}
+
+/* Nothing waits at home: pull one task from another domain's busiest CPU, if the model agrees. */
 static __always_inline bool pull(s32 cpu, u32 dom)
 {
 	struct bpf_iter_scx_dsq it;
@@ -357,15 +514,20 @@ static __always_inline bool pull(s32 cpu, u32 dom)
 	struct task_ctx *t;
 	struct snapshot s;
 	bool moved = false;
+	s32 victim;
 	u32 o, src, seen;
+	u64 since;
 
 	take_snapshot(&s);
 	for (o = 0; o < SCX_MLSCHED_MAX_DOMS && o < cfg.nr_doms; o++) {
 		src = o & (SCX_MLSCHED_MAX_DOMS - 1);
-		if (src == dom || scx_bpf_dsq_nr_queued(src) <= 0)
+		if (src == dom)
+			continue;
+		victim = busiest_cpu(src, -1);
+		if (victim < 0)
 			continue;
 		seen = 0;
-		bpf_iter_scx_dsq_new(&it, src, 0);
+		bpf_iter_scx_dsq_new(&it, victim, 0);
 		while ((p = bpf_iter_scx_dsq_next(&it))) {
 			if (++seen > PULL_SCAN_MAX)
 				break;
@@ -375,11 +537,14 @@ static __always_inline bool pull(s32 cpu, u32 dom)
 			if (!t)
 				continue;
 			stat_inc(SCX_MLSCHED_STAT_ASK_PULL);
-			if (ask(p, t, &s, src, dom, cpu) == MLSCHED_MIGRATE) {
+			since = t->x.ts_ns;
+			if (ask(p, t, &s, src, dom, cpu, SCX_MLSCHED_KIND_PULL) == MLSCHED_MIGRATE) {
 				if (__COMPAT_scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
 					t->dom = dom;
 					stat_inc(SCX_MLSCHED_STAT_MOVED_PULL);
 					moved = true;
+				} else if (!since) {
+					t->x.ts_ns = 0;	/* not carried out */
 				}
 			} else if (!t->ask_seq) {
 				/* a final STAY (no answer pending): stop waking CPUs for a while */
@@ -395,47 +560,52 @@ static __always_inline bool pull(s32 cpu, u32 dom)
 	return false;
 }
 
-/* Among the first tasks of the domain queue, one that last ran here (warm cache). */
-static __always_inline bool consume_warm(s32 cpu, u32 dom)
-{
-	struct bpf_iter_scx_dsq it;
-	struct task_struct *p;
-	bool got = false;
-	u32 seen = 0;
-
-	bpf_iter_scx_dsq_new(&it, dom, 0);
-	while ((p = bpf_iter_scx_dsq_next(&it))) {
-		if (++seen > WARM_SCAN_MAX)
-			break;
-		if (scx_bpf_task_cpu(p) == cpu &&
-		    __COMPAT_scx_bpf_dispatch_from_dsq(&it, p, SCX_DSQ_LOCAL, 0)) {
-			got = true;
-			break;
-		}
-	}
-	bpf_iter_scx_dsq_destroy(&it);
-	return got;
-}
-
 void BPF_STRUCT_OPS(mls_dispatch, s32 cpu, struct task_struct *prev)
 {
 	u32 dom = cpu_dom(cpu);
 
-	if (consume_warm(cpu, dom) || scx_bpf_consume(dom))
+	if (scx_bpf_consume(cpu) || !settled_idle(cpu) || steal(cpu, dom))
 		return;
 	pull(cpu, dom);
 }
 
-/* A busy CPU with work queued at home: let an idle CPU elsewhere look at it. */
+/* When each CPU went idle (0: busy), for settled_idle(). */
+void BPF_STRUCT_OPS(mls_update_idle, s32 cpu, bool idle)
+{
+	cpu_idle_since[(u32)cpu & (SCX_MLSCHED_MAX_CPUS - 1)] = idle ? bpf_ktime_get_ns() : 0;
+}
+
+/* A busy CPU with tasks waiting on it: let an idle CPU at home or elsewhere take one. */
 void BPF_STRUCT_OPS(mls_tick, struct task_struct *p)
 {
-	u32 dom = cpu_dom(bpf_get_smp_processor_id());
-	struct snapshot s;
+	s32 cpu = bpf_get_smp_processor_id();
 
-	if (scx_bpf_dsq_nr_queued(dom) <= 0)
+	if (cpu_queued(cpu) == 0)
 		return;
-	take_snapshot(&s);
-	nudge_from(dom, &s);
+	kick_for(cpu_dom(cpu));
+}
+
+/* p starts running: an explored answer about it has its outcome now. */
+void BPF_STRUCT_OPS(mls_running, struct task_struct *p)
+{
+	struct scx_mlsched_explore *r;
+	struct task_ctx *t;
+	u64 now;
+
+	if (!cfg.explore_permille || !(t = task_ctx(p)) || !t->x.ts_ns)
+		return;
+	now = bpf_ktime_get_ns();
+	t->x.wait_ns = now - t->x.ts_ns;
+	t->x.src_queued_after = dom_queued(t->x_src & (SCX_MLSCHED_MAX_DOMS - 1));
+	t->x.dst_queued_after = dom_queued(t->x_dst & (SCX_MLSCHED_MAX_DOMS - 1));
+	r = bpf_ringbuf_reserve(&explore, sizeof(*r), 0);
+	if (r) {
+		*r = t->x;
+		bpf_ringbuf_submit(r, 0);
+	} else {
+		stat_inc(SCX_MLSCHED_STAT_EXPLORE_LOST);
+	}
+	t->x.ts_ns = 0;
 }
 
 s32 BPF_STRUCT_OPS(mls_init_task, struct task_struct *p, struct scx_init_task_args *args)
@@ -452,17 +622,18 @@ void BPF_STRUCT_OPS(mls_enable, struct task_struct *p)
 	if (t) {
 		t->dom = cpu_dom(scx_bpf_task_cpu(p));
 		t->ask_seq = 0;
+		t->x.ts_ns = 0;
 	}
 }
 
-/* Sleepable: creating DSQs may allocate. */
+/* Sleepable: creating DSQs may allocate. One FIFO per CPU, id == CPU. */
 s32 BPF_STRUCT_OPS_SLEEPABLE(mls_init)
 {
-	u32 d;
+	u32 cpu;
 	s32 err;
 
-	for (d = 0; d < SCX_MLSCHED_MAX_DOMS && d < cfg.nr_doms; d++) {
-		err = scx_bpf_create_dsq(d, -1);
+	for (cpu = 0; cpu < SCX_MLSCHED_MAX_CPUS && cpu < cfg.nr_cpus; cpu++) {
+		err = scx_bpf_create_dsq(cpu, -1);
 		if (err)
 			return err;
 	}
@@ -479,8 +650,12 @@ SCX_OPS_DEFINE(mlsched_ops,
 	       .enqueue		= (void *)mls_enqueue,
 	       .dispatch	= (void *)mls_dispatch,
 	       .tick		= (void *)mls_tick,
+	       .update_idle	= (void *)mls_update_idle,
+	       .running		= (void *)mls_running,
 	       .init_task	= (void *)mls_init_task,
 	       .enable		= (void *)mls_enable,
 	       .init		= (void *)mls_init,
 	       .exit		= (void *)mls_exit,
+	       /* update_idle keeps the idle masks of claim_idle_cpu() and snapshots */
+	       .flags		= SCX_OPS_KEEP_BUILTIN_IDLE,
 	       .name		= "mlsched");

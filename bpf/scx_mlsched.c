@@ -8,6 +8,11 @@
  *   ours) -> wait for SIGINT/SIGTERM, --duration or a scheduler exit (UEI)
  *   -> detach -> counters and exit reason.
  *
+ * With --explore, that share of the balancer's answers is a coin toss; each one
+ * carried out comes back on the `explore` ring when the task next runs and is
+ * appended to --explore-out as a CSV row (explore_header below), the records
+ * `mlsched-train --labels outcome` learns from.
+ *
  * With --policy model the decision maps (requests, table, decisions, control,
  * host, stats) are the ones `mlsched-lite run --pin` pinned under --pin-dir:
  * the table mlsched-lite loaded answers in the kernel and mlsched-lite itself
@@ -42,12 +47,14 @@
 #define DEFAULT_SLICE_US	5000
 #define DEFAULT_TTL_MS		100
 #define DEFAULT_NUDGE_US	2000
+/* The kernel's default sched_migration_cost (kernel/sched/fair.c): younger is cache-hot. */
+#define DEFAULT_COLD_US		500
 
 /* Names of enum scx_mlsched_stat, in order (the JSON keys of the report). */
 static const char *const sched_stat_names[] = {
 	"ask_wake", "ask_pull", "from_table", "from_level2", "from_daemon", "sent", "waiting",
 	"unanswered", "no_answer", "fixed", "said_migrate", "moved_wake", "moved_pull",
-	"nudges", "direct", "queued", "pinned",
+	"nudges", "direct", "queued", "pinned", "stolen", "explored", "explore_lost",
 };
 _Static_assert(sizeof(sched_stat_names) / sizeof(sched_stat_names[0]) == SCX_MLSCHED_STAT_COUNT,
 	       "one name per scheduler counter");
@@ -78,6 +85,10 @@ static const char usage[] =
 "  -s, --slice-us N      time slice                                    [%d]\n"
 "  -t, --ttl-ms N        wait this long for mlsched-lite's answer      [%d]\n"
 "  -n, --nudge-us N      at most one pull nudge per domain this often  [%d]\n"
+"  -c, --cold-us N       a CPU idle this long may take other CPUs' tasks [%d]\n"
+"  -x, --explore N       answer N per thousand questions with a fair coin [0]\n"
+"  -X, --explore-out F   append each explored answer and what followed to F\n"
+"                        (CSV; needs --explore)\n"
 "  -L, --list-domains    print the domains, in --domains syntax, and exit\n"
 "  -D, --duration S      run S seconds (0: until a signal)             [0]\n"
 "  -o, --stats-file PATH write counters and exit reason as JSON there at the end\n"
@@ -88,6 +99,11 @@ static const char usage[] =
 "  mlsched-lite run --bundle B --pin --no-collector &   # decisions from the model\n"
 "  " PROG " --pin-dir /sys/fs/bpf/mlsched -o /tmp/scx.json\n"
 "  " PROG " --policy stay --duration 30                 # control: no balancing\n";
+
+/* The CSV columns of --explore-out (what `mlsched-train --labels outcome` reads). */
+static const char explore_header[] =
+	"cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load,action,propensity,wait_ns,"
+	"src_queued,dst_queued,src_queued_after,dst_queued_after,kind,pid,ts_ns\n";
 
 static volatile sig_atomic_t stop_requested;
 static int verbose;
@@ -398,10 +414,10 @@ static int fill_report(FILE *f, void *arg)
 	const struct report *r = arg;
 	int i;
 
-	fprintf(f, "{\n  \"policy\": \"%s\",\n  \"levels\": %u,\n  \"nr_cpus\": %u,\n"
-		"  \"nr_doms\": %u,\n  \"seconds\": %.3f,\n  \"sched\": {",
-		policy_names[r->cfg->policy], r->cfg->levels, r->cfg->nr_cpus,
-		r->cfg->nr_doms, r->seconds);
+	fprintf(f, "{\n  \"policy\": \"%s\",\n  \"levels\": %u,\n  \"explore_permille\": %u,\n"
+		"  \"nr_cpus\": %u,\n  \"nr_doms\": %u,\n  \"seconds\": %.3f,\n  \"sched\": {",
+		policy_names[r->cfg->policy], r->cfg->levels, r->cfg->explore_permille,
+		r->cfg->nr_cpus, r->cfg->nr_doms, r->seconds);
 	for (i = 0; i < SCX_MLSCHED_STAT_COUNT; i++)
 		fprintf(f, "%s\"%s\": %llu", i ? ", " : "", sched_stat_names[i],
 			(unsigned long long)r->sched[i]);
@@ -431,6 +447,44 @@ static int write_report(const char *path, const struct scx_mlsched_cfg *cfg, dou
 	return 0;
 }
 
+struct explore_out {
+	FILE *f;
+	unsigned long long rows, bad;
+};
+
+/* One explored answer from the ring: a CSV row. */
+static int on_explore(void *ctx, void *data, size_t size)
+{
+	struct explore_out *o = ctx;
+	const struct scx_mlsched_explore *r = data;
+
+	if (size < sizeof(*r)) {
+		o->bad++;
+		return 0;
+	}
+	fprintf(o->f, "%u,%u,%u,%.6f,%.6f,%u,%.3f,%llu,%u,%u,%u,%u,%s,%u,%llu\n",
+		r->cpu, r->idle, r->busy, r->src_load / (double)MLSCHED_LOAD_ONE,
+		r->dst_load / (double)MLSCHED_LOAD_ONE, r->action,
+		r->propensity_permille / 1000.0, (unsigned long long)r->wait_ns,
+		r->src_queued, r->dst_queued, r->src_queued_after, r->dst_queued_after,
+		r->kind == SCX_MLSCHED_KIND_PULL ? "pull" : "push", r->pid,
+		(unsigned long long)r->ts_ns);
+	o->rows++;
+	return 0;
+}
+
+/* --explore-out: appended to, the header first when it is empty. */
+static FILE *open_explore_out(const char *path)
+{
+	FILE *f = fopen(path, "a");
+
+	if (!f)
+		die("--explore-out %s: %s", path, strerror(errno));
+	if (ftell(f) == 0 && fputs(explore_header, f) == EOF)
+		die("--explore-out %s: %s", path, strerror(errno));
+	return f;
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -449,8 +503,11 @@ int main(int argc, char **argv)
 		{ "slice-us", required_argument, NULL, 's' },
 		{ "ttl-ms", required_argument, NULL, 't' },
 		{ "nudge-us", required_argument, NULL, 'n' },
+		{ "cold-us", required_argument, NULL, 'c' },
 		{ "duration", required_argument, NULL, 'D' },
 		{ "list-domains", no_argument, NULL, 'L' },
+		{ "explore", required_argument, NULL, 'x' },
+		{ "explore-out", required_argument, NULL, 'X' },
 		{ "stats-file", required_argument, NULL, 'o' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
@@ -462,8 +519,11 @@ int main(int argc, char **argv)
 		.slice_ns = DEFAULT_SLICE_US * 1000ULL,
 		.answer_ttl_ns = DEFAULT_TTL_MS * 1000000ULL,
 		.nudge_interval_ns = DEFAULT_NUDGE_US * 1000ULL,
+		.cold_ns = DEFAULT_COLD_US * 1000ULL,
 	};
-	const char *pin_dir = NULL, *domains = NULL, *stats_file = NULL;
+	const char *pin_dir = NULL, *domains = NULL, *stats_file = NULL, *explore_path = NULL;
+	struct explore_out xo = { 0 };
+	struct ring_buffer *xring = NULL;
 	__u64 sched[SCX_MLSCHED_STAT_COUNT], helper[MLSCHED_STAT_COUNT];
 	__u64 helper_before[MLSCHED_STAT_COUNT];
 	struct user_exit_info ex;
@@ -475,7 +535,7 @@ int main(int argc, char **argv)
 	__u64 err_kind;
 	int c, i;
 
-	while ((c = getopt_long(argc, argv, "p:l:P:d:s:t:n:D:Lo:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "p:l:P:d:s:t:n:c:D:Lx:X:o:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p':
 			for (i = 0; i < 3 && strcmp(optarg, policy_names[i]); i++)
@@ -491,11 +551,15 @@ int main(int argc, char **argv)
 		case 't': cfg.answer_ttl_ns = parse_num(optarg, "--ttl-ms", 1, 60000) * 1000000ULL; break;
 		case 'n': cfg.nudge_interval_ns = parse_num(optarg, "--nudge-us", 0, 1000000) * 1000ULL;
 			break;
+		case 'c': cfg.cold_ns = parse_num(optarg, "--cold-us", 0, 1000000) * 1000ULL; break;
 		case 'D': duration = parse_num(optarg, "--duration", 0, 86400 * 365); break;
 		case 'L': list_domains = true; break;
+		case 'x': cfg.explore_permille = parse_num(optarg, "--explore", 0, 1000); break;
+		case 'X': explore_path = optarg; break;
 		case 'o': stats_file = optarg; break;
 		case 'v': verbose = 1; break;
-		case 'h': printf(usage, DEFAULT_SLICE_US, DEFAULT_TTL_MS, DEFAULT_NUDGE_US); return 0;
+		case 'h': printf(usage, DEFAULT_SLICE_US, DEFAULT_TTL_MS, DEFAULT_NUDGE_US,
+					 DEFAULT_COLD_US); return 0;
 		default:
 			fprintf(stderr, "Try '" PROG " --help'.\n");
 			return 2;
@@ -515,6 +579,8 @@ int main(int argc, char **argv)
 		print_domains(&cfg);
 		return 0;
 	}
+	if (explore_path && !cfg.explore_permille)
+		die("--explore-out needs --explore N (N > 0)");
 	if (cfg.policy == SCX_MLSCHED_POLICY_MODEL && !pin_dir)
 		die("--policy model needs --pin-dir (the maps of `mlsched-lite run --pin`)");
 	if (geteuid() != 0)
@@ -528,6 +594,12 @@ int main(int argc, char **argv)
 		reuse_pinned_maps(skel, pin_dir);
 	skel->rodata->cfg = cfg;
 	SCX_OPS_LOAD(skel, mlsched_ops, scx_mlsched, uei);
+	if (explore_path) {
+		xo.f = open_explore_out(explore_path);
+		xring = ring_buffer__new(bpf_map__fd(skel->maps.explore), on_explore, &xo, NULL);
+		if (!xring)
+			die("explore ring: %s", strerror(errno));
+	}
 	/* The helper's counters live in maps that outlive us (pinned): report our share. */
 	sum_percpu(skel->maps.stats, MLSCHED_STAT_COUNT, helper_before);
 	signal(SIGINT, on_signal);
@@ -538,14 +610,26 @@ int main(int argc, char **argv)
 		policy_names[cfg.policy], cfg.nr_cpus, cfg.nr_doms);
 
 	while (!stop_requested && !UEI_EXITED(skel, uei) &&
-	       (!duration || now_s() - started < duration))
-		usleep(100000);
+	       (!duration || now_s() - started < duration)) {
+		if (xring)
+			ring_buffer__poll(xring, 100);
+		else
+			usleep(100000);
+	}
 
 	sum_percpu(skel->maps.sched_stats, SCX_MLSCHED_STAT_COUNT, sched);
 	sum_percpu(skel->maps.stats, MLSCHED_STAT_COUNT, helper);
 	for (i = 0; i < MLSCHED_STAT_COUNT; i++)
 		helper[i] -= helper_before[i];
 	bpf_link__destroy(link);
+	if (xring) {
+		/* what the scheduler wrote before it left */
+		ring_buffer__consume(xring);
+		ring_buffer__free(xring);
+		if (fclose(xo.f))
+			fprintf(stderr, PROG ": --explore-out %s: %s\n", explore_path, strerror(errno));
+		fprintf(stderr, PROG ": %llu explored answers written to %s\n", xo.rows, explore_path);
+	}
 	/* ops.exit runs from a kernel worker after the unregistration: wait for it. */
 	for (i = 0; i < 50 && !UEI_EXITED(skel, uei); i++)
 		usleep(20000);
