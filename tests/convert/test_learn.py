@@ -80,6 +80,38 @@ def test_records_train_convert_and_deploy(tmp_path):
     assert r.stdout.split() == ["MIGRATE", "MIGRATE", "STAY", "STAY", "STAY"]
 
 
+def write_exploration_records(path, rows: int, seed: int = 11) -> None:
+    """Random STAY/MIGRATE at propensity 0.5; the task waits src load x 1 ms where it is,
+    dst load x 1 ms after a move: with the 500 µs migration cost, moving pays iff
+    src - dst > 0.5."""
+    rng = np.random.default_rng(seed)
+    src, dst = rng.integers(0, 1001, rows) / 1000, rng.integers(0, 1001, rows) / 1000
+    action = rng.integers(0, 2, rows)
+    wait_ns = np.where(action == 1, dst, src) * 1_000_000
+    idle = rng.integers(0, CPUS + 1, rows)
+    lines = [f"{i % CPUS},{idle[i]},{CPUS - idle[i]},{src[i]},{dst[i]},{action[i]},0.5,"
+             f"{int(wait_ns[i])},1,0,1,0,{('push', 'pull')[i % 2]},{i},{i}" for i in range(rows)]
+    path.write_text("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load,action,propensity,"
+                    "wait_ns,src_queued,dst_queued,src_queued_after,dst_queued_after,kind,pid,"
+                    "ts_ns\n" + "\n".join(lines) + "\n")
+
+
+def test_outcome_labels_learn_a_policy_cheaper_than_the_trivial_ones(tmp_path):
+    records, learned = tmp_path / "x.csv", tmp_path / "learned"
+    write_exploration_records(records, 2000)
+    r = run(TRAIN, records, "-o", learned, "--epochs", "10")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((learned / "report.json").read_text())
+    assert report["labels"] == "outcome" and report["migration_cost_us"] == 500
+    held = report["held_out"]
+    assert held["accuracy_weighted"] and held["accuracy"] >= 0.8, held
+    ips = held["ips_mean_cost_us"]
+    assert ips["learned"]["ips_mean_cost_us"] < ips["always MIGRATE"]["ips_mean_cost_us"]
+    assert ips["learned"]["ips_mean_cost_us"] < ips["logged (random)"]["mean_cost_us"]
+    # moving pays on an eighth of the (src, dst) square
+    assert 0.03 < held["float_migrate_rate"] < 0.3, held
+
+
 def one_line_exit_2(r, *words) -> None:
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
