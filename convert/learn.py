@@ -57,6 +57,8 @@ MIN_BATCH, MAX_BATCH = 32, 1024
 #: Points per axis of the decision map in report.png.
 MAP_STEPS = 101
 
+DESCRIPTION = ("Train the reference design, the 10->64->64->1 TensorFlow MLP, from the kernel"
+               " side's record files; write a SavedModel mlsched-convert reads, and a report.")
 EPILOG = f"""\
 examples:
   mlsched-lite run --record r.csv --duration 600      # collect what CFS does
@@ -138,7 +140,8 @@ def host_cpus(x: np.ndarray) -> int:
     return max(1, int(np.max(np.maximum(x[:, 1] + x[:, 2], x[:, 0] + 1))))
 
 
-def fit(tf, d: Labelled, train_rows: np.ndarray, epochs: int, seed: int, count_scale: int):
+def fit(tf, d: Labelled, train_rows: np.ndarray, epochs: int, seed: int, count_scale: int,
+        verbose: bool = False):
     """Train on the training rows (validation: the held-out ones); the scale folded in."""
     tf.keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -155,7 +158,7 @@ def fit(tf, d: Labelled, train_rows: np.ndarray, epochs: int, seed: int, count_s
         d.x[train_rows] / scale, d.y[train_rows].astype(np.float32),
         sample_weight=d.w[train_rows], batch_size=batch, epochs=epochs, shuffle=True,
         validation_data=(d.x[held] / scale, d.y[held].astype(np.float32), d.w[held]),
-        verbose=0)
+        verbose=2 if verbose else 0)
     fold_scale(model, scale)
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, batch
 
@@ -238,7 +241,13 @@ def write_output(out: Path, force: bool, model, report: dict, history: dict,
                 raise ConvertError(f"{out} exists: pass --force to replace it")
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.rename(out, old / "x")
-        os.rename(tmp, out)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old / "x", out)       # the previous OUTDIR stays as it was
+                raise
+        else:
+            os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
@@ -247,7 +256,7 @@ def write_output(out: Path, force: bool, model, report: dict, history: dict,
 
 def learn(paths: list[str], out: Path, labels: str | None = None, epochs: int = EPOCHS,
           seed: int = SEED, migration_cost_us: float = DEFAULT_MIGRATION_COST_US,
-          holdout: float = HOLDOUT, force: bool = False) -> dict:
+          holdout: float = HOLDOUT, force: bool = False, verbose: bool = False) -> dict:
     """The whole pipeline (see the module doc); returns the report."""
     records = rec_mod.read(paths, labels)
     labels = labels or LABELS_OF[records.kind]
@@ -261,7 +270,9 @@ def learn(paths: list[str], out: Path, labels: str | None = None, epochs: int = 
 
     cpus = host_cpus(d.x)
     t0 = time.time()
-    model, history, batch = fit(tf, d, train_rows, epochs, seed, cpus)
+    log.info("%d rows (%d for training), %s labels, counts scaled by %d", len(d.y),
+             int(train_rows.sum()), labels, cpus)
+    model, history, batch = fit(tf, d, train_rows, epochs, seed, cpus, verbose)
     seconds = time.time() - t0
     read_rows = sum(f.rows for f in records.files)
     report = {
@@ -288,7 +299,7 @@ def learn(paths: list[str], out: Path, labels: str | None = None, epochs: int = 
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION,
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("records", nargs="+", metavar="RECORDS",
                     help="CSV record files (run --record, or scx_mlsched --explore-out)")
@@ -304,7 +315,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--holdout", type=float, default=HOLDOUT, metavar="F",
                     help="fraction of rows held out for evaluation (default %(default)s)")
     ap.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="progress, and a line per epoch")
     return ap.parse_args(argv)
 
 
@@ -328,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(a)
         report = learn(a.records, a.output, a.labels, a.epochs, a.seed, a.migration_cost_us,
-                       a.holdout, a.force)
+                       a.holdout, a.force, a.verbose)
     except ConvertError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return e.code

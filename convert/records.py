@@ -99,13 +99,15 @@ class Records:
 
 def kind_of(path: Path) -> tuple[str, tuple[str, ...]]:
     """(kind, header columns) of a record file, from its header line."""
-    if not path.is_file():
+    if not path.exists():
         raise RecordError(f"{path}: no such file")
+    if not path.is_file():
+        raise RecordError(f"{path}: not a regular file")
     try:
-        with open(path, newline="", encoding="ascii") as f:
-            header = f.readline()
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: not a readable text file ({e.__class__.__name__})") from None
+        with open(path, "rb") as f:
+            header = f.readline(4096).decode("ascii")
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}:1: not a record file header (not ASCII text)") from None
     cols = tuple(c.strip() for c in header.strip().split(","))
     if cols not in HEADERS:
         raise RecordError(f"{path}:1: not a record file header (expected the columns that"
@@ -154,25 +156,41 @@ def _read_file(path: Path, cols: tuple[str, ...], kind: str) -> dict[str, np.nda
     """Parse every row: numbers everywhere but in ``kind``; empty domain fields are NaN."""
     numeric = [i for i, c in enumerate(cols) if c != "kind"]
     optional = {cols.index(c) for c in DOMAIN_COLUMNS if c in cols}
-    values, kinds = [], []
-    with open(path, newline="", encoding="ascii") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for lineno, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(cols):
-                raise RecordError(f"{path}:{lineno}: {len(row)} fields, the header has {len(cols)}")
+    values: list[list[float]] = []
+    kinds: list[str] = []
+    with open(path, "rb") as f:
+        next(f)
+        for lineno, raw in enumerate(f, start=2):
             try:
-                vals = [float("nan") if (i in optional and not row[i].strip()) else float(row[i])
-                        for i in numeric]
-            except ValueError:
-                raise RecordError(f"{path}:{lineno}: a field is not a number") from None
-            if not all(np.isfinite(v) for i, v in zip(numeric, vals, strict=True) if i not in optional):
-                raise RecordError(f"{path}:{lineno}: NaN or infinite value")
-            values.append(vals)
-            if kind == EXPLORATION:
-                kinds.append(row[cols.index("kind")].strip())
+                row = next(csv.reader([raw.decode("ascii")]), [])
+            except (UnicodeDecodeError, csv.Error):
+                raise RecordError(f"{path}:{lineno}: not a CSV line of ASCII text") from None
+            _parse_row(path, lineno, row, cols, numeric, optional, values, kinds)
+    return _columns(values, kinds, cols, numeric, kind)
+
+
+def _parse_row(path: Path, lineno: int, row: list[str], cols: tuple[str, ...],
+               numeric: list[int], optional: set[int], values: list, kinds: list) -> None:
+    """Append one CSV row's numbers to ``values`` (and its ``kind`` to ``kinds``)."""
+    if not row:
+        return
+    if len(row) != len(cols):
+        raise RecordError(f"{path}:{lineno}: {len(row)} fields, the header has {len(cols)}")
+    try:
+        vals = [float("nan") if (i in optional and not row[i].strip()) else float(row[i])
+                for i in numeric]
+    except ValueError:
+        raise RecordError(f"{path}:{lineno}: a field is not a number") from None
+    if not all(np.isfinite(v) for i, v in zip(numeric, vals, strict=True) if i not in optional):
+        raise RecordError(f"{path}:{lineno}: NaN or infinite value")
+    values.append(vals)
+    if "kind" in cols:
+        kinds.append(row[cols.index("kind")].strip())
+
+
+def _columns(values: list, kinds: list, cols: tuple[str, ...], numeric: list[int],
+             kind: str) -> dict[str, np.ndarray]:
+    """The parsed rows as columns: ``features`` [n, 5] and one array per other column."""
     names = [cols[i] for i in numeric]
     a = np.array(values, dtype=np.float64).reshape(-1, len(numeric))
     out = {"features": a[:, [names.index(n) for n in FEATURE_NAMES]].copy()}

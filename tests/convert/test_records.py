@@ -116,3 +116,12 @@ def test_labels_pick_their_kind_of_file(tmp_path):
     rec = records.read([a, b], records.OUTCOME)
     assert rec.kind == records.EXPLORATION and len(rec) == 6
     assert rec.dropped == {"collector file, not used by --labels outcome": 1}
+
+
+def test_text_that_is_not_ascii_csv_names_its_line(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_bytes(NEW.encode() + b"1,2,2,0.5,0.5,1,0,1,5,6,0,1\n" + "1,2,2,0,5,\u00e9\n".encode())
+    with pytest.raises(RecordError, match="x.csv:3"):
+        records.read([p])
+    with pytest.raises(RecordError, match="not a regular file"):
+        records.read([tmp_path])
