@@ -160,13 +160,22 @@ def _read_file(path: Path, cols: tuple[str, ...], kind: str) -> dict[str, np.nda
     kinds: list[str] = []
     with open(path, "rb") as f:
         next(f)
-        for lineno, raw in enumerate(f, start=2):
-            try:
-                row = next(csv.reader([raw.decode("ascii")]), [])
-            except (UnicodeDecodeError, csv.Error):
-                raise RecordError(f"{path}:{lineno}: not a CSV line of ASCII text") from None
-            _parse_row(path, lineno, row, cols, numeric, optional, values, kinds)
+        reader = csv.reader(_ascii_lines(path, f))
+        try:
+            for lineno, row in enumerate(reader, start=2):
+                _parse_row(path, lineno, row, cols, numeric, optional, values, kinds)
+        except csv.Error:
+            raise RecordError(f"{path}:{reader.line_num + 1}: not a CSV line") from None
     return _columns(values, kinds, cols, numeric, kind)
+
+
+def _ascii_lines(path: Path, f):
+    """The file's lines from the second on, as text; a line that is not ASCII is an error."""
+    for lineno, raw in enumerate(f, start=2):
+        try:
+            yield raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise RecordError(f"{path}:{lineno}: not ASCII text") from None
 
 
 def _parse_row(path: Path, lineno: int, row: list[str], cols: tuple[str, ...],
