@@ -113,16 +113,19 @@ def label(records: Records, labels: str, train_rows: np.ndarray,
     return Labelled(x, out.labels, out.weights.astype(np.float32), before, notes, out)
 
 
-def check_trainable(d: Labelled, train_rows: np.ndarray) -> None:
-    n = len(d.y)
-    if n < MIN_ROWS:
-        raise RecordError(f"too few rows: {n} usable, at least {MIN_ROWS} needed")
-    for name, mask in (("all", np.ones(n, dtype=bool)), ("training", train_rows)):
+def check_rows(records: Records) -> None:
+    if len(records) < MIN_ROWS:
+        raise RecordError(f"too few rows: {len(records)} usable, at least {MIN_ROWS} needed")
+
+
+def check_classes(d: Labelled, train_rows: np.ndarray) -> None:
+    """Both classes, with weight, among all rows and among the training rows."""
+    for name, mask in (("", np.ones(len(d.y), dtype=bool)), ("training ", train_rows)):
         ys = d.y[mask & (d.w > 0)]
         if ys.size == 0:
-            raise RecordError(f"every {name} row has weight 0: nothing to learn")
+            raise RecordError(f"every {name}row has weight 0: nothing to learn")
         if ys.min() == ys.max():
-            raise RecordError(f"every {name} row is labelled {('STAY', 'MIGRATE')[int(ys[0])]}:"
+            raise RecordError(f"every {name}row is labelled {('STAY', 'MIGRATE')[int(ys[0])]}:"
                               " a model needs both classes to learn from")
 
 
@@ -141,8 +144,9 @@ def host_cpus(x: np.ndarray) -> int:
 
 
 def fit(tf, d: Labelled, train_rows: np.ndarray, epochs: int, seed: int, count_scale: int,
-        verbose: bool = False):
-    """Train on the training rows (validation: the held-out ones); the scale folded in."""
+        verbose: bool = False) -> tuple[object, dict[str, list[float]], int]:
+    """(model, loss/accuracy per epoch, batch): trained on the training rows, validated on
+    the held-out ones, the count scale folded into its first layer."""
     tf.keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     scale = feature_scale(count_scale)
@@ -260,9 +264,10 @@ def learn(paths: list[str], out: Path, labels: str | None = None, epochs: int = 
     """The whole pipeline (see the module doc); returns the report."""
     records = rec_mod.read(paths, labels)
     labels = labels or LABELS_OF[records.kind]
+    check_rows(records)
     train_rows = split(len(records), holdout, seed)
     d = label(records, labels, train_rows, migration_cost_us)
-    check_trainable(d, train_rows)
+    check_classes(d, train_rows)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")   # oneDNN reorders float sums

@@ -127,6 +127,9 @@ def one_line_exit_2(r, *words) -> None:
      "1,2,2,0.5,0.5,1,0,1,5,6\n" "1,2,2,0.5,0.5,0,0,1,5,6\n", ("too few rows",)),
     ("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load,cfs_action,decision,source,pid,ts_ns\n"
      "1,2,2,0.5,0.5,1,0,1,5,6\n" "1,2,2,half,0.5,0,0,1,5,6\n", ("bad.csv:3", "not a number")),
+    ("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load,action,propensity,wait_ns,src_queued,"
+     "dst_queued,src_queued_after,dst_queued_after,kind,pid,ts_ns\n"
+     "1,2,2,0.5,0.5,1,0.5,1000,1,0,1,0,push,5,6\n", ("too few rows",)),
 ])
 def test_bad_records_exit_2_and_leave_nothing(tmp_path, content, words):
     bad = tmp_path / "bad.csv"
