@@ -139,7 +139,11 @@ def read(paths: list[str | Path], labels: str | None = None) -> Records:
             files.append(info)
             continue
         part = _read_file(path, cols, kind)
-        files.append(FileInfo(str(path), _sha256(path), kind, len(part["features"]),
+        cut = int(part.pop("cut_rows")[0])
+        if cut:
+            why = "last row cut short (no newline)"
+            dropped[why] = dropped.get(why, 0) + cut
+        files.append(FileInfo(str(path), _sha256(path), kind, len(part["features"]) + cut,
                               (DOMAIN_COLUMNS[0] in cols) if kind == COLLECTOR else None))
         parts.append(part)
     features = np.concatenate([p["features"] for p in parts])
@@ -158,20 +162,28 @@ def _read_file(path: Path, cols: tuple[str, ...], kind: str) -> dict[str, np.nda
     optional = {cols.index(c) for c in DOMAIN_COLUMNS if c in cols}
     values: list[list[float]] = []
     kinds: list[str] = []
+    cut: list[int] = []
     with open(path, "rb") as f:
         next(f)
-        reader = csv.reader(_ascii_lines(path, f))
+        reader = csv.reader(_ascii_lines(path, f, cut))
         try:
             for lineno, row in enumerate(reader, start=2):
                 _parse_row(path, lineno, row, cols, numeric, optional, values, kinds)
         except csv.Error:
             raise RecordError(f"{path}:{reader.line_num + 1}: not a CSV line") from None
-    return _columns(values, kinds, cols, numeric, kind)
+    out = _columns(values, kinds, cols, numeric, kind)
+    out["cut_rows"] = np.array([len(cut)])
+    return out
 
 
-def _ascii_lines(path: Path, f):
-    """The file's lines from the second on, as text; a line that is not ASCII is an error."""
+def _ascii_lines(path: Path, f, cut: list[int]):
+    """The file's lines from the second on, as text; a line that is not ASCII is an error.
+    A last line without its newline is a row cut short (a writer killed mid-row): it is
+    left out and its number put in ``cut``."""
     for lineno, raw in enumerate(f, start=2):
+        if not raw.endswith(b"\n"):
+            cut.append(lineno)
+            return
         try:
             yield raw.decode("ascii")
         except UnicodeDecodeError:

@@ -125,3 +125,11 @@ def test_text_that_is_not_ascii_csv_names_its_line(tmp_path):
         records.read([p])
     with pytest.raises(RecordError, match="not a regular file"):
         records.read([tmp_path])
+
+
+def test_a_last_row_cut_short_is_dropped(tmp_path):
+    """A writer killed mid-row leaves a line without its newline: not a row to learn from."""
+    p = write(tmp_path, "x.csv", NEW + "1,2,2,0.9,0.1,1,0,1,10,1,0,1\n1,2,2,0.9,0.1,1,0,1,1")
+    rec = records.read([p])
+    assert len(rec) == 1 and rec.dropped == {"last row cut short (no newline)": 1}
+    assert rec.files[0].rows == 2
