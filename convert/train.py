@@ -61,6 +61,21 @@ def build_model(tf):
     ])
 
 
+def feature_scale(count_scale: float) -> np.ndarray:
+    """Per-column training scale [10]: the counts divided by ``count_scale``, the rest as is."""
+    scale = np.ones(FEATURE_WIDTH, dtype=np.float32)
+    scale[list(COUNT_COLUMNS)] = count_scale
+    return scale
+
+
+def fold_scale(model, scale: np.ndarray) -> None:
+    """Fold a training scale into the first layer, so the model takes raw features:
+    relu((x / s) W + b) = relu(x (W / s) + b)."""
+    first = model.layers[0]
+    kernel, bias = first.get_weights()
+    first.set_weights([kernel / scale[:, None], bias])
+
+
 def train(out: Path, samples: int = TRAIN_SAMPLES, epochs: int = EPOCHS, seed: int = SEED,
           verbose: bool = False) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -75,8 +90,7 @@ def train(out: Path, samples: int = TRAIN_SAMPLES, epochs: int = EPOCHS, seed: i
     x_test = sample(TEST_SAMPLES, rng)
     y_test = teacher.decide(x_test)
 
-    scale = np.ones(FEATURE_WIDTH, dtype=np.float32)
-    scale[list(COUNT_COLUMNS)] = MAX_TRAIN_CPUS
+    scale = feature_scale(MAX_TRAIN_CPUS)
     model = build_model(tf)
     steps = epochs * int(np.ceil(samples / BATCH))
     lr = tf.keras.optimizers.schedules.CosineDecay(3e-3, steps, alpha=0.01)
@@ -87,10 +101,7 @@ def train(out: Path, samples: int = TRAIN_SAMPLES, epochs: int = EPOCHS, seed: i
               verbose=2 if verbose else 0)
     seconds = time.time() - t0
 
-    # Fold the training scale into the first layer: relu((x / s) W + b) = relu(x (W / s) + b).
-    first = model.layers[0]
-    kernel, bias = first.get_weights()
-    first.set_weights([kernel / scale[:, None], bias])
+    fold_scale(model, scale)
 
     def accuracy(xs, ys):
         p = model.predict(xs, batch_size=8192, verbose=0)[:, 0]
@@ -110,11 +121,16 @@ def train(out: Path, samples: int = TRAIN_SAMPLES, epochs: int = EPOCHS, seed: i
     return stats
 
 
+def export_saved_model(model, path: Path) -> None:
+    """The model as the SavedModel ``mlsched-convert`` reads: a Keras export, ``serve``."""
+    model.export(str(path), format="tf_saved_model", verbose=False)
+
+
 def _save(model, out: Path, stats: dict, tf) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.export(str(tmp / "m"), format="tf_saved_model", verbose=False)
+        export_saved_model(model, tmp / "m")
         (tmp / "m" / "training.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
         if out.exists():
             shutil.rmtree(out)

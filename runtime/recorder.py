@@ -1,8 +1,12 @@
 """``run --record``: the live requests as CSV rows that ``mlsched-convert --calibration`` reads.
 
 One row per collector record: the five features (loads as fractions), what CFS did,
-the model's decision, the record's source, pid and timestamp. The file is opened
-for appending, never through a symbolic link and never a FIFO or device.
+the model's decision, the record's source, pid and timestamp, and the domain ids of
+the record's CPU and of the CPU CFS moved the task to (empty when the CPU is in no
+domain, or for a STAY: no destination). ``mlsched-train`` tells a move between
+domains from one inside a domain by them. The file is opened for appending, never
+through a symbolic link and never a FIFO or device; an existing file must have this
+header (rows of another layout are not appended to it).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ log = logging.getLogger(__name__)
 FLUSH_ROWS = 4096
 
 RECORD_HEADER = ("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load,"
-                 "cfs_action,decision,source,pid,ts_ns\n")
+                 "cfs_action,decision,source,pid,ts_ns,src_domain,dst_domain\n")
+#: Domain id of a CPU in no domain: the field is left empty.
+NO_DOMAIN = -1
 
 
 class Recorder:
@@ -44,12 +50,14 @@ class Recorder:
         self.repaired_bytes = 0    # a partial last row found at open and cut off
         self._pending: list[str] = []
         self._pending_rows = 0
+        self._cpu_domain = np.full(0, NO_DOMAIN, dtype=np.int64)
         self.fd, created = _open(path)
         self.created = created
         try:
             self.size = os.fstat(self.fd).st_size
             if not created:
                 self._check_not_shared()
+            self._check_header()
             self._repair_tail()
             if self.size == 0:
                 self._pending.append(RECORD_HEADER)
@@ -69,6 +77,30 @@ class Recorder:
         if st.st_uid != os.geteuid():
             raise UsageError(f"--record {self.path}: owned by uid {st.st_uid}, not by this"
                              " user; refusing to append to it")
+
+    def _check_header(self) -> None:
+        """An existing file gets rows of its own layout only."""
+        if self.size == 0:
+            return
+        head = os.pread(self.fd, len(RECORD_HEADER), 0).decode("ascii", "replace")
+        if head != RECORD_HEADER:
+            raise UsageError(f"--record {self.path}: its header is not this version's"
+                             f" ({RECORD_HEADER.strip()}); record to a new file")
+
+    def set_domains(self, domains: list[list[int]]) -> None:
+        """The CPU ids of each domain (domain i: ``domains[i]``), as the kernel side has them."""
+        top = max((c for d in domains for c in d), default=-1)
+        self._cpu_domain = np.full(top + 1, NO_DOMAIN, dtype=np.int64)
+        for i, cpus in enumerate(domains):
+            self._cpu_domain[cpus] = i
+
+    def _domains(self, cpus: np.ndarray) -> np.ndarray:
+        """Domain id per CPU id; NO_DOMAIN outside every domain (MLSCHED_CPU_NONE too)."""
+        cpus = cpus.astype(np.int64)
+        inside = cpus < len(self._cpu_domain)
+        out = np.full(len(cpus), NO_DOMAIN, dtype=np.int64)
+        out[inside] = self._cpu_domain[cpus[inside]]
+        return out
 
     def _repair_tail(self) -> None:
         """Cut a partial last row (no newline at the end) back to the last complete one."""
@@ -96,7 +128,10 @@ class Recorder:
                          np.round(f["dst_load"] / LOAD_ONE, 4),
                          batch["cfs_action"], decisions, batch["source"], batch["pid"],
                          batch["ts_ns"]], axis=1)
-        lines = [",".join(map(_fmt, row)) for row in cols.tolist()]
+        doms = np.stack([self._domains(batch["raw_cpu"]), self._domains(batch["dst_cpu"])],
+                        axis=1).tolist()
+        lines = [",".join([*map(_fmt, row), *(_fmt_domain(d) for d in dom)])
+                 for row, dom in zip(cols.tolist(), doms, strict=True)]
         if lines:
             self._pending.append("\n".join(lines) + "\n")
             self._pending_rows += len(lines)
@@ -164,6 +199,10 @@ def _open(path: str) -> tuple[int, bool]:
         os.close(fd)
         raise
     return fd, created
+
+
+def _fmt_domain(d: int) -> str:
+    return "" if d == NO_DOMAIN else str(d)
 
 
 def _fmt(v) -> str:

@@ -172,6 +172,8 @@ class Server:
                                       else 0))
         if config.collector:
             self._warn_coverage()
+        if self.recorder:
+            self.recorder.set_domains(self.kp.domains)
         try:
             self.engine = Engine(bundle, ncpus=ncpus, backend=daemon_backend(config.backend))
             log.debug("engine: %s", self.engine.describe())

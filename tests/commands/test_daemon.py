@@ -104,6 +104,11 @@ def test_collector_run_reports_records_and_cleans_up(require_bpf, tmp_path):
     # the record is a calibration file mlsched-convert accepts
     x = calibration.load(record)
     assert x.shape[0] == s["recorded"] == s["cfs_seen"]
+    # a wake-up in place (STAY) comes from a CPU of a domain and names no destination
+    rows = [ln.split(",") for ln in record.read_text().splitlines()]
+    assert rows[0][-2:] == ["src_domain", "dst_domain"]
+    stays = [r for r in rows[1:] if r[5] == "0"]
+    assert all(r[10].isdigit() and r[11] == "" for r in stays), stays[:3]
     assert eventually_gone(s["bpf_ids"]) == set()
 
 

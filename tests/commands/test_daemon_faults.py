@@ -93,7 +93,7 @@ def record_rows(path: Path) -> list[list[str]]:
     text = path.read_text()
     assert text.endswith("\n"), f"{path} ends in a partial row: {text[-80:]!r}"
     rows = [line.split(",") for line in text.splitlines()]
-    assert all(len(r) == len(rows[0]) == 10 for r in rows), "a row of the wrong width"
+    assert all(len(r) == len(rows[0]) == 12 for r in rows), "a row of the wrong width"
     return rows
 
 
@@ -120,12 +120,12 @@ def test_a_partial_last_row_is_repaired_on_append(require_bpf, tmp_path):
     from mlsched.runtime.recorder import RECORD_HEADER
 
     record = tmp_path / "live.csv"
-    record.write_text(RECORD_HEADER + "3,2,6,0.25,0.75,1,0,1,42,123\n4,1,7,0.2")
+    record.write_text(RECORD_HEADER + "3,2,6,0.25,0.75,1,0,1,42,123,0,1\n4,1,7,0.2")
     r = lite("run", "--record", record, "--duration", "3", "--interval", "0", "--load", "2",
              timeout=60)
     assert r.returncode == 0, r.stderr
     rows = record_rows(record)
-    assert rows[1] == "3,2,6,0.25,0.75,1,0,1,42,123".split(",")
+    assert rows[1] == "3,2,6,0.25,0.75,1,0,1,42,123,0,1".split(",")
     assert len(rows) > 2
     load(record)
 

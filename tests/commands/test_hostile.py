@@ -537,7 +537,20 @@ def test_calibration_accepts_what_run_records(tmp_path):
     from mlsched.runtime.recorder import RECORD_HEADER
 
     p = tmp_path / "rec.csv"
-    p.write_text(RECORD_HEADER + "3,2,6,0.25,0.75,1,0,1,42,123\n")
+    p.write_text(RECORD_HEADER + "3,2,6,0.25,0.75,1,0,1,42,123,0,1\n"
+                 "4,1,7,0.5,0.125,0,0,2,43,124,1,\n")
+    x = load(p)
+    np.testing.assert_array_equal(x[:, :5], np.float32([[3, 2, 6, 0.25, 0.75],
+                                                        [4, 1, 7, 0.5, 0.125]]))
+
+
+def test_calibration_accepts_records_without_domain_columns(tmp_path):
+    """Files recorded before the domain columns existed stay calibration input."""
+    from mlsched.convert.calibration import load
+
+    p = tmp_path / "old.csv"
+    p.write_text("cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load,cfs_action,decision,"
+                 "source,pid,ts_ns\n3,2,6,0.25,0.75,1,0,1,42,123\n")
     x = load(p)
     np.testing.assert_array_equal(x[0, :5], np.float32([3, 2, 6, 0.25, 0.75]))
 
