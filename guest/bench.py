@@ -55,7 +55,7 @@ WORKLOADS = ("synthetic", "hackbench-t2", "hackbench-t4", "hackbench-p2", "hackb
 #: Rough seconds one run takes under TCG on a 2-core host, attach and detach included;
 #: the boot's time limit is their sum over the plan, times a margin.
 RUN_ESTIMATE_S = {"synthetic": 20, "hackbench-t2": 10, "hackbench-t4": 15, "hackbench-p2": 10,
-                  "hackbench-p4": 15, "stressng": 20, "build": 100}
+                  "hackbench-p4": 15, "stressng": 20, "build": 150}
 BOOT_BASE_S = 120
 DAEMON_START_S = 200
 TIMEOUT_MARGIN = 2.0

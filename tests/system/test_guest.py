@@ -9,7 +9,7 @@ mlsched-lite's answers, the scheduler unloads cleanly (exit kind "unregistered
 from user space", sched_ext back to disabled), one real workload (Debian's
 hackbench) runs under mlsched-measure, and the guest powers off.
 
-Takes under a minute when the kernel is cached, plus ~8 minutes to build it.
+Takes about two minutes when the kernel is cached, plus ~15 minutes to build it.
 Skipped only where qemu or the kernel source package cannot be installed.
 """
 
@@ -258,3 +258,28 @@ def test_bench_refuses_bad_plans(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("bench.py: ") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_initramfs_bundle_arguments(tmp_path, capsys):
+    """--bundle [NAME=]DIR: one default, names unique and plain, each a bundle; anything
+    else is refused in one line with exit 2 before a file is written."""
+    spec = importlib.util.spec_from_file_location("guest_mkinitramfs", GUEST / "mkinitramfs.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    good, other = tmp_path / "a", tmp_path / "b"
+    for d in (good, other):
+        d.mkdir()
+        (d / "manifest.json").write_text("{}")
+    assert mk.parse_bundles([str(good), f"small={other}"]) == {"default": good, "small": other}
+    out = tmp_path / "out" / "initramfs.cpio"
+    for bad, why in (([f"x={good}"], "no default bundle"),
+                     ([str(good), f"default={other}"], "given twice"),
+                     ([str(good), f"Big={other}"], "lower-case"),
+                     ([str(tmp_path)], "not a bundle")):
+        args = ["--out", str(out), "--sched-dir", str(tmp_path), "--build-source", str(tmp_path)]
+        for b in bad:
+            args += ["--bundle", b]
+        assert mk.main(args) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("mkinitramfs: ") and why in err and err.count("\n") == 1, err
+    assert not out.parent.exists()
