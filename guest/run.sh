@@ -113,11 +113,13 @@ start_sched() {
 # sched_stats CONFIG: what the scheduler reported for the run, as JSON (null if nothing).
 sched_stats() {
     case "$1" in
-        simple|central)   # the last "key=value ..." line the example printed
-            grep '=' /tmp/peer.log | tail -1 |
-                awk '{ printf "{"; for (i = 1; i <= NF; i++) { split($i, kv, "=");
-                       if (kv[2] ~ /^[0-9]+$/) { printf "%s\"%s\": %s", s, kv[1], kv[2]; s = ", " } }
-                       printf "}" }' | grep . || echo null ;;
+        simple|central)   # the last value of each counter the example printed
+            # (scx_simple: "local=N global=N"; scx_central: "total   :  N    local:  N ...")
+            sed 's/ *: */=/g' /tmp/peer.log | awk '
+                { for (i = 1; i <= NF; i++)
+                      if (split($i, kv, "=") == 2 && kv[2] ~ /^[0-9]+$/) v[kv[1]] = kv[2] }
+                END { for (k in v) { out = out sep "\"" k "\": " v[k]; sep = ", " }
+                      print (out == "" ? "null" : "{" out "}") }' ;;
         *) cat /tmp/scx.json ;;
     esac
 }
