@@ -1,17 +1,23 @@
-"""Boot the sched_ext guest under qemu and compare schedulers on one parallel workload.
+"""Boot the sched_ext guest under qemu and compare schedulers on real workloads.
 
-    python guest/bench.py --cache DIR --out bench/guest.json --readme guest/README.md
+    python guest/bench.py --cache DIR --out bench/guest.json --readme guest/README.md \
+        --plot bench/guest.png [--workloads LIST] [--configs LIST] [--runs N]
 
 1. Boot ``DIR/kernel-dir``'s bzImage with ``DIR/initramfs.cpio`` (``make kernel``)
    under qemu-system-x86_64, TCG (no KVM), 4 vCPUs in 2 sockets. The guest's /init
-   runs guest/run.sh: mlsched-lite serves the pinned maps; for each run and each
-   configuration (EEVDF, scx_mlsched with the model from both table levels, the model
-   with the kernel's level 1 only, always-STAY, always-MIGRATE;
-   order rotated per run) it attaches the scheduler, runs mlsched-workload, detaches.
+   runs guest/run.sh: one mlsched-lite per bundle the configurations use serves its
+   pinned maps; for each workload (the synthetic mix, hackbench with threads or
+   processes, a stress-ng mix, a parallel tcc build), each run and each configuration
+   (EEVDF, the kernel's scx_simple and scx_central, scx_mlsched with the model from
+   both table levels or level 1 only, always-STAY, always-MIGRATE; order rotated per
+   run) it attaches the scheduler, runs the workload under mlsched-measure, detaches.
 2. Results arrive on the guest's second serial port as ``@mlsched KIND JSON``
    records; the console (kernel log, script progress) goes to a log file.
-3. Medians per configuration over the runs go to ``--out`` (written beside it and
-   renamed) and, as a markdown table, between the markers in ``--readme``.
+3. Per workload and configuration: the median and range of the result (seconds, or
+   stress-ng's bogo-ops/s), CPU migrations, context switches, scx_mlsched's
+   cross-domain moves and which level answered. They go to ``--out`` (written beside
+   it and renamed), as markdown tables between the markers in ``--readme``, and as a
+   plot of each result relative to EEVDF's to ``--plot``.
 
 All runs of one comparison share one boot: TCG timings drift between boots, so
 only numbers from the same boot are compared. ``boot()`` is what tests/system/test_guest.py
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -36,7 +43,22 @@ from pathlib import Path
 VCPUS = 4                # guest/Makefile's GUEST_CPUS: the bundle is converted for them
 SOCKETS = 2
 MEMORY_MB = 2048
-CONFIGS = ("eevdf", "model", "model1", "stay", "migrate")
+CONFIGS = ("eevdf", "simple", "model", "model1", "stay", "migrate")
+#: Every fixed configuration run.sh knows; model-NAME (bundle NAME) comes on top.
+KNOWN_CONFIGS = CONFIGS + ("central",)
+CONFIG_NAMES = {"eevdf": "EEVDF (kernel default)", "simple": "scx_simple (kernel example)",
+                "central": "scx_central (kernel example)", "model": "scx_mlsched, model",
+                "model1": "scx_mlsched, model, kernel level 1 only",
+                "stay": "scx_mlsched, always STAY", "migrate": "scx_mlsched, always MIGRATE"}
+WORKLOADS = ("synthetic", "hackbench-t2", "hackbench-t4", "hackbench-p2", "hackbench-p4",
+             "stressng", "build")
+#: Rough seconds one run takes under TCG on a 2-core host, attach and detach included;
+#: the boot's time limit is their sum over the plan, times a margin.
+RUN_ESTIMATE_S = {"synthetic": 20, "hackbench-t2": 10, "hackbench-t4": 15, "hackbench-p2": 10,
+                  "hackbench-p4": 15, "stressng": 20, "build": 150}
+BOOT_BASE_S = 120
+DAEMON_START_S = 200
+TIMEOUT_MARGIN = 2.0
 README_BEGIN = "<!-- guest-bench:begin -->"
 README_END = "<!-- guest-bench:end -->"
 RECORD = re.compile(r"^@mlsched (\w+) ", re.M)
@@ -124,39 +146,99 @@ def boot(cache: Path, params: dict[str, object], timeout: float,
 
 # ---- summary ---------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Metric:
+    """A workload's result: where it is in a run record, its unit, which way is better."""
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+METRICS = {"synthetic": Metric("makespan", "s", False),
+           "hackbench": Metric("hackbench time", "s", False),
+           "stressng": Metric("bogo-ops/s (geometric mean of stressors)", "ops/s", True),
+           "build": Metric("wall time", "s", False)}
+
+
+def metric_of(workload: str) -> Metric:
+    return METRICS[workload.split("-")[0]]
+
+
+def result_value(run: dict) -> float | None:
+    """The result of one run record: the number its workload's Metric names."""
+    wl, res = run["workload"], run.get("result") or {}
+    kind = wl.split("-")[0]
+    if kind == "synthetic":
+        return res.get("makespan_s")
+    if kind == "hackbench":
+        return res.get("time_s")
+    if kind == "stressng":
+        rates = [s["bogo_ops"] / s["wall_s"] for s in res.get("stressors", {}).values()
+                 if s.get("wall_s")]
+        return math.exp(statistics.fmean(map(math.log, rates))) if rates else None
+    if kind == "build":
+        return run["measure"]["wall_s"]
+    raise ValueError(f"unknown workload {wl}")
+
+
 def _median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
+
+
+def _speed(value: float | None, base: float | None, metric: Metric) -> float | None:
+    """How much faster than ``base`` (1.0 = same; > 1 better), whichever way the metric goes."""
+    if not value or not base:
+        return None
+    return value / base if metric.higher_is_better else base / value
+
+
+def summarize_cell(mine: list[dict]) -> dict:
+    """Medians and ranges of one workload under one configuration over its runs."""
+    ok = [r for r in mine if not r.get("failed")]
+    values = [result_value(r) for r in ok]
+    values = [v for v in values if v is not None]
+    entry = {
+        "runs": len(mine), "failed": len(mine) - len(ok),
+        "result": values,
+        "median": _median(values),
+        "min": min(values) if values else None, "max": max(values) if values else None,
+        "migrations": [r["measure"]["migrations"] for r in ok],
+        "context_switches": [r["measure"]["context_switches"] for r in ok],
+        "median_migrations": _median(r["measure"]["migrations"] for r in ok),
+        "median_context_switches": _median(r["measure"]["context_switches"] for r in ok),
+        "ops": mine[0].get("ops"),
+    }
+    scx = [r["scx"] for r in ok if r.get("scx")]
+    if scx and "sched" in scx[0]:          # scx_mlsched's report
+        entry["scheduler"] = {k: _median(s["sched"][k] for s in scx) for k in scx[0]["sched"]}
+        entry["helper"] = {k: _median(s["helper"][k] for s in scx) for k in scx[0]["helper"]}
+        entry["exit"] = sorted({s["exit"]["reason"] for s in scx})
+    elif scx:                              # an example scheduler's last stats line
+        entry["peer_stats"] = {k: _median(s.get(k) for s in scx) for k in scx[0]}
+    return entry
 
 
 def summarize(b: Boot, params: dict) -> dict:
     runs = b.of("run")
     boot_rec = (b.of("boot") or [{}])[0]
     ready = (b.of("ready") or [{}])[0]
-    configs = {}
-    for cfg in dict.fromkeys(r["config"] for r in runs):
-        mine = [r for r in runs if r["config"] == cfg]
-        scx = [r["scx"] for r in mine if r.get("scx")]
-        entry = {
-            "runs": len(mine),
-            "makespan_s": [r["workload"]["makespan_s"] for r in mine],
-            "migrations": [r["workload"]["migrations"] for r in mine],
-            "context_switches": [r["workload"]["context_switches"] for r in mine],
-            "median_makespan_s": _median(r["workload"]["makespan_s"] for r in mine),
-            "median_migrations": _median(r["workload"]["migrations"] for r in mine),
-            "median_context_switches": _median(r["workload"]["context_switches"] for r in mine),
-            "ops": mine[0].get("ops"),
-        }
-        if scx:
-            entry["scheduler"] = {k: _median(s["sched"][k] for s in scx)
-                                  for k in scx[0]["sched"]}
-            entry["helper"] = {k: _median(s["helper"][k] for s in scx) for k in scx[0]["helper"]}
-            entry["exit"] = sorted({s["exit"]["reason"] for s in scx})
-        configs[cfg] = entry
-    base = configs.get("eevdf", {}).get("median_makespan_s")
-    for entry in configs.values():
-        m = entry["median_makespan_s"]
-        entry["makespan_vs_eevdf"] = round(m / base - 1, 4) if base and m else None
+    workloads: dict[str, dict] = {}
+    for wl in dict.fromkeys(r["workload"] for r in runs):
+        metric = metric_of(wl)
+        cells = {}
+        for cfg in dict.fromkeys(r["config"] for r in runs if r["workload"] == wl):
+            cells[cfg] = summarize_cell([r for r in runs
+                                         if r["workload"] == wl and r["config"] == cfg])
+        base = cells.get("eevdf", {}).get("median")
+        for e in cells.values():
+            speeds = [_speed(v, base, metric) for v in e["result"]]
+            e["speed_vs_eevdf"] = _speed(e["median"], base, metric)
+            e["speed_vs_eevdf_range"] = ([min(speeds), max(speeds)]
+                                         if speeds and None not in speeds else None)
+        workloads[wl] = {"metric": {"label": metric.label, "unit": metric.unit,
+                                    "higher_is_better": metric.higher_is_better},
+                         "configs": cells}
     return {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "guest": {"vcpus": VCPUS, "sockets": SOCKETS, "memory_mb": MEMORY_MB,
@@ -164,40 +246,120 @@ def summarize(b: Boot, params: dict) -> dict:
                   "boot_to_init_s": boot_rec.get("uptime_s"),
                   "daemon_ready_s": ready.get("uptime_s"),
                   "wall_s": round(b.seconds, 1)},
-        "workload": {k: params[k] for k in ("workers", "units", "spin", "sleep")},
+        "params": params,
         "runs_per_config": int(params["runs"]),
-        "configs": configs,
-        "daemon": (b.of("daemon") or [None])[0],
+        "workloads": workloads,
+        "daemons": b.of("daemon"),
     }
 
 
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.0f}" if unit == "ops/s" else f"{v:.2f}"
+
+
+def _pct(speed: float | None) -> str:
+    return "–" if speed is None else f"{speed - 1:+.1%}"
+
+
 def table(summary: dict) -> str:
-    names = {"eevdf": "EEVDF (kernel default)", "model": "scx_mlsched, model",
-             "model1": "scx_mlsched, model, kernel level 1 only",
-             "stay": "scx_mlsched, always STAY", "migrate": "scx_mlsched, always MIGRATE"}
-    rows = ["| scheduler | makespan (s) | vs EEVDF | CPU migrations | context switches |"
-            " balancer moves | answers: level 1 / level 2 / ring (answered in time) |",
-            "|---|---:|---:|---:|---:|---:|---|"]
-    for cfg, e in summary["configs"].items():
-        s = e.get("scheduler")
-        moves = f"{s['moved_wake'] + s['moved_pull']:.0f}" if s else "–"
-        answers = (f"{s['from_table'] - s.get('from_level2', 0):.0f} /"
-                   f" {s.get('from_level2', 0):.0f} / {s['sent']:.0f} ({s['from_daemon']:.0f})"
-                   if s and cfg.startswith("model") else "–")
-        vs = e["makespan_vs_eevdf"]
-        rows.append(f"| {names.get(cfg, cfg)} | {e['median_makespan_s']:.2f} | "
-                    f"{'–' if vs is None or cfg == 'eevdf' else f'{vs:+.1%}'} | "
-                    f"{e['median_migrations']:.0f} | {e['median_context_switches']:.0f} | "
-                    f"{moves} | {answers} |")
-    w = summary["workload"]
-    g = summary["guest"]
+    """Markdown: speed vs EEVDF per workload and configuration, then the details."""
+    wls = summary["workloads"]
+    cfgs = list(dict.fromkeys(c for w in wls.values() for c in w["configs"]))
+    others = [c for c in cfgs if c != "eevdf"]
+    rows = ["| workload | result | EEVDF | " + " | ".join(CONFIG_NAMES.get(c, c) for c in others)
+            + " |", "|---|---|---:|" + "---:|" * len(others)]
+    for wl, w in wls.items():
+        m = w["metric"]
+        eevdf = w["configs"].get("eevdf", {}).get("median")
+        rows.append(f"| {wl} | {m['label']} ({m['unit']}) | {_fmt(eevdf, m['unit'])} | "
+                    + " | ".join(_pct(w["configs"].get(c, {}).get("speed_vs_eevdf"))
+                                 for c in others) + " |")
+    rows += ["", "Speed relative to EEVDF (medians; + = faster, or more bogo-ops/s)."
+             " Per scheduler, median [min–max] over the runs:", "",
+             "| workload | scheduler | result [min–max] | CPU migrations | context switches |"
+             " balancer moves | answers: level 1 / level 2 / ring (in time) | failed |",
+             "|---|---|---|---:|---:|---:|---|---:|"]
+    for wl, w in wls.items():
+        unit = w["metric"]["unit"]
+        for cfg, e in w["configs"].items():
+            s = e.get("scheduler")
+            moves = f"{s['moved_wake'] + s['moved_pull']:.0f}" if s else "–"
+            answers = (f"{s['from_table'] - s.get('from_level2', 0):.0f} /"
+                       f" {s.get('from_level2', 0):.0f} / {s['sent']:.0f}"
+                       f" ({s['from_daemon']:.0f})" if s and cfg.startswith("model") else "–")
+            res = (f"{_fmt(e['median'], unit)} [{_fmt(e['min'], unit)}–{_fmt(e['max'], unit)}]"
+                   if e["median"] is not None else "–")
+            mig, cs = e["median_migrations"], e["median_context_switches"]
+            rows.append(f"| {wl} | {CONFIG_NAMES.get(cfg, cfg)} | {res} | "
+                        f"{'–' if mig is None else f'{mig:.0f}'} | "
+                        f"{'–' if cs is None else f'{cs:.0f}'} | {moves} | {answers} | "
+                        f"{e['failed']} |")
+    g, p = summary["guest"], summary["params"]
     rows.append("")
-    rows.append(f"Medians of {summary['runs_per_config']} runs per scheduler, all in one boot "
+    rows.append(f"{summary['runs_per_config']} runs per workload and scheduler, all in one boot "
                 f"(qemu TCG, {g['vcpus']} vCPUs in {g['sockets']} sockets = 2 domains, kernel "
-                f"{g['kernel']}); mlsched-workload -w {w['workers']} -u {w['units']} "
-                f"-c {w['spin']} -s {w['sleep']}. Generated {summary['generated']} by "
+                f"{g['kernel']}, guest wall time {g['wall_s']:.0f} s). synthetic: mlsched-workload"
+                f" -w {p['workers']} -u {p['units']} -c {p['spin']} -s {p['sleep']}; hackbench-tN"
+                f"/-pN: threads/processes, N groups, pipes, -l {p['hb_loops']}; stressng: "
+                f"--cpu 4 --cpu-ops {p['sng_ops']} --cache 2 --cache-ops 2 --hdd 2 --hdd-ops "
+                f"{p['sng_ops'] * 10} on tmpfs; build: make -j{p['build_jobs']} of Mbed TLS's "
+                f"library and programs with tcc. Generated {summary['generated']} by "
                 "`make guest-bench`.")
     return "\n".join(rows)
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Bars: each configuration's median speed relative to EEVDF per workload, range as
+    error bars. Written beside ``path`` and renamed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wls = summary["workloads"]
+    cfgs = [c for c in dict.fromkeys(c for w in wls.values() for c in w["configs"])
+            if c != "eevdf"]
+    width = 0.8 / max(len(cfgs), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(wls)), 4.5))
+    for i, cfg in enumerate(cfgs):
+        xs, ys, lo, hi = [], [], [], []
+        for j, w in enumerate(wls.values()):
+            e = w["configs"].get(cfg)
+            if not e or e["speed_vs_eevdf"] is None:
+                continue
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(e["speed_vs_eevdf"])
+            r = e["speed_vs_eevdf_range"] or [ys[-1], ys[-1]]
+            lo.append(ys[-1] - r[0])
+            hi.append(r[1] - ys[-1])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=CONFIG_NAMES.get(cfg, cfg))
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(wls)), list(wls), rotation=20)
+    ax.set_ylabel("speed relative to EEVDF (>1: faster)")
+    ax.set_title(f"sched_ext guest, {summary['guest']['vcpus']} vCPUs (TCG): median and range "
+                 f"of {summary['runs_per_config']} runs")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def boot_timeout(workloads: list[str], configs: list[str], runs: int) -> float:
+    """Seconds the whole boot may take: every planned run's estimate, with a margin."""
+    bundles = {c.split("-", 1)[1] if c.startswith("model-") else "default"
+               for c in configs if c.startswith("model")}
+    runs_s = sum(RUN_ESTIMATE_S[w] for w in workloads) * len(configs) * runs
+    return BOOT_BASE_S + DAEMON_START_S * len(bundles) + TIMEOUT_MARGIN * runs_s
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -223,39 +385,63 @@ def update_readme(path: Path, md: str) -> None:
     atomic_write(path, text)
 
 
+def _bad(msg: str) -> int:
+    print(f"bench.py: {msg}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="example: bench.py --cache CACHE/guest --out g.json "
+                                        "--workloads hackbench-t2,build --configs "
+                                        "eevdf,simple,model --runs 3")
     ap.add_argument("--cache", type=Path, required=True, help="guest build dir (make kernel)")
     ap.add_argument("--out", type=Path, required=True, help="JSON summary to write")
-    ap.add_argument("--readme", type=Path, help="markdown file whose table to replace")
-    ap.add_argument("--runs", type=int, default=5, help="runs per configuration (default 5)")
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--readme", type=Path, help="markdown file whose tables to replace")
+    ap.add_argument("--plot", type=Path, help="PNG of the results relative to EEVDF")
+    ap.add_argument("--runs", type=int, default=5, help="runs per workload and configuration")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma list of {','.join(WORKLOADS)}")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help=f"comma list of {','.join(KNOWN_CONFIGS)}, model-NAME (bundle NAME)")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--units", type=int, default=300)
     ap.add_argument("--spin", type=int, default=1000000)
     ap.add_argument("--sleep", type=int, default=500, help="µs blocked per unit")
-    ap.add_argument("--timeout", type=float, default=2400, help="seconds for the whole boot")
+    ap.add_argument("--hb-loops", type=int, default=100, help="hackbench messages per sender")
+    ap.add_argument("--sng-ops", type=int, default=50, help="stress-ng cpu bogo ops")
+    ap.add_argument("--build-jobs", type=int, default=8, help="make -j of the build")
+    ap.add_argument("--timeout", type=float,
+                    help="seconds for the whole boot (default: from the plan's size)")
     ap.add_argument("--console", type=Path, help="keep the guest console log here")
     args = ap.parse_args(argv)
-    if args.runs < 1 or not set(args.configs.split(",")) <= set(CONFIGS):
-        print(f"bench.py: --runs must be >= 1 and --configs a subset of {','.join(CONFIGS)}",
-              file=sys.stderr)
-        return 2
-    params = {"mode": "bench", "runs": args.runs, "configs": args.configs,
-              "workers": args.workers, "units": args.units, "spin": args.spin,
-              "sleep": args.sleep}
+    workloads, configs = args.workloads.split(","), args.configs.split(",")
+    if args.runs < 1:
+        return _bad("--runs must be >= 1")
+    if not set(workloads) <= set(WORKLOADS) or len(set(workloads)) != len(workloads):
+        return _bad(f"--workloads: a list of distinct names from {','.join(WORKLOADS)}")
+    if len(set(configs)) != len(configs) or not all(
+            c in KNOWN_CONFIGS or re.fullmatch(r"model-[a-z0-9_]+", c) for c in configs):
+        return _bad(f"--configs: distinct names from {','.join(KNOWN_CONFIGS)} or model-NAME")
+    if min(args.hb_loops, args.sng_ops, args.build_jobs) < 1:
+        return _bad("--hb-loops, --sng-ops and --build-jobs must be >= 1")
+    params = {"mode": "bench", "runs": args.runs, "workloads": args.workloads,
+              "configs": args.configs, "workers": args.workers, "units": args.units,
+              "spin": args.spin, "sleep": args.sleep, "hb_loops": args.hb_loops,
+              "sng_ops": args.sng_ops, "build_jobs": args.build_jobs}
+    timeout = args.timeout or boot_timeout(workloads, configs, args.runs)
     try:
-        b = boot(args.cache, params, args.timeout, args.console)
+        b = boot(args.cache, params, timeout, args.console)
     except GuestError as exc:
         print(f"bench.py: {exc}", file=sys.stderr)
         return 1
     errors = b.of("error")
-    expected = args.runs * len(args.configs.split(","))
+    expected = args.runs * len(configs) * len(workloads)
     if errors or len(b.of("run")) != expected or not b.powered_off:
         why = (errors[0]["message"] if errors else
                f"{len(b.of('run'))} of {expected} runs reported"
-               f"{', timed out' if b.timed_out else ''}"
+               f"{f', timed out after {timeout:.0f} s' if b.timed_out else ''}"
                f"{'' if b.powered_off else ', no clean power-off'}")
         print(f"bench.py: guest run failed: {why}; console tail:\n" +
               "\n".join(b.console.splitlines()[-25:]), file=sys.stderr)
@@ -265,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     md = table(summary)
     if args.readme:
         update_readme(args.readme, md)
+    if args.plot:
+        plot(summary, args.plot)
     print(md)
     print(f"bench.py: wrote {args.out}; guest wall time {b.seconds:.0f} s")
     return 0

@@ -3,7 +3,7 @@
 # that the kernel command line names (/opt/mlsched/run.sh), power off.
 # Console (kernel and scripts) is ttyS0; machine-readable results go to ttyS1.
 /bin/busybox --install -s /bin
-export PATH=/bin:/opt/mlsched:/usr/local/bin
+export PATH=/bin:/opt/mlsched:/usr/local/bin:/usr/bin
 export PYTHONHOME=/usr/local PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
 export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/local/lib
 

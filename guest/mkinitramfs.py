@@ -1,6 +1,13 @@
-"""Build the guest's initramfs: busybox, CPython with mlsched-lite, the scheduler, the bundle.
+"""Build the guest's initramfs: busybox, CPython with mlsched-lite, the schedulers, the
+bundles, the workloads.
 
-    python guest/mkinitramfs.py --out CACHE/initramfs.cpio --sched-dir DIR --bundle DIR
+    python guest/mkinitramfs.py --out CACHE/initramfs.cpio --sched-dir DIR \
+        --bundle DIR [--bundle NAME=DIR ...] --build-source DIR
+
+``--bundle`` repeats; a plain DIR is the bundle named ``default`` (configurations
+model and model1 use it, model-NAME uses bundle NAME); one bundle must be the default.
+``--build-source`` is what build-source.sh prepared: the C project the build workload
+compiles (src/) and the system headers its compile reads (sysroot/).
 
 Run it with the project's virtualenv Python: the guest gets that interpreter's base
 installation (same version and ABI as the venv), a trimmed standard library, the
@@ -14,8 +21,12 @@ Guest layout::
 
     /init                      guest/init.sh
     /bin/busybox               Debian's busybox-static (applets installed by /init)
-    /opt/mlsched/              scx_mlsched (its BPF object embedded), mlsched-workload,
-                               run.sh, bundle/
+    /opt/mlsched/              scx_mlsched (its BPF object embedded), scx_simple,
+                               scx_central, mlsched-workload, mlsched-measure, run.sh,
+                               bundles/NAME/, build.mk, build-src/
+    /usr/bin/                  hackbench, stress-ng, tcc, make (Debian's)
+    /usr/include/...           the headers the build workload's compile reads
+    /usr/lib/x86_64-linux-gnu/tcc/   tcc's own headers and libtcc1.a
     /usr/local/bin/python3     the interpreter; PYTHONHOME=/usr/local
     /usr/local/lib/python3.11  stdlib + site-packages
 """
@@ -47,6 +58,12 @@ SITE_PACKAGES = ["numpy", "numpy.libs", "cffi", "tflite_runtime"]
 DYNLOAD_SKIP = ("_tkinter", "_sqlite3", "_dbm", "_gdbm", "_curses", "_curses_panel", "readline",
                 "nis", "_ssl")
 SITE_GLOBS = ["_cffi_backend*.so"]
+#: Programs built with the guest (guest/Makefile) that go to /opt/mlsched.
+SCHED_FILES = ("scx_mlsched", "scx_simple", "scx_central", "mlsched-workload", "mlsched-measure")
+#: Workload programs from Debian packages (rt-tests, stress-ng, tcc, make), with their libraries.
+DEBIAN_TOOLS = ("/usr/bin/hackbench", "/usr/bin/stress-ng", "/usr/bin/tcc", "/usr/bin/make")
+TCC_LIB = Path("/usr/lib/x86_64-linux-gnu/tcc")
+BUNDLE_NAME = re.compile(r"[a-z0-9_]+")
 
 
 class BuildError(RuntimeError):
@@ -98,7 +115,45 @@ def copy_libs(binaries: list[Path], dest: Path) -> list[str]:
     return sorted(copied)
 
 
-def build_tree(tree: Path, sched_dir: Path, bundle: Path) -> None:
+def parse_bundles(specs: list[str]) -> dict[str, Path]:
+    """``NAME=DIR`` or plain ``DIR`` (the ``default`` bundle) -> {name: dir}; checked."""
+    bundles: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = "default", spec
+        if not BUNDLE_NAME.fullmatch(name):
+            raise ValueError(f"--bundle {spec}: a name is lower-case letters, digits and _")
+        if name in bundles:
+            raise ValueError(f"--bundle {spec}: bundle {name} given twice")
+        if not (Path(path) / "manifest.json").is_file():
+            raise ValueError(f"--bundle {spec}: {path}: not a bundle (no manifest.json)")
+        bundles[name] = Path(path)
+    if "default" not in bundles:
+        raise ValueError("no default bundle: give one --bundle DIR (or default=DIR)")
+    return bundles
+
+
+def copy_workloads(tree: Path, build_source: Path) -> list[Path]:
+    """Debian's workload programs, tcc's files, the build workload; returns the binaries."""
+    binaries = []
+    for tool in map(Path, DEBIAN_TOOLS):
+        if not tool.is_file():
+            raise BuildError(f"{tool} missing: make -C guest deb")
+        shutil.copy2(tool, tree / "usr/bin" / tool.name)
+        binaries.append(tree / "usr/bin" / tool.name)
+    shutil.copytree(TCC_LIB, tree / TCC_LIB.relative_to("/"), dirs_exist_ok=True)
+    for part in ("src", "sysroot"):
+        if not (build_source / part).is_dir():
+            raise BuildError(f"{build_source / part} missing: run guest/build-source.sh")
+    shutil.copytree(build_source / "sysroot", tree, dirs_exist_ok=True)
+    shutil.copytree(build_source / "src", tree / "opt/mlsched/build-src")
+    shutil.copy2(HERE / "build.mk", tree / "opt/mlsched/build.mk")
+    return binaries
+
+
+def build_tree(tree: Path, sched_dir: Path, bundles: dict[str, Path],
+               build_source: Path) -> None:
     base = Path(sys.base_prefix)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     if not (base / "bin" / PYVER).is_file() and not Path(sys._base_executable).is_file():
@@ -106,7 +161,7 @@ def build_tree(tree: Path, sched_dir: Path, bundle: Path) -> None:
     site = Path(sysconfig.get_paths()["purelib"])
     py_src = Path(sys._base_executable).resolve()
 
-    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "opt/mlsched", "usr/local/bin",
+    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "opt/mlsched", "usr/bin", "usr/local/bin",
               f"usr/local/lib/{PYVER}/site-packages/mlsched"):
         (tree / d).mkdir(parents=True, exist_ok=True)
 
@@ -152,18 +207,20 @@ def build_tree(tree: Path, sched_dir: Path, bundle: Path) -> None:
                     ignore=shutil.ignore_patterns("__pycache__"))
     if not list(runtime.glob("_bpf*.so")):
         raise BuildError("runtime/_bpf*.so missing: run `make build`")
-    shutil.copytree(bundle, runtime / "default_bundle")
+    shutil.copytree(bundles["default"], runtime / "default_bundle")
 
-    # The scheduler, the workload, the scripts, the bundle.
+    # The schedulers, the workloads, the scripts, the bundles.
     opt = tree / "opt/mlsched"
-    for name in ("scx_mlsched", "mlsched-workload"):
+    for name in SCHED_FILES:
         if not (sched_dir / name).is_file():
             raise BuildError(f"{sched_dir / name} missing")
         shutil.copy2(sched_dir / name, opt / name)
     shutil.copy2(HERE / "run.sh", opt / "run.sh")
-    shutil.copytree(bundle, opt / "bundle")
+    for name, path in bundles.items():
+        shutil.copytree(path, opt / "bundles" / name)
+    tools = copy_workloads(tree, build_source)
 
-    so_files = [tree / "usr/local/bin/python3"] + sorted(tree.rglob("*.so")) + \
+    so_files = [tree / "usr/local/bin/python3"] + tools + sorted(tree.rglob("*.so")) + \
         sorted(tree.rglob("*.so.*"))
     copy_libs([f for f in so_files if "numpy.libs" not in f.parts], tree)
     # The interpreter finds libpython through LD_LIBRARY_PATH (/init sets it).
@@ -187,16 +244,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="initramfs to write (cpio)")
     ap.add_argument("--sched-dir", required=True, type=Path,
-                    help="directory with scx_mlsched and mlsched-workload")
-    ap.add_argument("--bundle", required=True, type=Path, help="bundle the guest uses")
+                    help="directory with " + ", ".join(SCHED_FILES))
+    ap.add_argument("--bundle", required=True, action="append", metavar="[NAME=]DIR",
+                    help="a bundle the guest serves (repeatable; plain DIR: name default)")
+    ap.add_argument("--build-source", required=True, type=Path,
+                    help="the build workload's src/ and sysroot/ (build-source.sh)")
     args = ap.parse_args(argv)
-    if not (args.bundle / "manifest.json").is_file():
-        print(f"mkinitramfs: {args.bundle}: not a bundle (no manifest.json)", file=sys.stderr)
+    try:
+        bundles = parse_bundles(args.bundle)
+    except ValueError as exc:
+        print(f"mkinitramfs: {exc}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="initramfs.", dir=args.out.parent) as tmp:
         try:
-            build_tree(Path(tmp), args.sched_dir, args.bundle)
+            build_tree(Path(tmp), args.sched_dir, bundles, args.build_source)
             write_cpio(Path(tmp), args.out)
         except (BuildError, OSError, subprocess.CalledProcessError) as exc:
             print(f"mkinitramfs: {exc}", file=sys.stderr)

@@ -1,32 +1,43 @@
 #!/bin/sh
 # Guest scenario, run by /init. Settings come from the kernel command line:
-#   mlsched.mode=bench|test   mlsched.runs=N   mlsched.configs=eevdf,model,model1,stay,migrate
-#   mlsched.workers= mlsched.units= mlsched.spin= mlsched.sleep=   (mlsched-workload)
+#   mlsched.mode=bench|test   mlsched.runs=N
+#   mlsched.workloads=synthetic,hackbench-t2,hackbench-t4,hackbench-p2,hackbench-p4,stressng,build
+#   mlsched.configs=eevdf,simple,central,model,model1,model-NAME,stay,migrate
+#   mlsched.workers= mlsched.units= mlsched.spin= mlsched.sleep=   (synthetic: mlsched-workload)
+#   mlsched.hb_loops=       hackbench messages per sender
+#   mlsched.sng_ops=        stress-ng: bogo ops per cpu stressor (hdd: 10x, on tmpfs)
+#   mlsched.build_jobs=     make -j of the build workload
 #
-#   1. start mlsched-lite (run --pin --no-collector): it loads both levels of the
-#      bundle's table into the pinned maps and answers every request they cannot;
-#      configuration model1 asks the kernel for level 1 only (scx_mlsched --levels 1),
-#      so what level 2 would answer travels the ring to mlsched-lite instead;
-#   2. for each run, for each configuration (order rotated per run): attach the
-#      scheduler (none for eevdf), run mlsched-workload, detach;
-#   3. stop mlsched-lite.
-# Every result is one line "@mlsched KIND JSON" on fd 3 (the host reads ttyS1).
+#   1. start one mlsched-lite (run --pin --no-collector) per bundle the configurations
+#      use, each pinning its maps under /sys/fs/bpf/mlsched-NAME: model and model1 use
+#      bundle default, model-NAME bundle NAME; mlsched-lite loads both levels of the
+#      bundle's table and answers every request they cannot; model1 asks the kernel
+#      for level 1 only (scx_mlsched --levels 1), so what level 2 would answer travels
+#      the ring instead;
+#   2. for each workload, for each run, for each configuration (order rotated per run):
+#      attach the scheduler (none for eevdf; simple and central are the kernel's
+#      example schedulers scx_simple and scx_central), run the workload under
+#      mlsched-measure (wall time, CPU migrations and context switches of its whole
+#      process tree, exit status), detach;
+#   3. stop the mlsched-lite instances.
+# Every result is one line "@mlsched KIND JSON" on fd 3 (the host reads ttyS1); a
+# workload that exits non-zero is a run with "failed": true, the scenario goes on.
 set -u
-mode=bench runs=3 configs=eevdf,model,model1,stay,migrate
+mode=bench runs=3 configs=eevdf,model,model1,stay,migrate workloads=synthetic
 workers=8 units=200 spin=200000 sleep=500
+hb_loops=100 sng_ops=50 build_jobs=8
 for w in $(cat /proc/cmdline); do
     case "$w" in
         mlsched.*=*) k=${w%%=*}; k=${k#mlsched.}; eval "$k=\${w#*=}" ;;
     esac
 done
 
-PIN=/sys/fs/bpf/mlsched
-BUNDLE=/opt/mlsched/bundle
+OPT=/opt/mlsched
 NCPUS=$(nproc)
-daemon_pid=
+daemons=          # "NAME:PID ..." of the running mlsched-lite instances
 
 emit() { printf '@mlsched %s %s\n' "$1" "$2" >&3; }
-fail() { emit error "{\"message\": \"$*\"}"; echo "run.sh: $*" >&2; stop_daemon; exit 1; }
+fail() { emit error "{\"message\": \"$*\"}"; echo "run.sh: $*" >&2; stop_daemons; exit 1; }
 log() { echo "run.sh [$(cut -d' ' -f1 /proc/uptime)]: $*"; }
 
 # wait_for SECONDS COMMAND...: poll every 0.2 s until COMMAND succeeds.
@@ -41,78 +52,171 @@ state_is() { [ "$(cat /sys/kernel/sched_ext/state)" = "$1" ]; }
 # attached PID: the scheduler is enabled; gives up at once when the loader died.
 attached() {
     state_is enabled && return 0
-    kill -0 "$1" 2>/dev/null || { wait "$1"; fail "scx_mlsched exited before attaching ($?)"; }
+    kill -0 "$1" 2>/dev/null || { wait "$1"; fail "scheduler exited before attaching ($?)"; }
     return 1
 }
 
-start_daemon() {
-    log "starting mlsched-lite"
-    python3 -m mlsched.runtime.cli run --bundle "$BUNDLE" --cpus "$NCPUS" --no-collector \
-        --pin --pin-dir "$PIN" --interval 1 --stats-file /tmp/daemon.prom \
-        --summary-json /tmp/daemon.json >/tmp/daemon.log 2>&1 &
-    daemon_pid=$!
-    # The stats file appears after the first interval: table loaded, serving.
-    wait_for 180 test -s /tmp/daemon.prom || { cat /tmp/daemon.log; fail "mlsched-lite did not start"; }
-    log "mlsched-lite serving (pid $daemon_pid)"
+# bundle_of CONFIG: the bundle a configuration uses, none for the others.
+bundle_of() {
+    case "$1" in
+        model|model1) echo default ;;
+        model-*) echo "${1#model-}" ;;
+    esac
 }
 
-stop_daemon() {
-    [ -n "$daemon_pid" ] || return 0
-    kill -INT "$daemon_pid" 2>/dev/null
-    wait "$daemon_pid"; rc=$?
-    daemon_pid=
-    tail -3 /tmp/daemon.log
-    if [ -s /tmp/daemon.json ]; then emit daemon "$(cat /tmp/daemon.json)"; fi
+start_daemon() {
+    name=$1 dir=/tmp/daemon-$1
+    [ -f "$OPT/bundles/$name/manifest.json" ] || fail "no bundle $name in this guest"
+    mkdir -p "$dir"
+    log "starting mlsched-lite for bundle $name"
+    python3 -m mlsched.runtime.cli run --bundle "$OPT/bundles/$name" --cpus "$NCPUS" \
+        --no-collector --pin --pin-dir "/sys/fs/bpf/mlsched-$name" --interval 1 \
+        --stats-file "$dir/daemon.prom" --summary-json "$dir/daemon.json" \
+        >"$dir/daemon.log" 2>&1 &
+    daemons="$daemons $name:$!"
+    # The stats file appears after the first interval: table loaded, serving.
+    wait_for 180 test -s "$dir/daemon.prom" ||
+        { cat "$dir/daemon.log"; fail "mlsched-lite ($name) did not start"; }
+    log "mlsched-lite serving bundle $name (pid $!)"
+}
+
+stop_daemons() {
+    rc=0
+    for d in $daemons; do
+        name=${d%%:*} pid=${d#*:} dir=/tmp/daemon-${d%%:*}
+        kill -INT "$pid" 2>/dev/null
+        wait "$pid" || rc=$?
+        tail -3 "$dir/daemon.log"
+        [ -s "$dir/daemon.json" ] &&
+            emit daemon "$(sed "1s/^{/{\"bundle\": \"$name\", /" "$dir/daemon.json")"
+    done
+    daemons=
     return $rc
 }
 
-# run_one CONFIG RUN: one workload run under CONFIG; emits a "run" line.
-run_one() {
-    cfg=$1 run=$2 sched_pid= scx=null ops=null
-    rm -f /tmp/scx.json
-    case "$cfg" in
+# start_sched CONFIG: start the scheduler of CONFIG in the background (sched_pid).
+start_sched() {
+    pin=/sys/fs/bpf/mlsched-$(bundle_of "$1")
+    case "$1" in
         eevdf) ;;
-        model) scx_mlsched --policy model --pin-dir "$PIN" -o /tmp/scx.json & sched_pid=$! ;;
-        model1) scx_mlsched --policy model --levels 1 --pin-dir "$PIN" -o /tmp/scx.json &
+        simple) scx_simple >/tmp/peer.log 2>&1 & sched_pid=$! ;;
+        central) scx_central >/tmp/peer.log 2>&1 & sched_pid=$! ;;
+        model|model-*) scx_mlsched --policy model --pin-dir "$pin" -o /tmp/scx.json &
             sched_pid=$! ;;
-        stay|migrate) scx_mlsched --policy "$cfg" -o /tmp/scx.json & sched_pid=$! ;;
-        *) fail "unknown configuration $cfg" ;;
+        model1) scx_mlsched --policy model --levels 1 --pin-dir "$pin" -o /tmp/scx.json &
+            sched_pid=$! ;;
+        stay|migrate) scx_mlsched --policy "$1" -o /tmp/scx.json & sched_pid=$! ;;
+        *) fail "unknown configuration $1" ;;
     esac
+}
+
+# sched_stats CONFIG: what the scheduler reported for the run, as JSON (null if nothing).
+sched_stats() {
+    case "$1" in
+        simple|central)   # the last value of each counter the example printed
+            # (scx_simple: "local=N global=N"; scx_central: "total   :  N    local:  N ...")
+            sed 's/ *: */=/g' /tmp/peer.log | awk '
+                { for (i = 1; i <= NF; i++)
+                      if (split($i, kv, "=") == 2 && kv[2] ~ /^[0-9]+$/) v[kv[1]] = kv[2] }
+                END { for (k in v) { out = out sep "\"" k "\": " v[k]; sep = ", " }
+                      print (out == "" ? "null" : "{" out "}") }' ;;
+        *) cat /tmp/scx.json ;;
+    esac
+}
+
+# run_workload NAME: runs it under mlsched-measure (JSON into /tmp/measure.json); prints
+# the workload's own result as JSON on stdout. Set-up and clean-up are not measured.
+run_workload() {
+    case "$1" in
+        synthetic)
+            mlsched-measure -o /tmp/measure.json -- \
+                mlsched-workload -w "$workers" -u "$units" -c "$spin" -s "$sleep" ;;
+        hackbench-[tp][0-9]*)
+            kind=$(echo "$1" | cut -c11) groups=${1#hackbench-?}
+            [ "$kind" = t ] && flag=-T || flag=-P
+            # -p: pipes (the guest kernel has no AF_UNIX sockets)
+            mlsched-measure -o /tmp/measure.json -- \
+                hackbench "$flag" -p -g "$groups" -l "$hb_loops" >/tmp/wl.out 2>&1
+            t=$(sed -n 's/^Time: *\([0-9.]*\).*/\1/p' /tmp/wl.out)
+            echo "{\"time_s\": ${t:-null}, \"groups\": $groups, \"loops\": $hb_loops}" ;;
+        stressng)
+            rm -rf /tmp/sng && mkdir -p /tmp/sng
+            mlsched-measure -o /tmp/measure.json -- \
+                stress-ng --cpu "$NCPUS" --cpu-ops "$sng_ops" --cache 2 --cache-ops 2 \
+                --hdd 2 --hdd-ops "$((sng_ops * 10))" --hdd-bytes 4M --temp-path /tmp/sng \
+                --metrics-brief --yaml /tmp/sng.yaml >/tmp/wl.out 2>&1
+            # per stressor: bogo ops and its own wall time, from the YAML report
+            awk '/- stressor:/ { s = $3 } /^ *bogo-ops:/ { o = $2 }
+                 /wall-clock-time:/ { printf "%s\"%s\": {\"bogo_ops\": %s, \"wall_s\": %s}",
+                                      sep, s, o, $2; sep = ", " }
+                 BEGIN { printf "{\"stressors\": {" } END { print "}}" }' /tmp/sng.yaml
+            rm -rf /tmp/sng /tmp/sng.yaml ;;
+        build)
+            rm -rf /tmp/build && cp -a "$OPT/build-src" /tmp/build
+            mlsched-measure -o /tmp/measure.json -- \
+                make -s -f "$OPT/build.mk" -C /tmp/build -j"$build_jobs" >/tmp/wl.out 2>&1
+            echo "{\"objects\": $(find /tmp/build -name '*.o' | wc -l), \"jobs\": $build_jobs}"
+            rm -rf /tmp/build ;;
+        *) fail "unknown workload $1" ;;
+    esac
+}
+
+# run_one WORKLOAD CONFIG RUN: one run under CONFIG; emits a "run" line.
+run_one() {
+    wl=$1 cfg=$2 run=$3 sched_pid= scx=null ops=null
+    rm -f /tmp/scx.json /tmp/peer.log /tmp/measure.json
+    start_sched "$cfg"
     if [ -n "$sched_pid" ]; then
-        wait_for 120 attached "$sched_pid" || fail "$cfg: scx_mlsched did not attach"
+        wait_for 120 attached "$sched_pid" || fail "$cfg: scheduler did not attach"
         ops="\"$(cat /sys/kernel/sched_ext/root/ops)\""
     fi
-    log "run $run: $cfg (ops $ops)"
-    out=$(mlsched-workload -w "$workers" -u "$units" -c "$spin" -s "$sleep") ||
-        fail "$cfg: workload failed: $out"
+    log "$wl run $run: $cfg (ops $ops)"
+    result=$(run_workload "$wl")
+    measure=$(cat /tmp/measure.json 2>/dev/null) || fail "$wl: mlsched-measure failed"
+    status=$(echo "$measure" | sed -n 's/.*"status": *\([0-9]*\).*/\1/p')
+    [ "$status" = 0 ] && failed=false || { failed=true; tail -5 /tmp/wl.out; }
     if [ -n "$sched_pid" ]; then
         state_is enabled || fail "$cfg: scheduler left during the run: $(cat /sys/kernel/sched_ext/state)"
         kill -INT "$sched_pid"
-        wait "$sched_pid" || fail "$cfg: scx_mlsched exited with an error"
+        wait "$sched_pid" || fail "$cfg: scheduler exited with an error"
         wait_for 60 state_is disabled || fail "$cfg: sched_ext still $(cat /sys/kernel/sched_ext/state)"
-        scx=$(cat /tmp/scx.json)
+        scx=$(sched_stats "$cfg")
     fi
-    log "run $run: $cfg: $out"
-    emit run "{\"config\": \"$cfg\", \"run\": $run, \"ops\": $ops, \"workload\": $out, \"scx\": $scx}"
+    log "$wl run $run: $cfg: $measure $result"
+    emit run "{\"workload\": \"$wl\", \"config\": \"$cfg\", \"run\": $run, \"ops\": $ops, \"failed\": $failed, \"measure\": $measure, \"result\": ${result:-null}, \"scx\": $scx}"
 }
 
 emit boot "{\"cpus\": $NCPUS, \"uptime_s\": $(cut -d' ' -f1 /proc/uptime), \"kernel\": \"$(uname -r)\", \"sched_ext\": \"$(cat /sys/kernel/sched_ext/state 2>/dev/null || echo missing)\", \"mode\": \"$mode\"}"
-start_daemon
+case "$mode" in
+    test) plan="synthetic:model synthetic:model1 $(echo "$workloads" | tr ',' '\n' |
+              grep -v '^synthetic$' | sed 's/$/:model/' | tr '\n' ' ')" ;;
+    bench) plan= ;;
+    *) fail "unknown mode $mode" ;;
+esac
+for wl in $(echo "$workloads" | tr ',' ' '); do
+    case "$wl" in
+        synthetic|hackbench-[tp][0-9]|stressng|build) ;;
+        *) fail "unknown workload $wl" ;;
+    esac
+done
+cfg_list=$(echo "$configs" | tr ',' ' ')
+[ "$mode" = test ] && cfg_list="model model1"
+for b in $(for c in $cfg_list; do bundle_of "$c"; done | sort -u); do start_daemon "$b"; done
 emit ready "{\"uptime_s\": $(cut -d' ' -f1 /proc/uptime)}"
 
-case "$mode" in
-    test) run_one model 1; run_one model1 1 ;;
-    bench)
-        list=$(echo "$configs" | tr ',' ' ')
-        r=1
+if [ "$mode" = test ]; then
+    for p in $plan; do run_one "${p%%:*}" "${p#*:}" 1; done
+else
+    for wl in $(echo "$workloads" | tr ',' ' '); do
+        list=$cfg_list r=1
         while [ $r -le "$runs" ]; do
-            for cfg in $list; do run_one "$cfg" $r; done
+            for cfg in $list; do run_one "$wl" "$cfg" $r; done
             # rotate: first configuration goes last, so none always runs first
             list="$(echo $list | cut -s -d' ' -f2-) $(echo $list | cut -d' ' -f1)"
             r=$((r + 1))
-        done ;;
-    *) fail "unknown mode $mode" ;;
-esac
+        done
+    done
+fi
 
-stop_daemon || fail "mlsched-lite exited with an error"
+stop_daemons || fail "mlsched-lite exited with an error"
 emit done "{\"uptime_s\": $(cut -d' ' -f1 /proc/uptime)}"

@@ -6,15 +6,17 @@ under qemu (TCG), and checks inside one boot: mlsched-lite serves the pinned map
 scx_mlsched attaches (``/sys/kernel/sched_ext/root/ops`` names it), a short
 parallel workload runs, decisions come from the in-kernel table and from
 mlsched-lite's answers, the scheduler unloads cleanly (exit kind "unregistered
-from user space", sched_ext back to disabled) and the guest powers off.
+from user space", sched_ext back to disabled), one real workload (Debian's
+hackbench) runs under mlsched-measure, and the guest powers off.
 
-Takes under a minute when the kernel is cached, plus ~8 minutes to build it.
+Takes about two minutes when the kernel is cached, plus ~15 minutes to build it.
 Skipped only where qemu or the kernel source package cannot be installed.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -33,6 +35,8 @@ BOOT_TIMEOUT_S = 6 * 60
 SCX_EXIT_UNREG = 64
 #: Small but long enough for pulls to be asked twice (table, then mlsched-lite's answer).
 WORKLOAD = {"workers": 8, "units": 100, "spin": 300000, "sleep": 500}
+#: One short run of a real workload under the model: hackbench, 2 groups of threads.
+REAL_WORKLOAD = {"workloads": "hackbench-t2", "hb_loops": 30}
 
 
 def _installed(pkg: str) -> bool:
@@ -70,7 +74,8 @@ def guest_cache() -> Path:
 def test_scheduler_in_guest(guest_cache, tmp_path):
     bench = _load_bench()
     console = tmp_path / "console.log"
-    b = bench.boot(guest_cache, {"mode": "test", **WORKLOAD}, BOOT_TIMEOUT_S, console)
+    b = bench.boot(guest_cache, {"mode": "test", **WORKLOAD, **REAL_WORKLOAD}, BOOT_TIMEOUT_S,
+                   console)
     tail = "\n".join(b.console.splitlines()[-30:])
     assert not b.timed_out, f"guest did not finish in {BOOT_TIMEOUT_S} s:\n{tail}"
     assert not b.of("error"), f"{b.of('error')[0]['message']}\n{tail}"
@@ -79,12 +84,15 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
     assert boot["cpus"] == 4, "the guest must see its 4 vCPUs (ACPI/MADT)"
     assert boot["sched_ext"] == "disabled", "sched_ext available and idle before we load"
 
-    runs = {r["config"]: r for r in b.of("run")}
+    runs = {r["config"]: r for r in b.of("run") if r["workload"] == "synthetic"}
     assert set(runs) == {"model", "model1"}
     for run in runs.values():
         assert run["ops"] == "mlsched", "/sys/kernel/sched_ext/root/ops names our scheduler"
-        work = run["workload"]
-        assert work["failed"] == 0 and work["makespan_s"] > 0
+        work = run["result"]
+        assert work["failed"] == 0 and work["makespan_s"] > 0 and not run["failed"]
+        # mlsched-measure counts the same process tree the workload's own counters do
+        assert run["measure"]["status"] == 0
+        assert run["measure"]["context_switches"] >= work["context_switches"] > 0
         scx = run["scx"]
         sched = scx["sched"]
         assert sched["ask_wake"] + sched["ask_pull"] > 0, "the balancer asked"
@@ -107,7 +115,18 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
     # default domains, as mlsched-lite's: CPUs sharing a last-level cache (one L3 a socket)
     assert (scx["nr_cpus"], scx["nr_doms"]) == (4, 2)
 
+    (real,) = [r for r in b.of("run") if r["workload"] == "hackbench-t2"]
+    assert real["config"] == "model" and real["ops"] == "mlsched" and not real["failed"], real
+    assert real["result"]["time_s"] > 0, "hackbench reported its time"
+    m = real["measure"]
+    # 2 groups of 20 senders and 20 receivers, 30 messages each way through pipes: every
+    # one of the 80 threads blocks at least once
+    assert m["status"] == 0 and m["wall_s"] >= real["result"]["time_s"]
+    assert m["context_switches"] >= 80, m
+    assert real["scx"]["sched"]["ask_wake"] + real["scx"]["sched"]["ask_pull"] > 0
+
     (daemon,) = b.of("daemon")
+    assert daemon["bundle"] == "default"
     assert daemon["answered"] > 0, "mlsched-lite answered requests"
     assert daemon["table_cpus"] == 4
 
@@ -165,3 +184,102 @@ def test_records_parse_multiline_json():
     bench = _load_bench()
     recs = bench.parse_records('@mlsched boot {"cpus": 4}\r\n@mlsched daemon {\n "a": 1\n}\n')
     assert recs == [("boot", {"cpus": 4}), ("daemon", {"a": 1})]
+
+
+def test_measure_counts_the_whole_tree(guest_cache, tmp_path):
+    """mlsched-measure (a static binary: it runs on the host too) counts the children's
+    children, reports the exit status and passes it on; bad usage exits 2."""
+    measure = str(guest_cache / "mlsched-measure")
+    out = tmp_path / "m.json"
+    # 3 grandchildren, each sleeping 5 times: at least 15 voluntary context switches
+    script = "for i in 1 2 3; do sh -c 'for j in 1 2 3 4 5; do sleep 0.01; done' & done; wait"
+    p = subprocess.run([measure, "-o", str(out), "--", "sh", "-c", script], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    m = json.loads(out.read_text())
+    assert m["status"] == 0 and m["context_switches"] >= 15 and m["wall_s"] >= 0.05, m
+    p = subprocess.run([measure, "--", "sh", "-c", "exit 3"], capture_output=True, text=True)
+    assert p.returncode == 3 and json.loads(p.stdout)["status"] == 3
+    p = subprocess.run([measure, "--", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert p.returncode == 127 and json.loads(p.stdout)["status"] == 127
+    for bad in ([], ["-o", str(tmp_path / "no" / "dir"), "--", "true"], ["-x"]):
+        p = subprocess.run([measure, *bad], capture_output=True, text=True)
+        assert p.returncode == 2 and p.stdout == "", bad
+    assert not (tmp_path / "no").exists()
+
+
+def _run(wl, cfg, result, wall=1.0, failed=False):
+    return {"workload": wl, "config": cfg, "run": 1, "ops": None, "failed": failed,
+            "measure": {"wall_s": wall, "migrations": 10, "context_switches": 100,
+                        "status": 1 if failed else 0}, "result": result, "scx": None}
+
+
+def test_summary_per_workload_and_config(tmp_path):
+    bench = _load_bench()
+    hb = [_run("hackbench-t2", "eevdf", {"time_s": t}) for t in (2.0, 4.0, 3.0)] + \
+        [_run("hackbench-t2", "simple", {"time_s": t}) for t in (1.5, 2.0)] + \
+        [_run("hackbench-t2", "simple", {"time_s": None}, failed=True)]
+    # stress-ng: geometric mean of each stressor's ops over its own wall time
+    sng = [_run("stressng", "eevdf", {"stressors": {"cpu": {"bogo_ops": 100, "wall_s": 2.0},
+                                                    "hdd": {"bogo_ops": 800, "wall_s": 2.0}}}),
+           _run("stressng", "simple", {"stressors": {"cpu": {"bogo_ops": 100, "wall_s": 1.0},
+                                                     "hdd": {"bogo_ops": 800, "wall_s": 2.0}}})]
+    build = [_run("build", "eevdf", {}, wall=40.0), _run("build", "simple", {}, wall=50.0)]
+    b = bench.Boot(records=[("run", r) for r in hb + sng + build])
+    params = {"runs": 3, "workers": 8, "units": 1, "spin": 1, "sleep": 1, "hb_loops": 30,
+              "sng_ops": 50, "build_jobs": 8}
+    s = bench.summarize(b, params)
+    e, m = s["workloads"]["hackbench-t2"]["configs"]["eevdf"], \
+        s["workloads"]["hackbench-t2"]["configs"]["simple"]
+    assert (e["median"], e["min"], e["max"]) == (3.0, 2.0, 4.0)
+    assert m["failed"] == 1 and m["result"] == [1.5, 2.0] and m["median"] == 1.75
+    assert m["speed_vs_eevdf"] == pytest.approx(3.0 / 1.75)
+    assert m["speed_vs_eevdf_range"] == pytest.approx([1.5, 2.0])
+    st = s["workloads"]["stressng"]["configs"]
+    assert st["eevdf"]["median"] == pytest.approx(141.4214, rel=1e-5)  # sqrt(50 * 400)
+    assert st["simple"]["median"] == pytest.approx(200.0)   # sqrt(100 * 400)
+    assert st["simple"]["speed_vs_eevdf"] == pytest.approx(1.4142, rel=1e-4)  # more ops/s
+    assert s["workloads"]["build"]["configs"]["simple"]["speed_vs_eevdf"] == 0.8
+    md = bench.table(s)
+    assert "| hackbench-t2 | hackbench time (s) | 3.00 | +71.4% |" in md
+    assert "| build | wall time (s) | 40.00 | -20.0% |" in md
+    png = tmp_path / "g.png"
+    bench.plot(s, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [f.name for f in tmp_path.iterdir()] == ["g.png"]
+
+
+def test_bench_refuses_bad_plans(tmp_path, capsys):
+    bench = _load_bench()
+    for bad in (["--workloads", "hackbench-x9"], ["--configs", "eevdf,eevdf"],
+                ["--configs", "model-Bad"], ["--runs", "0"], ["--hb-loops", "0"]):
+        assert bench.main(["--cache", str(tmp_path), "--out", str(tmp_path / "o.json"),
+                           *bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("bench.py: ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_initramfs_bundle_arguments(tmp_path, capsys):
+    """--bundle [NAME=]DIR: one default, names unique and plain, each a bundle; anything
+    else is refused in one line with exit 2 before a file is written."""
+    spec = importlib.util.spec_from_file_location("guest_mkinitramfs", GUEST / "mkinitramfs.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    good, other = tmp_path / "a", tmp_path / "b"
+    for d in (good, other):
+        d.mkdir()
+        (d / "manifest.json").write_text("{}")
+    assert mk.parse_bundles([str(good), f"small={other}"]) == {"default": good, "small": other}
+    out = tmp_path / "out" / "initramfs.cpio"
+    for bad, why in (([f"x={good}"], "no default bundle"),
+                     ([str(good), f"default={other}"], "given twice"),
+                     ([str(good), f"Big={other}"], "lower-case"),
+                     ([str(tmp_path)], "not a bundle")):
+        args = ["--out", str(out), "--sched-dir", str(tmp_path), "--build-source", str(tmp_path)]
+        for b in bad:
+            args += ["--bundle", b]
+        assert mk.main(args) == 2, bad
+        err = capsys.readouterr().err
+        assert err.startswith("mkinitramfs: ") and why in err and err.count("\n") == 1, err
+    assert not out.parent.exists()
