@@ -21,7 +21,7 @@ DEFAULT_MODEL  := models/default/saved_model
 DEFAULT_BUNDLE := models/default/bundle
 PYTEST_ARGS  ?=
 
-.PHONY: all setup deb venv build bpf ext model bundle run test lint bench soak dist guest-kernel guest-bench clean distclean
+.PHONY: all setup deb venv build bpf ext model bundle run test lint bench soak dist guest-kernel guest-bench guest-learn clean distclean
 
 all: build
 
@@ -86,6 +86,10 @@ guest-kernel: build
 
 guest-bench: build
 	$(MAKE) -C guest bench
+
+# Record in the guest, train the learned models, convert, boot again and compare.
+guest-learn: build
+	$(MAKE) -C guest learn
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)

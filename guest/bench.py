@@ -49,12 +49,14 @@ KNOWN_CONFIGS = CONFIGS + ("central",)
 CONFIG_NAMES = {"eevdf": "EEVDF (kernel default)", "simple": "scx_simple (kernel example)",
                 "central": "scx_central (kernel example)", "model": "scx_mlsched, model",
                 "model1": "scx_mlsched, model, kernel level 1 only",
-                "stay": "scx_mlsched, always STAY", "migrate": "scx_mlsched, always MIGRATE"}
+                "stay": "scx_mlsched, always STAY", "migrate": "scx_mlsched, always MIGRATE",
+                "model-imitate": "scx_mlsched, learned: imitate EEVDF",
+                "model-outcome": "scx_mlsched, learned: outcomes"}
 WORKLOADS = ("synthetic", "hackbench-t2", "hackbench-t4", "hackbench-p2", "hackbench-p4",
              "stressng", "build")
 #: Rough seconds one run takes under TCG on a 2-core host, attach and detach included;
 #: the boot's time limit is their sum over the plan, times a margin.
-RUN_ESTIMATE_S = {"synthetic": 20, "hackbench-t2": 10, "hackbench-t4": 15, "hackbench-p2": 10,
+RUN_ESTIMATE_S = {"synthetic": 12, "hackbench-t2": 10, "hackbench-t4": 15, "hackbench-p2": 10,
                   "hackbench-p4": 15, "stressng": 20, "build": 150}
 BOOT_BASE_S = 120
 DAEMON_START_S = 200
@@ -406,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS),
                     help=f"comma list of {','.join(KNOWN_CONFIGS)}, model-NAME (bundle NAME)")
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--units", type=int, default=300)
+    ap.add_argument("--units", type=int, default=100)
     ap.add_argument("--spin", type=int, default=1000000)
     ap.add_argument("--sleep", type=int, default=500, help="µs blocked per unit")
     ap.add_argument("--hb-loops", type=int, default=100, help="hackbench messages per sender")

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Guest scenario, run by /init. Settings come from the kernel command line:
-#   mlsched.mode=bench|test   mlsched.runs=N
+#   mlsched.mode=bench|test|record   mlsched.runs=N
 #   mlsched.workloads=synthetic,hackbench-t2,hackbench-t4,hackbench-p2,hackbench-p4,stressng,build
 #   mlsched.configs=eevdf,simple,central,model,model1,model-NAME,stay,migrate
 #   mlsched.workers= mlsched.units= mlsched.spin= mlsched.sleep=   (synthetic: mlsched-workload)
@@ -20,6 +20,12 @@
 #      mlsched-measure (wall time, CPU migrations and context switches of its whole
 #      process tree, exit status), detach;
 #   3. stop the mlsched-lite instances.
+#
+# mode=record gathers what `mlsched-train` learns from (guest/learn.py): every workload
+# `runs` times under EEVDF with mlsched-lite's collector recording what EEVDF did
+# (run --record: imitation), then `runs` times under configuration explore, scx_mlsched
+# answering every balancer question with a coin (--explore 1000 --explore-out: outcomes);
+# both files go to the host as "@mlsched file" records (gzip, base64).
 # Every result is one line "@mlsched KIND JSON" on fd 3 (the host reads ttyS1); a
 # workload that exits non-zero is a run with "failed": true, the scenario goes on.
 set -u
@@ -74,10 +80,37 @@ start_daemon() {
         --stats-file "$dir/daemon.prom" --summary-json "$dir/daemon.json" \
         >"$dir/daemon.log" 2>&1 &
     daemons="$daemons $name:$!"
-    # The stats file appears after the first interval: table loaded, serving.
-    wait_for 180 test -s "$dir/daemon.prom" ||
-        { cat "$dir/daemon.log"; fail "mlsched-lite ($name) did not start"; }
-    log "mlsched-lite serving bundle $name (pid $!)"
+}
+
+# wait_daemons: every instance started serves (they start side by side: minutes each
+# under TCG). The stats file appears after the first interval: table loaded, serving.
+wait_daemons() {
+    for d in $daemons; do
+        dir=/tmp/daemon-${d%%:*}
+        wait_for 300 test -s "$dir/daemon.prom" ||
+            { cat "$dir/daemon.log"; fail "mlsched-lite (${d%%:*}) did not start"; }
+        log "mlsched-lite serving bundle ${d%%:*} (pid ${d#*:})"
+    done
+}
+
+# start_recorder: mlsched-lite with the collector on, recording what EEVDF does.
+start_recorder() {
+    dir=/tmp/daemon-recorder
+    mkdir -p "$dir"
+    log "starting mlsched-lite, collector recording"
+    python3 -m mlsched.runtime.cli run --bundle "$OPT/bundles/default" --cpus "$NCPUS" \
+        --record /tmp/imitate.csv --interval 1 --stats-file "$dir/daemon.prom" \
+        --summary-json "$dir/daemon.json" >"$dir/daemon.log" 2>&1 &
+    daemons="$daemons recorder:$!"
+    wait_for 240 test -s "$dir/daemon.prom" ||
+        { cat "$dir/daemon.log"; fail "mlsched-lite (recorder) did not start"; }
+    log "mlsched-lite recording (pid $!)"
+}
+
+# emit_file NAME PATH: the file to the host, compressed, as one record.
+emit_file() {
+    [ -s "$2" ] || fail "$1: $2 is empty"
+    emit file "{\"name\": \"$1\", \"rows\": $(($(wc -l < "$2") - 1)), \"gzip_base64\": \"$(gzip -c "$2" | base64 | tr -d '\n')\"}"
 }
 
 stop_daemons() {
@@ -106,6 +139,8 @@ start_sched() {
         model1) scx_mlsched --policy model --levels 1 --pin-dir "$pin" -o /tmp/scx.json &
             sched_pid=$! ;;
         stay|migrate) scx_mlsched --policy "$1" -o /tmp/scx.json & sched_pid=$! ;;
+        explore) scx_mlsched --policy stay --explore 1000 --explore-out /tmp/explore.csv \
+            -o /tmp/scx.json & sched_pid=$! ;;
         *) fail "unknown configuration $1" ;;
     esac
 }
@@ -190,7 +225,7 @@ emit boot "{\"cpus\": $NCPUS, \"uptime_s\": $(cut -d' ' -f1 /proc/uptime), \"ker
 case "$mode" in
     test) plan="synthetic:model synthetic:model1 $(echo "$workloads" | tr ',' '\n' |
               grep -v '^synthetic$' | sed 's/$/:model/' | tr '\n' ' ')" ;;
-    bench) plan= ;;
+    bench|record) plan= ;;
     *) fail "unknown mode $mode" ;;
 esac
 for wl in $(echo "$workloads" | tr ',' ' '); do
@@ -201,11 +236,25 @@ for wl in $(echo "$workloads" | tr ',' ' '); do
 done
 cfg_list=$(echo "$configs" | tr ',' ' ')
 [ "$mode" = test ] && cfg_list="model model1"
+[ "$mode" = record ] && cfg_list=
 for b in $(for c in $cfg_list; do bundle_of "$c"; done | sort -u); do start_daemon "$b"; done
+wait_daemons
 emit ready "{\"uptime_s\": $(cut -d' ' -f1 /proc/uptime)}"
 
 if [ "$mode" = test ]; then
     for p in $plan; do run_one "${p%%:*}" "${p#*:}" 1; done
+elif [ "$mode" = record ]; then
+    rm -f /tmp/imitate.csv /tmp/explore.csv
+    start_recorder
+    for wl in $(echo "$workloads" | tr ',' ' '); do
+        r=1; while [ $r -le "$runs" ]; do run_one "$wl" eevdf $r; r=$((r + 1)); done
+    done
+    stop_daemons || fail "mlsched-lite (recorder) exited with an error"
+    for wl in $(echo "$workloads" | tr ',' ' '); do
+        r=1; while [ $r -le "$runs" ]; do run_one "$wl" explore $r; r=$((r + 1)); done
+    done
+    emit_file imitate /tmp/imitate.csv
+    emit_file explore /tmp/explore.csv
 else
     for wl in $(echo "$workloads" | tr ',' ' '); do
         list=$cfg_list r=1
