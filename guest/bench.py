@@ -45,8 +45,9 @@ SOCKETS = 2
 MEMORY_MB = 2048
 CONFIGS = ("eevdf", "simple", "model", "model1", "stay", "migrate")
 #: Every fixed configuration run.sh knows; model-NAME (bundle NAME) comes on top.
-KNOWN_CONFIGS = CONFIGS + ("central",)
-CONFIG_NAMES = {"eevdf": "EEVDF (kernel default)", "simple": "scx_simple (kernel example)",
+KNOWN_CONFIGS = CONFIGS + ("central", "eevdf2")
+CONFIG_NAMES = {"eevdf": "EEVDF (kernel default)",
+                "eevdf2": "EEVDF on 2 of the 4 vCPUs (taskset)", "simple": "scx_simple (kernel example)",
                 "central": "scx_central (kernel example)", "model": "scx_mlsched, model",
                 "model1": "scx_mlsched, model, kernel level 1 only",
                 "stay": "scx_mlsched, always STAY", "migrate": "scx_mlsched, always MIGRATE",

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Guest scenario, run by /init. Settings come from the kernel command line:
-#   mlsched.mode=bench|test|record   mlsched.runs=N
+#   mlsched.mode=bench|test|record   mlsched.runs=N   (test: a short check of each part)
 #   mlsched.workloads=synthetic,hackbench-t2,hackbench-t4,hackbench-p2,hackbench-p4,stressng,build
-#   mlsched.configs=eevdf,simple,central,model,model1,model-NAME,stay,migrate
+#   mlsched.configs=eevdf,eevdf2,simple,central,model,model1,model-NAME,stay,migrate
 #   mlsched.workers= mlsched.units= mlsched.spin= mlsched.sleep=   (synthetic: mlsched-workload)
 #   mlsched.hb_loops=       hackbench messages per sender
 #   mlsched.sng_ops=        stress-ng: bogo ops per cpu stressor (hdd: 10x, on tmpfs)
@@ -131,7 +131,7 @@ stop_daemons() {
 start_sched() {
     pin=/sys/fs/bpf/mlsched-$(bundle_of "$1")
     case "$1" in
-        eevdf) ;;
+        eevdf|eevdf2) ;;
         simple) scx_simple >/tmp/peer.log 2>&1 & sched_pid=$! ;;
         central) scx_central >/tmp/peer.log 2>&1 & sched_pid=$! ;;
         model|model-*) scx_mlsched --policy model --pin-dir "$pin" -o /tmp/scx.json &
@@ -164,19 +164,19 @@ sched_stats() {
 run_workload() {
     case "$1" in
         synthetic)
-            mlsched-measure -o /tmp/measure.json -- \
+            $wrap mlsched-measure -o /tmp/measure.json -- \
                 mlsched-workload -w "$workers" -u "$units" -c "$spin" -s "$sleep" ;;
         hackbench-[tp][0-9]*)
             kind=$(echo "$1" | cut -c11) groups=${1#hackbench-?}
             [ "$kind" = t ] && flag=-T || flag=-P
             # -p: pipes (the guest kernel has no AF_UNIX sockets)
-            mlsched-measure -o /tmp/measure.json -- \
+            $wrap mlsched-measure -o /tmp/measure.json -- \
                 hackbench "$flag" -p -g "$groups" -l "$hb_loops" >/tmp/wl.out 2>&1
             t=$(sed -n 's/^Time: *\([0-9.]*\).*/\1/p' /tmp/wl.out)
             echo "{\"time_s\": ${t:-null}, \"groups\": $groups, \"loops\": $hb_loops}" ;;
         stressng)
             rm -rf /tmp/sng && mkdir -p /tmp/sng
-            mlsched-measure -o /tmp/measure.json -- \
+            $wrap mlsched-measure -o /tmp/measure.json -- \
                 stress-ng --cpu "$NCPUS" --cpu-ops "$sng_ops" --cache 2 --cache-ops 2 \
                 --hdd 2 --hdd-ops "$((sng_ops * 10))" --hdd-bytes 4M --temp-path /tmp/sng \
                 --metrics-brief --yaml /tmp/sng.yaml >/tmp/wl.out 2>&1
@@ -188,7 +188,7 @@ run_workload() {
             rm -rf /tmp/sng /tmp/sng.yaml ;;
         build)
             rm -rf /tmp/build && cp -a "$OPT/build-src" /tmp/build
-            mlsched-measure -o /tmp/measure.json -- \
+            $wrap mlsched-measure -o /tmp/measure.json -- \
                 make -s -f "$OPT/build.mk" -C /tmp/build -j"$build_jobs" >/tmp/wl.out 2>&1
             echo "{\"objects\": $(find /tmp/build -name '*.o' | wc -l), \"jobs\": $build_jobs}"
             rm -rf /tmp/build ;;
@@ -198,7 +198,9 @@ run_workload() {
 
 # run_one WORKLOAD CONFIG RUN: one run under CONFIG; emits a "run" line.
 run_one() {
-    wl=$1 cfg=$2 run=$3 sched_pid= scx=null ops=null
+    wl=$1 cfg=$2 run=$3 sched_pid= scx=null ops=null wrap=
+    # eevdf2: EEVDF with the workload on the two CPUs of domain 0 only
+    [ "$cfg" = eevdf2 ] && wrap="taskset -c 0-1"
     rm -f /tmp/scx.json /tmp/peer.log /tmp/measure.json
     start_sched "$cfg"
     if [ -n "$sched_pid" ]; then
@@ -223,7 +225,7 @@ run_one() {
 
 emit boot "{\"cpus\": $NCPUS, \"uptime_s\": $(cut -d' ' -f1 /proc/uptime), \"kernel\": \"$(uname -r)\", \"sched_ext\": \"$(cat /sys/kernel/sched_ext/state 2>/dev/null || echo missing)\", \"mode\": \"$mode\"}"
 case "$mode" in
-    test) plan="synthetic:model synthetic:model1 $(echo "$workloads" | tr ',' '\n' |
+    test) plan="synthetic:model synthetic:model1 synthetic:explore $(echo "$workloads" | tr ',' '\n' |
               grep -v '^synthetic$' | sed 's/$/:model/' | tr '\n' ' ')" ;;
     bench|record) plan= ;;
     *) fail "unknown mode $mode" ;;
@@ -242,7 +244,9 @@ wait_daemons
 emit ready "{\"uptime_s\": $(cut -d' ' -f1 /proc/uptime)}"
 
 if [ "$mode" = test ]; then
+    rm -f /tmp/explore.csv
     for p in $plan; do run_one "${p%%:*}" "${p#*:}" 1; done
+    emit_file explore /tmp/explore.csv
 elif [ "$mode" = record ]; then
     rm -f /tmp/imitate.csv /tmp/explore.csv
     start_recorder

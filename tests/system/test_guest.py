@@ -15,6 +15,8 @@ Skipped only where qemu or the kernel source package cannot be installed.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import importlib.util
 import json
 import os
@@ -85,7 +87,8 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
     assert boot["sched_ext"] == "disabled", "sched_ext available and idle before we load"
 
     runs = {r["config"]: r for r in b.of("run") if r["workload"] == "synthetic"}
-    assert set(runs) == {"model", "model1"}
+    assert set(runs) == {"model", "model1", "explore"}
+    _check_explore(runs.pop("explore"), b.of("file"), tmp_path)
     for run in runs.values():
         assert run["ops"] == "mlsched", "/sys/kernel/sched_ext/root/ops names our scheduler"
         work = run["result"]
@@ -132,6 +135,30 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
 
     assert b.of("done"), f"scenario did not finish:\n{tail}"
     assert b.powered_off, f"guest did not power off (rc {b.returncode}):\n{tail}"
+
+
+def _check_explore(run: dict, files: list[dict], tmp_path: Path) -> None:
+    """scx_mlsched --explore 1000: every answer a coin; the records it wrote are what
+    mlsched-train's reader takes, one per carried-out answer."""
+    assert run["ops"] == "mlsched" and not run["failed"], run
+    sched = run["scx"]["sched"]
+    assert run["scx"]["explore_permille"] == 1000
+    asked = sched["ask_wake"] + sched["ask_pull"]
+    assert asked > 0 and sched["explored"] == asked, sched
+    assert sched["from_table"] == 0 and sched["fixed"] == 0 and sched["explore_lost"] == 0
+    (f,) = files
+    assert f["name"] == "explore"
+    path = tmp_path / "explore.csv"
+    path.write_bytes(gzip.decompress(base64.b64decode(f["gzip_base64"])))
+    from mlsched.convert import records
+    rec = records.read([path])
+    assert rec.kind == records.EXPLORATION and len(rec) == f["rows"] > 0
+    # a record per task until it runs, and none for a MIGRATE that found no idle CPU
+    assert len(rec) <= sched["explored"]
+    moved = sched["moved_wake"] + sched["moved_pull"]
+    assert int(rec.columns["action"].sum()) <= moved
+    assert set(rec.columns["propensity"]) == {0.5}
+    assert (rec.columns["wait_ns"] >= 0).all()
 
 
 #: --domains specs for a 2-CPU host: (spec, the domains both sides make of it, or None
@@ -283,3 +310,36 @@ def test_initramfs_bundle_arguments(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("mkinitramfs: ") and why in err and err.count("\n") == 1, err
     assert not out.parent.exists()
+
+
+def _load_learn():
+    _load_bench()
+    sys.modules.setdefault("bench", sys.modules["guest_bench"])  # learn.py imports bench
+    spec = importlib.util.spec_from_file_location("guest_learn", GUEST / "learn.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _file_record(name: str, text: str) -> tuple[str, dict]:
+    blob = base64.b64encode(gzip.compress(text.encode())).decode()
+    return ("file", {"name": name, "rows": text.count("\n") - 1, "gzip_base64": blob})
+
+
+def test_learn_takes_the_files_the_guest_sent(tmp_path):
+    """learn.py writes back byte for byte what run.sh sent, and refuses a boot that failed
+    or sent only one of the two files."""
+    learn = _load_learn()
+    bench = sys.modules["bench"]
+    imitate = "cpu,cpu_idle\n1,2\n3,4\n"
+    explore = "cpu,action\n0,1\n"
+    ok = [_file_record("imitate", imitate), _file_record("explore", explore), ("done", {})]
+    files = learn.records_from(bench.Boot(records=ok), tmp_path / "r")
+    assert files["imitate"].read_text() == imitate
+    assert files["explore"].read_text() == explore
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["explore.csv", "imitate.csv"]
+    for bad in ([_file_record("imitate", imitate), ("done", {})],
+                [("error", {"message": "workload failed"})] + ok,
+                ok[:2]):
+        with pytest.raises(bench.GuestError):
+            learn.records_from(bench.Boot(records=bad), tmp_path / "bad")
