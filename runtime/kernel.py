@@ -212,6 +212,16 @@ def decision_slots_for(ring_size: int) -> int:
                _pow2_at_least(ring_size // record * SLOTS_PER_RING_RECORD))
 
 
+def _in_use(table: np.ndarray | None, level2: Level2 | None) -> Level2 | None:
+    """``level2``, or None when it refines no cell (the table has no UNSURE cell: a model
+    that is sure everywhere): the kernel then has nothing to look up under level 1."""
+    if level2 is None or level2.cells:
+        return level2
+    if table is not None:
+        level2.check(int((np.asarray(table) == UNSURE).sum()))
+    return None
+
+
 def _words(level2: Level2 | None) -> int:
     """__u64 words a table level 2 takes in `table2` (one half)."""
     return 0 if level2 is None else level2.kernel_words
@@ -251,6 +261,7 @@ class KernelPath:
                                   "it needs pin=True and takes no table", errno_mod.EINVAL)
         if level2 is not None and table is None:
             raise KernelPathError("a table level 2 needs its table", errno_mod.EINVAL)
+        level2 = _in_use(table, level2)
         rows = table_rows(table, refined=level2 is not None) if table is not None else None
         n_table = int(np.asarray(table).shape[0]) if table is not None else opts.table_capacity or 0
         if n_table > MAX_TABLE_CPUS:
@@ -371,6 +382,7 @@ class KernelPath:
     def set_table(self, table: np.ndarray, level2: Level2 | None = None,
                   _rows: np.ndarray | None = None) -> None:
         """Publish ``table`` and its second level (None: none) in one step (see mls_set_table)."""
+        level2 = _in_use(table, level2)
         rows = table_rows(table, refined=level2 is not None) if _rows is None else _rows
         n = int(np.asarray(table).shape[0])
         buf = np.ascontiguousarray(rows)

@@ -158,3 +158,23 @@ def test_pinned_maps_of_another_size_are_reused_not_refused(bundle8, pin_dir, re
     with KernelPath() as kp:                      # pins with room, a restart without a level 2
         kp.load(None, pin=True, pin_dir=str(pin_dir), table_capacity=N, consumer_timeout_ns=0)
         kp.set_table(bundle8.table)
+
+
+def test_a_table_with_no_unsure_cell_loads_with_its_empty_level2(bundle8, kernel_path):
+    """A model that says the same in every cell (a constant policy, say) has a level 2 of
+    no cells: the table loads with it, at start-up and in a swap, and level 1 answers."""
+    from mlsched.runtime.level2 import Level2
+    from mlsched.runtime.wire import UNSURE
+
+    table = np.where(bundle8.table == UNSURE, STAY, bundle8.table).astype(np.uint8)
+    l2 = bundle8.level2
+    empty = Level2.from_cells(l2.lines, l2.src, l2.dst, np.zeros((0, l2.lines), np.uint8))
+    assert empty.cells == 0
+    f = unsure_cell_traffic(bundle8.table, 2_000, seed=5)
+    kp = kernel_path(table, level2=empty, consumer_timeout_ns=0)
+    for step in range(2):
+        if step:
+            kp.set_table(table, empty)
+        r = kp.inject(f, ignore_consumer=True)
+        assert (r.level == 1).all() and (r.seq == 0).all(), step
+        assert (r.result == STAY).all(), step
