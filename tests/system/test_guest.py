@@ -313,8 +313,7 @@ def test_initramfs_bundle_arguments(tmp_path, capsys):
 
 
 def _load_learn():
-    _load_bench()
-    sys.modules.setdefault("bench", sys.modules["guest_bench"])  # learn.py imports bench
+    _load_bench()                   # learn.py takes the guest_bench module loaded here
     spec = importlib.util.spec_from_file_location("guest_learn", GUEST / "learn.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -330,7 +329,7 @@ def test_learn_takes_the_files_the_guest_sent(tmp_path):
     """learn.py writes back byte for byte what run.sh sent, and refuses a boot that failed
     or sent only one of the two files."""
     learn = _load_learn()
-    bench = sys.modules["bench"]
+    bench = learn.bench
     imitate = "cpu,cpu_idle\n1,2\n3,4\n"
     explore = "cpu,action\n0,1\n"
     ok = [_file_record("imitate", imitate), _file_record("explore", explore), ("done", {})]
