@@ -4,7 +4,7 @@ Steps, one function each::
 
     record files ─► read (records.py: kind from the header, rows checked, loads clamped)
                  ─► label: imitate (what CFS did between domains) or outcome (explored costs)
-                 ─► split: held-out rows drawn with the seed
+                 ─► split: a random held-out part, the same for the same --seed
                  ─► fit: counts scaled to the host's CPUs, the scale folded into the first layer
                  ─► evaluate on the held-out rows (accuracy, MIGRATE rate, IPS cost table)
                  ─► OUTDIR/{saved_model, report.json, report.png}, written whole or not at all

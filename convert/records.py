@@ -28,12 +28,12 @@ Bad input raises ``RecordError`` with one line naming the file and line.
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlsched.runtime.bundle import sha256_file
 from mlsched.runtime.features import FEATURE_NAMES, load_key
 
 from .errors import ConvertError
@@ -133,7 +133,7 @@ def read(paths: list[str | Path], labels: str | None = None) -> Records:
     files, parts = [], []
     for path, k, cols in kinds:
         if k != kind:
-            info = FileInfo(str(path), _sha256(path), k, _count_rows(path))
+            info = FileInfo(str(path), sha256_file(path), k, _count_rows(path))
             dropped[f"{k} file, not used by --labels {labels}"] = (
                 dropped.get(f"{k} file, not used by --labels {labels}", 0) + info.rows)
             files.append(info)
@@ -143,7 +143,7 @@ def read(paths: list[str | Path], labels: str | None = None) -> Records:
         if cut:
             why = "last row cut short (no newline)"
             dropped[why] = dropped.get(why, 0) + cut
-        files.append(FileInfo(str(path), _sha256(path), kind, len(part["features"]) + cut,
+        files.append(FileInfo(str(path), sha256_file(path), kind, len(part["features"]) + cut,
                               (DOMAIN_COLUMNS[0] in cols) if kind == COLLECTOR else None))
         parts.append(part)
     features = np.concatenate([p["features"] for p in parts])
@@ -333,14 +333,6 @@ def ips_costs(rec: Records, cost_us: np.ndarray, decisions: dict[str, np.ndarray
                                             if w.sum() > 0 else None),
                      "matched_rows": int(match.sum())}
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _count_rows(path: Path) -> int:
