@@ -953,13 +953,15 @@ def test_overload_counts_drops_keeps_serving_and_never_misanswers(pin_dir, tmp_p
             assert r.sent + r.dropped == len(feats) and r.no_consumer == 0
             assert r.dropped > 0, "the burst should overflow the ring"
             sent, dropped = sent + r.sent, dropped + r.dropped
-            if burst == 2:                          # malformed records in the middle
-                kp.inject(feats[:100], bad_version=True)
-                kp.inject(feats[:50], bad_size=True)
-                bad += 150
             last = int(r.last_seq)
             wait_for(lambda s=last: kp.read_decisions(s, 1).answered == 1,
                      what="the backlog to drain")
+            if burst == 2:                          # malformed records in the middle
+                # the drain above means room in the ring, but the daemon may still be
+                # busy: whatever the kernel drops of these is counted as a drop
+                for m in (kp.inject(feats[:100], bad_version=True),
+                          kp.inject(feats[:50], bad_size=True)):
+                    bad, dropped = bad + m.sent, dropped + m.dropped
             ok = r.seq != 0
             seqs, want = r.seq[ok], e.decide_wire(feats[ok])
             rb = kp.read_decisions(int(r.first_seq), int(r.last_seq - r.first_seq + 1))
@@ -1002,7 +1004,7 @@ def test_overload_counts_drops_keeps_serving_and_never_misanswers(pin_dir, tmp_p
     record_property("overload_sent", sent)
     assert s["dropped"] == dropped and p["mlsched_dropped_total"] == dropped
     assert s["records"] == s["answered"] == sent
-    assert s["rejected"] == bad and p["mlsched_rejected_total"] == bad
+    assert bad > 0 and s["rejected"] == bad and p["mlsched_rejected_total"] == bad
     assert s["double_answers"] == 0 and s["late_answers"] == 0
     assert s["no_consumer"] == 0
     import re
