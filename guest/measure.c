@@ -4,23 +4,37 @@
  *
  *   mlsched-measure [-o FILE] -- COMMAND [ARG...]
  *
- * 1. Forks; the child waits on a pipe until the counters exist.
- * 2. Opens two software perf counters on the child, CPU migrations and context
- *    switches, with inherit=1 (every thread and process the command starts is
- *    counted, the kernel folds their counts in as they exit) and enable_on_exec
- *    (counting starts when the command does, not during our fork).
- * 3. Releases the child, which execs COMMAND; waits for it; reads the counters.
+ * 1. Loads and attaches measure.bpf.c (embedded: measure.skel.h), which counts
+ *    the moves of one process tree from CPU to CPU.
+ * 2. Forks; the child waits on a pipe until the counters exist.
+ * 3. Puts the child into the BPF side's tree, and opens two software perf
+ *    counters on it, CPU migrations and context switches, with inherit=1 (every
+ *    thread and process the command starts is counted, the kernel folds their
+ *    counts in as they exit) and enable_on_exec (counting starts when the
+ *    command does, not during our fork).
+ * 4. Releases the child, which execs COMMAND; waits for it; reads the counters.
+ *
+ * The two migration counts differ on purpose: perf's counter adds one when a
+ * task runs again after it moved (two moves before it runs count once) and
+ * starts at exec; the moves count every change of CPU, from the child's release
+ * on.
  *
  * Prints one JSON object (on stdout, or into FILE with -o: the command's own
  * stdout stays its own): wall time from exec to exit, the two counts, the
- * exit status (a signal is reported as 128 + its number). Exits with the
- * command's status, 2 for bad usage or when the counters cannot be opened.
+ * moves as a matrix [from][to] over the possible CPUs, what the moves missed
+ * (tasks beyond the tree map, CPUs beyond its matrix, runs of the BPF programs
+ * the kernel skipped), the exit status (a signal is reported as 128 + its
+ * number). Exits with the command's status, 2 for bad usage or when the
+ * counters or the BPF side cannot be set up.
  */
 #define _GNU_SOURCE
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/perf_event.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +44,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "measure.h"
+#include "measure.skel.h"
+
 #define PROG "mlsched-measure"
 /* The child's exit status when exec itself fails (as the shell's "not found"). */
 #define EXEC_FAILED 127
@@ -37,8 +54,9 @@
 static void usage(FILE *f)
 {
 	fprintf(f, "Usage: " PROG " [-o FILE] -- COMMAND [ARG...]\n"
-		"Runs COMMAND; prints wall time, CPU migrations and context switches of\n"
-		"its whole process tree and its exit status as one JSON object.\n");
+		"Runs COMMAND; prints wall time, CPU migrations, context switches and the\n"
+		"CPU-to-CPU moves of its whole process tree and its exit status as one\n"
+		"JSON object. Needs root (perf counters, BPF, BTF).\n");
 }
 
 static double now_s(void)
@@ -72,10 +90,63 @@ static long long read_counter(int fd)
 	return (long long)v;
 }
 
+static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	return level == LIBBPF_DEBUG ? 0 : vfprintf(stderr, fmt, ap);
+}
+
+/* Runs of PROG the kernel skipped (it was already running on that CPU). */
+static unsigned long long skipped(struct bpf_program *prog)
+{
+	struct bpf_prog_info info;
+	__u32 len = sizeof(info);
+
+	memset(&info, 0, sizeof(info));
+	if (bpf_prog_get_info_by_fd(bpf_program__fd(prog), &info, &len))
+		return 0;
+	return info.recursion_misses;
+}
+
+/* The moves matrix over the first NCPUS CPUs, and what the moves missed. */
+static int print_moves(FILE *out, struct measure_bpf *skel, int ncpus)
+{
+	int fd = bpf_map__fd(skel->maps.moves), from, to;
+	unsigned long long missed = 0;
+	__u64 v;
+	__u32 k;
+
+	fputs("\"moves\": [", out);
+	for (from = 0; from < ncpus; from++) {
+		fputs(from ? ", [" : "[", out);
+		for (to = 0; to < ncpus; to++) {
+			k = from * MEASURE_MAX_CPUS + to;
+			if (bpf_map_lookup_elem(fd, &k, &v))
+				return -1;
+			fprintf(out, "%s%llu", to ? ", " : "", (unsigned long long)v);
+		}
+		fputc(']', out);
+	}
+	fd = bpf_map__fd(skel->maps.lost);
+	for (k = 0; k < MEASURE_NR_LOST; k++) {
+		if (bpf_map_lookup_elem(fd, &k, &v))
+			return -1;
+		missed += v;
+	}
+	missed += skipped(skel->progs.on_fork) + skipped(skel->progs.on_migrate);
+	fprintf(out, "], \"moves_missed\": %llu, ", missed);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *out_path = NULL;
-	int c, go[2], mig_fd, cs_fd, status, code;
+	int c, go[2], mig_fd, cs_fd, status, code, ncpus;
+	struct measure_bpf *skel;
+	char *moves = NULL;
+	size_t moves_len = 0;
+	FILE *mv;
+	__u8 one = 1;
+	__u32 root;
 	double t0, t1;
 	char byte = 0;
 	FILE *out = stdout;
@@ -96,6 +167,21 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": %s: %s\n", out_path, strerror(errno));
 		return 2;
 	}
+	ncpus = libbpf_num_possible_cpus();
+	if (ncpus > MEASURE_MAX_CPUS) {
+		fprintf(stderr, PROG ": %d CPUs: the moves matrix holds %d\n", ncpus,
+			MEASURE_MAX_CPUS);
+		return 2;
+	}
+	libbpf_set_print(libbpf_log);
+	skel = measure_bpf__open_and_load();
+	if (!skel || measure_bpf__attach(skel)) {
+		fprintf(stderr, PROG ": loading the BPF move counter: %s (needs root and "
+			"/sys/kernel/btf/vmlinux)\n", strerror(errno));
+		if (out_path)
+			unlink(out_path);
+		return 2;
+	}
 	if (pipe2(go, O_CLOEXEC) < 0) {
 		fprintf(stderr, PROG ": pipe: %s\n", strerror(errno));
 		return 2;
@@ -114,10 +200,13 @@ int main(int argc, char **argv)
 		_exit(EXEC_FAILED);
 	}
 	close(go[0]);
+	root = pid;
 	mig_fd = sw_counter(pid, PERF_COUNT_SW_CPU_MIGRATIONS);
 	cs_fd = sw_counter(pid, PERF_COUNT_SW_CONTEXT_SWITCHES);
-	if (mig_fd < 0 || cs_fd < 0) {
-		fprintf(stderr, PROG ": perf_event_open: %s\n", strerror(errno));
+	if (bpf_map_update_elem(bpf_map__fd(skel->maps.tree), &root, &one, BPF_ANY) < 0 ||
+	    mig_fd < 0 || cs_fd < 0) {
+		fprintf(stderr, PROG ": %s: %s\n", mig_fd < 0 || cs_fd < 0 ? "perf_event_open" :
+			"adding the command to the BPF tree", strerror(errno));
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
 		if (out_path)
@@ -139,8 +228,19 @@ int main(int argc, char **argv)
 	t1 = now_s();
 	code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 
+	mv = open_memstream(&moves, &moves_len);
+	if (!mv || print_moves(mv, skel, ncpus) < 0 || fclose(mv) != 0) {
+		fprintf(stderr, PROG ": reading the BPF move counts: %s\n", strerror(errno));
+		if (out_path) {
+			fclose(out);
+			unlink(out_path);
+		}
+		return 2;
+	}
+	measure_bpf__destroy(skel);
 	fprintf(out, "{\"wall_s\": %.4f, \"migrations\": %lld, \"context_switches\": %lld, "
-		"\"status\": %d}\n", t1 - t0, read_counter(mig_fd), read_counter(cs_fd), code);
+		"%s\"status\": %d}\n", t1 - t0, read_counter(mig_fd), read_counter(cs_fd), moves,
+		code);
 	if (fclose(out) != 0) {
 		fprintf(stderr, PROG ": %s: %s\n", out_path ? out_path : "stdout", strerror(errno));
 		return 2;
