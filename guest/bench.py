@@ -196,9 +196,21 @@ def _speed(value: float | None, base: float | None, metric: Metric) -> float | N
     return value / base if metric.higher_is_better else base / value
 
 
-def summarize_cell(mine: list[dict]) -> dict:
+def cross_domain_moves(measure: dict, domains: list[list[int]] | None) -> int | None:
+    """Moves of the workload's tasks between CPUs of different domains, from
+    mlsched-measure's matrix (None without the matrix or the domains)."""
+    moves = measure.get("moves")
+    if moves is None or not domains:
+        return None
+    dom = {cpu: d for d, cpus in enumerate(domains) for cpu in cpus}
+    return sum(n for src, row in enumerate(moves) for dst, n in enumerate(row)
+               if dom.get(src) != dom.get(dst))
+
+
+def summarize_cell(mine: list[dict], domains: list[list[int]] | None = None) -> dict:
     """Medians and ranges of one workload under one configuration over its runs."""
     ok = [r for r in mine if not r.get("failed")]
+    cross = [cross_domain_moves(r["measure"], domains) for r in ok]
     values = [result_value(r) for r in ok]
     values = [v for v in values if v is not None]
     entry = {
@@ -210,6 +222,9 @@ def summarize_cell(mine: list[dict]) -> dict:
         "context_switches": [r["measure"]["context_switches"] for r in ok],
         "median_migrations": _median(r["measure"]["migrations"] for r in ok),
         "median_context_switches": _median(r["measure"]["context_switches"] for r in ok),
+        "cross_domain_moves": cross,
+        "median_cross_domain_moves": _median(cross),
+        "moves_missed": sum(r["measure"].get("moves_missed", 0) for r in ok),
         "ops": mine[0].get("ops"),
     }
     scx = [r["scx"] for r in ok if r.get("scx")]
@@ -226,13 +241,19 @@ def summarize(b: Boot, params: dict) -> dict:
     runs = b.of("run")
     boot_rec = (b.of("boot") or [{}])[0]
     ready = (b.of("ready") or [{}])[0]
+    domains = None
+    if boot_rec.get("domains"):
+        from mlsched.runtime.topology import parse_domains
+
+        domains = parse_domains(boot_rec["domains"])
     workloads: dict[str, dict] = {}
     for wl in dict.fromkeys(r["workload"] for r in runs):
         metric = metric_of(wl)
         cells = {}
         for cfg in dict.fromkeys(r["config"] for r in runs if r["workload"] == wl):
             cells[cfg] = summarize_cell([r for r in runs
-                                         if r["workload"] == wl and r["config"] == cfg])
+                                         if r["workload"] == wl and r["config"] == cfg],
+                                        domains)
         base = cells.get("eevdf", {}).get("median")
         for e in cells.values():
             speeds = [_speed(v, base, metric) for v in e["result"]]
@@ -246,6 +267,7 @@ def summarize(b: Boot, params: dict) -> dict:
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "guest": {"vcpus": VCPUS, "sockets": SOCKETS, "memory_mb": MEMORY_MB,
                   "accel": "tcg", "kernel": boot_rec.get("kernel"),
+                  "domains": boot_rec.get("domains"),
                   "boot_to_init_s": boot_rec.get("uptime_s"),
                   "daemon_ready_s": ready.get("uptime_s"),
                   "wall_s": round(b.seconds, 1)},
@@ -281,9 +303,10 @@ def table(summary: dict) -> str:
                                  for c in others) + " |")
     rows += ["", "Speed relative to EEVDF (medians; + = faster, or more bogo-ops/s)."
              " Per scheduler, median [min–max] over the runs:", "",
-             "| workload | scheduler | result [min–max] | CPU migrations | context switches |"
-             " balancer moves | answers: level 1 / level 2 / ring (in time) | failed |",
-             "|---|---|---|---:|---:|---:|---|---:|"]
+             "| workload | scheduler | result [min–max] | CPU migrations | cross-domain moves |"
+             " context switches | balancer moves | answers: level 1 / level 2 / ring (in time) |"
+             " failed |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|"]
     for wl, w in wls.items():
         unit = w["metric"]["unit"]
         for cfg, e in w["configs"].items():
@@ -295,8 +318,10 @@ def table(summary: dict) -> str:
             res = (f"{_fmt(e['median'], unit)} [{_fmt(e['min'], unit)}–{_fmt(e['max'], unit)}]"
                    if e["median"] is not None else "–")
             mig, cs = e["median_migrations"], e["median_context_switches"]
+            cross = e.get("median_cross_domain_moves")
             rows.append(f"| {wl} | {CONFIG_NAMES.get(cfg, cfg)} | {res} | "
                         f"{'–' if mig is None else f'{mig:.0f}'} | "
+                        f"{'–' if cross is None else f'{cross:.0f}'} | "
                         f"{'–' if cs is None else f'{cs:.0f}'} | {moves} | {answers} | "
                         f"{e['failed']} |")
     g, p = summary["guest"], summary["params"]
@@ -309,7 +334,10 @@ def table(summary: dict) -> str:
                 f"--cpu 4 --cpu-ops {p['sng_ops']} --cache 2 --cache-ops 2 --hdd 2 --hdd-ops "
                 f"{p['sng_ops'] * 10} on tmpfs; build: make -j{p['build_jobs']} of Mbed TLS's "
                 f"library and programs with tcc. Generated {summary['generated']} by "
-                "`make guest-bench`.")
+                "`make guest-bench`. CPU migrations: perf's count for the workload's process "
+                "tree (one per run after a move); cross-domain moves: its tasks' moves between "
+                "the domains, each counted (mlsched-measure's BPF counter); balancer moves: the "
+                "MIGRATE answers scx_mlsched carried out, for every task.")
     return "\n".join(rows)
 
 

@@ -17,8 +17,8 @@
 #   2. for each workload, for each run, for each configuration (order rotated per run):
 #      attach the scheduler (none for eevdf; simple and central are the kernel's
 #      example schedulers scx_simple and scx_central), run the workload under
-#      mlsched-measure (wall time, CPU migrations and context switches of its whole
-#      process tree, exit status), detach;
+#      mlsched-measure (wall time, CPU migrations, context switches and CPU-to-CPU
+#      moves of its whole process tree, exit status), detach;
 #   3. stop the mlsched-lite instances.
 #
 # mode=record gathers what `mlsched-train` learns from (guest/learn.py): every workload
@@ -223,7 +223,7 @@ run_one() {
     emit run "{\"workload\": \"$wl\", \"config\": \"$cfg\", \"run\": $run, \"ops\": $ops, \"failed\": $failed, \"measure\": $measure, \"result\": ${result:-null}, \"scx\": $scx}"
 }
 
-emit boot "{\"cpus\": $NCPUS, \"uptime_s\": $(cut -d' ' -f1 /proc/uptime), \"kernel\": \"$(uname -r)\", \"sched_ext\": \"$(cat /sys/kernel/sched_ext/state 2>/dev/null || echo missing)\", \"mode\": \"$mode\"}"
+emit boot "{\"cpus\": $NCPUS, \"domains\": \"$(scx_mlsched --list-domains)\", \"uptime_s\": $(cut -d' ' -f1 /proc/uptime), \"kernel\": \"$(uname -r)\", \"sched_ext\": \"$(cat /sys/kernel/sched_ext/state 2>/dev/null || echo missing)\", \"mode\": \"$mode\"}"
 case "$mode" in
     test) plan="synthetic:model synthetic:model1 synthetic:explore $(echo "$workloads" | tr ',' '\n' |
               grep -v '^synthetic$' | sed 's/$/:model/' | tr '\n' ' ')" ;;

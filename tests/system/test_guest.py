@@ -126,6 +126,12 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
     # one of the 80 threads blocks at least once
     assert m["status"] == 0 and m["wall_s"] >= real["result"]["time_s"]
     assert m["context_switches"] >= 80, m
+    # the moves matrix covers the 4 vCPUs, counts every move perf's counter saw (that counter
+    # adds one per run after any number of moves) and none on the diagonal
+    assert len(m["moves"]) == 4 and all(len(row) == 4 for row in m["moves"]), m
+    assert all(m["moves"][c][c] == 0 for c in range(4)) and m["moves_missed"] == 0, m
+    assert sum(map(sum, m["moves"])) >= m["migrations"] > 0, m
+    assert boot["domains"] == "0-1,2-3"
     assert real["scx"]["sched"]["ask_wake"] + real["scx"]["sched"]["ask_pull"] > 0
 
     (daemon,) = b.of("daemon")
@@ -235,6 +241,42 @@ def test_measure_counts_the_whole_tree(guest_cache, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
+#: Pinned to CPU 0, the shell moves itself to CPU 1 and back three times, then two threads
+#: of a Python process each do the same twice (sched_setaffinity(0) moves the calling
+#: thread only). Nothing else in the tree may change CPU: everything starts pinned to 0.
+BOUNCE = ("for i in 1 2 3; do taskset -cp 1 $$ >/dev/null; taskset -cp 0 $$ >/dev/null; done; "
+          "{py} -c 'import os, threading\n"
+          "def f():\n"
+          "    for _ in range(2):\n"
+          "        os.sched_setaffinity(0, {{1}}); os.sched_setaffinity(0, {{0}})\n"
+          "ts = [threading.Thread(target=f) for _ in range(2)]\n"
+          "[t.start() for t in ts]; [t.join() for t in ts]'")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0),
+                    reason="needs CPUs 0 and 1")
+def test_measure_counts_each_move_of_the_tree_and_no_other(guest_cache, tmp_path):
+    """The moves matrix counts every change of CPU of the tree's processes and threads, by
+    source and destination, and none of a task outside the tree that bounces meanwhile."""
+    measure = str(guest_cache / "mlsched-measure")
+    outsider = subprocess.Popen(["sh", "-c", "while :; do taskset -cp 1 $$; taskset -cp 0 $$;"
+                                 " done"], stdout=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "m.json"
+        p = subprocess.run(["taskset", "-c", "0", measure, "-o", str(out), "--", "sh", "-c",
+                            BOUNCE.format(py=sys.executable)],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        outsider.kill()
+        outsider.wait()
+    assert p.returncode == 0, p.stderr
+    m = json.loads(out.read_text())
+    n = os.cpu_count()
+    want = [[0] * n for _ in range(n)]
+    want[0][1] = want[1][0] = 3 + 2 * 2
+    assert m["moves"] == want and m["moves_missed"] == 0, m
+
+
 def _run(wl, cfg, result, wall=1.0, failed=False):
     return {"workload": wl, "config": cfg, "run": 1, "ops": None, "failed": failed,
             "measure": {"wall_s": wall, "migrations": 10, "context_switches": 100,
@@ -274,6 +316,31 @@ def test_summary_per_workload_and_config(tmp_path):
     bench.plot(s, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [f.name for f in tmp_path.iterdir()] == ["g.png"]
+
+
+def test_cross_domain_moves_from_the_matrix():
+    """Only moves between CPUs of different domains count; no matrix or no domains: None."""
+    bench = _load_bench()
+    moves = [[0, 5, 1, 2],
+             [4, 0, 0, 3],
+             [7, 0, 0, 6],
+             [0, 1, 9, 0]]
+    # 0-1 | 2-3: the off-diagonal blocks, 1 + 2 + 0 + 3 + 7 + 0 + 0 + 1
+    assert bench.cross_domain_moves({"moves": moves}, [[0, 1], [2, 3]]) == 14
+    # 0+2 | 1+3 (the same matrix, other domains): 5 + 2 + 4 + 0 + 0 + 6 + 0 + 9
+    assert bench.cross_domain_moves({"moves": moves}, [[0, 2], [1, 3]]) == 26
+    assert bench.cross_domain_moves({"moves": moves}, [[0, 1, 2, 3]]) == 0
+    assert bench.cross_domain_moves({}, [[0, 1], [2, 3]]) is None
+    assert bench.cross_domain_moves({"moves": moves}, None) is None
+    run = _run("hackbench-t2", "eevdf", {"time_s": 1.0})
+    run["measure"]["moves"] = moves
+    s = bench.summarize(bench.Boot(records=[("boot", {"domains": "0-1,2-3"}), ("run", run)]),
+                        {"runs": 1, "workers": 8, "units": 1, "spin": 1, "sleep": 1,
+                         "hb_loops": 30, "sng_ops": 50, "build_jobs": 8})
+    cell = s["workloads"]["hackbench-t2"]["configs"]["eevdf"]
+    assert cell["cross_domain_moves"] == [14] and cell["median_cross_domain_moves"] == 14
+    assert "| hackbench-t2 | EEVDF (kernel default) | 1.00 [1.00–1.00] | 10 | 14 | 100 |" \
+        in bench.table(s)
 
 
 def test_bench_refuses_bad_plans(tmp_path, capsys):
