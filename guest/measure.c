@@ -168,9 +168,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	ncpus = libbpf_num_possible_cpus();
-	if (ncpus > MEASURE_MAX_CPUS) {
-		fprintf(stderr, PROG ": %d CPUs: the moves matrix holds %d\n", ncpus,
-			MEASURE_MAX_CPUS);
+	if (ncpus < 1 || ncpus > MEASURE_MAX_CPUS) {
+		fprintf(stderr, PROG ": %d possible CPUs: the moves matrix holds 1 to %d\n",
+			ncpus, MEASURE_MAX_CPUS);
 		return 2;
 	}
 	libbpf_set_print(libbpf_log);
