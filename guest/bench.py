@@ -113,8 +113,9 @@ def qemu_binary() -> str:
 
 
 def boot(cache: Path, params: dict[str, object], timeout: float,
-         console_log: Path | None = None) -> Boot:
-    """Boot the guest once with ``mlsched.KEY=VALUE`` for every param; wait for power-off."""
+         console_log: Path | None = None, vcpus: int = VCPUS) -> Boot:
+    """Boot the guest once with ``mlsched.KEY=VALUE`` for every param; wait for power-off.
+    ``vcpus`` are split evenly over the SOCKETS (one domain each)."""
     cache = Path(cache)
     try:
         kdir = Path((cache / "kernel-dir").read_text().strip())
@@ -130,7 +131,7 @@ def boot(cache: Path, params: dict[str, object], timeout: float,
         con, res = Path(tmp) / "console.log", Path(tmp) / "results.log"
         cmd = ["timeout", "--kill-after=10", str(int(timeout)), qemu_binary(),
                "-machine", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
-               "-smp", f"{VCPUS},sockets={SOCKETS},cores={VCPUS // SOCKETS},threads=1",
+               "-smp", f"{vcpus},sockets={SOCKETS},cores={vcpus // SOCKETS},threads=1",
                "-m", str(MEMORY_MB), "-nodefaults", "-display", "none", "-no-reboot",
                "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
                "-serial", f"file:{con}", "-serial", f"file:{res}"]
@@ -265,7 +266,8 @@ def summarize(b: Boot, params: dict) -> dict:
                          "configs": cells}
     return {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "guest": {"vcpus": VCPUS, "sockets": SOCKETS, "memory_mb": MEMORY_MB,
+        "guest": {"vcpus": boot_rec.get("cpus", VCPUS), "sockets": SOCKETS,
+                  "memory_mb": MEMORY_MB,
                   "accel": "tcg", "kernel": boot_rec.get("kernel"),
                   "domains": boot_rec.get("domains"),
                   "boot_to_init_s": boot_rec.get("uptime_s"),
@@ -331,7 +333,7 @@ def table(summary: dict) -> str:
                 f"{g['kernel']}, guest wall time {g['wall_s']:.0f} s). synthetic: mlsched-workload"
                 f" -w {p['workers']} -u {p['units']} -c {p['spin']} -s {p['sleep']}; hackbench-tN"
                 f"/-pN: threads/processes, N groups, pipes, -l {p['hb_loops']}; stressng: "
-                f"--cpu 4 --cpu-ops {p['sng_ops']} --cache 2 --cache-ops 2 --hdd 2 --hdd-ops "
+                f"--cpu {g['vcpus']} --cpu-ops {p['sng_ops']} --cache 2 --cache-ops 2 --hdd 2 --hdd-ops "
                 f"{p['sng_ops'] * 10} on tmpfs; build: make -j{p['build_jobs']} of Mbed TLS's "
                 f"library and programs with tcc. Generated {summary['generated']} by "
                 "`make guest-bench`. CPU migrations: perf's count for the workload's process "
@@ -443,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hb-loops", type=int, default=100, help="hackbench messages per sender")
     ap.add_argument("--sng-ops", type=int, default=50, help="stress-ng cpu bogo ops")
     ap.add_argument("--build-jobs", type=int, default=8, help="make -j of the build")
+    ap.add_argument("--vcpus", type=int, default=VCPUS,
+                    help=f"guest CPUs, half in each of the {SOCKETS} sockets (domains); the "
+                         f"bundles are converted for {VCPUS}, fewer make mlsched-lite derive "
+                         "its table at start-up")
     ap.add_argument("--timeout", type=float,
                     help="seconds for the whole boot (default: from the plan's size)")
     ap.add_argument("--console", type=Path, help="keep the guest console log here")
@@ -455,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(configs)) != len(configs) or not all(
             c in KNOWN_CONFIGS or re.fullmatch(r"model-[a-z0-9_]+", c) for c in configs):
         return _bad(f"--configs: distinct names from {','.join(KNOWN_CONFIGS)} or model-NAME")
+    if args.vcpus < SOCKETS or args.vcpus > VCPUS or args.vcpus % SOCKETS:
+        return _bad(f"--vcpus: a multiple of {SOCKETS} from {SOCKETS} to {VCPUS}")
+    if "eevdf2" in configs and args.vcpus <= 2:
+        return _bad("--configs eevdf2 confines the workload to CPUs 0-1: needs --vcpus 4")
     if min(args.hb_loops, args.sng_ops, args.build_jobs) < 1:
         return _bad("--hb-loops, --sng-ops and --build-jobs must be >= 1")
     params = {"mode": "bench", "runs": args.runs, "workloads": args.workloads,
@@ -463,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
               "sng_ops": args.sng_ops, "build_jobs": args.build_jobs}
     timeout = args.timeout or boot_timeout(workloads, configs, args.runs)
     try:
-        b = boot(args.cache, params, timeout, args.console)
+        b = boot(args.cache, params, timeout, args.console, args.vcpus)
     except GuestError as exc:
         print(f"bench.py: {exc}", file=sys.stderr)
         return 1

@@ -341,12 +341,22 @@ def test_cross_domain_moves_from_the_matrix():
     assert cell["cross_domain_moves"] == [14] and cell["median_cross_domain_moves"] == 14
     assert "| hackbench-t2 | EEVDF (kernel default) | 1.00 [1.00–1.00] | 10 | 14 | 100 |" \
         in bench.table(s)
+    # a 2-vCPU boot (one CPU a domain): every move crosses; the footer says what ran
+    run["measure"]["moves"] = [[0, 3], [2, 0]]
+    s = bench.summarize(bench.Boot(records=[("boot", {"cpus": 2, "domains": "0,1"}),
+                                            ("run", run)]), s["params"])
+    assert s["guest"]["vcpus"] == 2
+    assert s["workloads"]["hackbench-t2"]["configs"]["eevdf"]["cross_domain_moves"] == [5]
+    md = bench.table(s)
+    assert "2 vCPUs in 2 sockets" in md and "--cpu 2 --cpu-ops" in md
 
 
 def test_bench_refuses_bad_plans(tmp_path, capsys):
     bench = _load_bench()
     for bad in (["--workloads", "hackbench-x9"], ["--configs", "eevdf,eevdf"],
-                ["--configs", "model-Bad"], ["--runs", "0"], ["--hb-loops", "0"]):
+                ["--configs", "model-Bad"], ["--runs", "0"], ["--hb-loops", "0"],
+                ["--vcpus", "3"], ["--vcpus", "0"], ["--vcpus", "6"],
+                ["--vcpus", "2", "--configs", "eevdf,eevdf2"]):
         assert bench.main(["--cache", str(tmp_path), "--out", str(tmp_path / "o.json"),
                            *bad]) == 2, bad
         err = capsys.readouterr().err
