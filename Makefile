@@ -21,7 +21,7 @@ DEFAULT_MODEL  := models/default/saved_model
 DEFAULT_BUNDLE := models/default/bundle
 PYTEST_ARGS  ?=
 
-.PHONY: all setup deb venv build bpf ext model bundle run test lint bench soak dist guest-kernel guest-bench guest-learn clean distclean
+.PHONY: all setup deb venv build bpf ext model bundle run test lint bench soak dist guest-kernel guest-bench guest-bench-2vcpu guest-learn clean distclean
 
 all: build
 
@@ -86,6 +86,10 @@ guest-kernel: build
 
 guest-bench: build
 	$(MAKE) -C guest bench
+
+# The same with one vCPU per domain (2 vCPUs, a host core each).
+guest-bench-2vcpu: build
+	$(MAKE) -C guest bench-2vcpu
 
 # Record in the guest, train the learned models, convert, boot again and compare.
 guest-learn: build

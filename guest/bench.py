@@ -62,8 +62,8 @@ RUN_ESTIMATE_S = {"synthetic": 12, "hackbench-t2": 10, "hackbench-t4": 15, "hack
 BOOT_BASE_S = 120
 DAEMON_START_S = 200
 TIMEOUT_MARGIN = 2.0
-README_BEGIN = "<!-- guest-bench:begin -->"
-README_END = "<!-- guest-bench:end -->"
+#: What regenerates a table, and the README markers it goes between, by guest CPUs.
+MAKE_TARGET = {4: "guest-bench", 2: "guest-bench-2vcpu"}
 RECORD = re.compile(r"^@mlsched (\w+) ", re.M)
 
 
@@ -336,7 +336,7 @@ def table(summary: dict) -> str:
                 f"--cpu {g['vcpus']} --cpu-ops {p['sng_ops']} --cache 2 --cache-ops 2 --hdd 2 --hdd-ops "
                 f"{p['sng_ops'] * 10} on tmpfs; build: make -j{p['build_jobs']} of Mbed TLS's "
                 f"library and programs with tcc. Generated {summary['generated']} by "
-                "`make guest-bench`. CPU migrations: perf's count for the workload's process "
+                f"`make {MAKE_TARGET[g['vcpus']]}`. CPU migrations: perf's count for the workload's process "
                 "tree (one per run after a move); cross-domain moves: its tasks' moves between "
                 "the domains, each counted (mlsched-measure's BPF counter); balancer moves: the "
                 "MIGRATE answers scx_mlsched carried out, for every task.")
@@ -407,14 +407,16 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def update_readme(path: Path, md: str) -> None:
+def update_readme(path: Path, md: str, vcpus: int = VCPUS) -> None:
+    """Replace the table between this guest size's markers (appended when missing)."""
+    begin, end = (f"<!-- {MAKE_TARGET[vcpus]}:{m} -->" for m in ("begin", "end"))
     text = path.read_text() if path.exists() else ""
-    if README_BEGIN in text and README_END in text:
-        head, rest = text.split(README_BEGIN, 1)
-        tail = rest.split(README_END, 1)[1]
-        text = f"{head}{README_BEGIN}\n{md}\n{README_END}{tail}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        text = f"{head}{begin}\n{md}\n{end}{tail}"
     else:
-        text = f"{text.rstrip()}\n\n{README_BEGIN}\n{md}\n{README_END}\n".lstrip()
+        text = f"{text.rstrip()}\n\n{begin}\n{md}\n{end}\n".lstrip()
     atomic_write(path, text)
 
 
@@ -461,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(configs)) != len(configs) or not all(
             c in KNOWN_CONFIGS or re.fullmatch(r"model-[a-z0-9_]+", c) for c in configs):
         return _bad(f"--configs: distinct names from {','.join(KNOWN_CONFIGS)} or model-NAME")
-    if args.vcpus < SOCKETS or args.vcpus > VCPUS or args.vcpus % SOCKETS:
-        return _bad(f"--vcpus: a multiple of {SOCKETS} from {SOCKETS} to {VCPUS}")
+    if args.vcpus not in MAKE_TARGET:
+        return _bad(f"--vcpus: {' or '.join(map(str, sorted(MAKE_TARGET)))}")
     if "eevdf2" in configs and args.vcpus <= 2:
         return _bad("--configs eevdf2 confines the workload to CPUs 0-1: needs --vcpus 4")
     if min(args.hb_loops, args.sng_ops, args.build_jobs) < 1:
@@ -491,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(args.out, json.dumps(summary, indent=1) + "\n")
     md = table(summary)
     if args.readme:
-        update_readme(args.readme, md)
+        update_readme(args.readme, md, args.vcpus)
     if args.plot:
         plot(summary, args.plot)
     print(md)

@@ -351,6 +351,19 @@ def test_cross_domain_moves_from_the_matrix():
     assert "2 vCPUs in 2 sockets" in md and "--cpu 2 --cpu-ops" in md
 
 
+def test_readme_tables_per_guest_size(tmp_path):
+    """Each guest size has its own markers: writing one table leaves the other alone."""
+    bench = _load_bench()
+    md = tmp_path / "R.md"
+    md.write_text("intro\n<!-- guest-bench:begin -->\nold 4\n<!-- guest-bench:end -->\nend\n")
+    bench.update_readme(md, "new 2", vcpus=2)
+    bench.update_readme(md, "new 2, again", vcpus=2)
+    bench.update_readme(md, "new 4", vcpus=4)
+    assert md.read_text() == ("intro\n<!-- guest-bench:begin -->\nnew 4\n<!-- guest-bench:end -->"
+                              "\nend\n\n<!-- guest-bench-2vcpu:begin -->\nnew 2, again\n"
+                              "<!-- guest-bench-2vcpu:end -->\n")
+
+
 def test_bench_refuses_bad_plans(tmp_path, capsys):
     bench = _load_bench()
     for bad in (["--workloads", "hackbench-x9"], ["--configs", "eevdf,eevdf"],
