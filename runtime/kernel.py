@@ -213,13 +213,13 @@ def decision_slots_for(ring_size: int) -> int:
 
 
 def _in_use(table: np.ndarray | None, level2: Level2 | None) -> Level2 | None:
-    """``level2``, or None when it refines no cell (the table has no UNSURE cell: a model
-    that is sure everywhere): the kernel then has nothing to look up under level 1."""
-    if level2 is None or level2.cells:
-        return level2
+    """``level2``, checked against ``table``'s UNSURE cells when given; None when it refines
+    no cell (a model sure everywhere): the kernel then has nothing to look up under level 1."""
+    if level2 is None:
+        return None
     if table is not None:
         level2.check(int((np.asarray(table) == UNSURE).sum()))
-    return None
+    return level2 if level2.cells else None
 
 
 def _words(level2: Level2 | None) -> int:
@@ -389,7 +389,6 @@ class KernelPath:
         geom = ffi.NULL
         lines = np.zeros(1, np.uint8)
         if level2 is not None:
-            level2.check(int((np.asarray(table) == UNSURE).sum()))
             geom = ffi.new("struct mlsched_level2 *")
             geom.lines = level2.lines
             geom.cells = level2.cells
@@ -418,10 +417,8 @@ class KernelPath:
     def set_domains(self, domains: list[list[int]]) -> None:
         if not domains:
             raise KernelPathError("no CPU domains")
-        ncpus = max(max(d) for d in domains) + 1
-        cpu_domain = np.full(ncpus, lib.MLSCHED_DOMAIN_NONE, dtype=np.uint32)  # gaps: none
-        for i, d in enumerate(domains):
-            cpu_domain[d] = i
+        cpu_domain = topology.cpu_domain_map(domains, lib.MLSCHED_DOMAIN_NONE, np.uint32)
+        ncpus = len(cpu_domain)
         _check(lib.mls_set_domains(self._handle(), ffi.from_buffer("uint32_t[]", cpu_domain),
                                    len(cpu_domain), ncpus, len(domains)), "setting domains")
         self.domains = [list(d) for d in domains]

@@ -19,6 +19,7 @@ import stat
 
 import numpy as np
 
+from . import topology
 from .errors import UsageError
 from .wire import LOAD_ONE
 
@@ -89,10 +90,7 @@ class Recorder:
 
     def set_domains(self, domains: list[list[int]]) -> None:
         """The CPU ids of each domain (domain i: ``domains[i]``), as the kernel side has them."""
-        top = max((c for d in domains for c in d), default=-1)
-        self._cpu_domain = np.full(top + 1, NO_DOMAIN, dtype=np.int64)
-        for i, cpus in enumerate(domains):
-            self._cpu_domain[cpus] = i
+        self._cpu_domain = topology.cpu_domain_map(domains, NO_DOMAIN, np.int64)
 
     def _domains(self, cpus: np.ndarray) -> np.ndarray:
         """Domain id per CPU id; NO_DOMAIN outside every domain (MLSCHED_CPU_NONE too)."""

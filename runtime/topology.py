@@ -16,6 +16,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from .wire import MAX_CPUS, MAX_DOMAINS
 
 SYSFS_CPU = "/sys/devices/system/cpu"
@@ -101,6 +103,16 @@ def parse_domains(spec: str) -> list[list[int]]:
     if max(seen) >= MAX_CPUS:
         raise ValueError(f"--domains {spec!r}: CPU ids must be below {MAX_CPUS}")
     return domains
+
+
+def cpu_domain_map(domains: list[list[int]], none: int, dtype) -> np.ndarray:
+    """Index of each CPU's domain, by CPU id up to the highest CPU of any domain; ``none``
+    for a CPU in no domain."""
+    top = max((c for d in domains for c in d), default=-1)
+    out = np.full(top + 1, none, dtype=dtype)
+    for i, cpus in enumerate(domains):
+        out[cpus] = i
+    return out
 
 
 def detect_domains(sysfs: str = SYSFS_CPU) -> list[list[int]]:
