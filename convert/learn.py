@@ -93,17 +93,15 @@ def label(records: Records, labels: str, train_rows: np.ndarray,
     """Labels and weights of every row; outcome baselines from ``train_rows`` only."""
     x = pad(records.features)
     notes: list[str] = []
+    taken = records.columns["cfs_action" if labels == IMITATE else "action"]
+    before = {"STAY": int((taken == 0).sum()), "MIGRATE": int((taken == 1).sum())}
     if labels == IMITATE:
-        cfs = records.columns["cfs_action"]
-        before = {"STAY": int((cfs == 0).sum()), "MIGRATE": int((cfs == 1).sum())}
         for f in records.files:
             if f.kind == COLLECTOR and f.domain_columns is False:
                 notes.append(f"{f.path} has no domain columns: every CFS migration in it counts"
                              " as MIGRATE, also one inside a domain")
         y = rec_mod.label_imitate(records)
         return Labelled(x, y, np.ones(len(y), dtype=np.float32), before, notes)
-    action = records.columns["action"]
-    before = {"STAY": int((action == 0).sum()), "MIGRATE": int((action == 1).sum())}
     out = rec_mod.label_outcome(records, migration_cost_us, fit=train_rows)
     notes.append(f"migration cost {migration_cost_us:g} us: the kernel's default"
                  " sched_migration_cost, the age under which CFS treats a task as cache-hot")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from mlsched.runtime.bundle import sha256_file
 from mlsched.runtime.features import FEATURE_NAMES, load_key
+from mlsched.runtime.recorder import RECORD_HEADER
 
 from .errors import ConvertError
 
@@ -46,10 +47,11 @@ IMITATE = "imitate"
 OUTCOME = "outcome"
 #: The labels each kind of file gives by default.
 LABELS_OF = {COLLECTOR: IMITATE, EXPLORATION: OUTCOME}
+KIND_OF = {labels: kind for kind, labels in LABELS_OF.items()}
 
-COLLECTOR_COLUMNS = ("cpu", "cpu_idle", "cpu_not_idle", "src_dom_load", "dst_dom_load",
-                     "cfs_action", "decision", "source", "pid", "ts_ns")
-DOMAIN_COLUMNS = ("src_domain", "dst_domain")
+#: mlsched-lite run --record's columns: the domain columns last, absent in older files.
+COLLECTOR_COLUMNS = tuple(RECORD_HEADER.strip().split(",")[:-2])
+DOMAIN_COLUMNS = tuple(RECORD_HEADER.strip().split(",")[-2:])
 EXPLORATION_COLUMNS = ("cpu", "cpu_idle", "cpu_not_idle", "src_dom_load", "dst_dom_load",
                        "action", "propensity", "wait_ns", "src_queued", "dst_queued",
                        "src_queued_after", "dst_queued_after", "kind", "pid", "ts_ns")
@@ -126,7 +128,7 @@ def read(paths: list[str | Path], labels: str | None = None) -> Records:
                               " (collector files) or --labels outcome (exploration files)")
         kind = found.pop()
     else:
-        kind = COLLECTOR if labels == IMITATE else EXPLORATION
+        kind = KIND_OF[labels]
         if kind not in found:
             raise RecordError(f"--labels {labels} needs {kind} records; no file given has them")
     dropped: dict[str, int] = {}
