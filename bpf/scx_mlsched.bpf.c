@@ -312,7 +312,7 @@ static __always_inline u8 ask(struct task_struct *p, struct task_ctx *t,
 		f.src_load = dom_load(s, src);
 		f.dst_load = dom_load(s, dst);
 	}
-	if (cfg.explore_permille && explore_answer(t, &f, src, dst, kind, p->pid, now, &d))
+	if (explore_answer(t, &f, src, dst, kind, p->pid, now, &d))
 		goto done;
 
 	if (cfg.policy != SCX_MLSCHED_POLICY_MODEL) {

@@ -629,6 +629,8 @@ int main(int argc, char **argv)
 		if (fclose(xo.f))
 			fprintf(stderr, PROG ": --explore-out %s: %s\n", explore_path, strerror(errno));
 		fprintf(stderr, PROG ": %llu explored answers written to %s\n", xo.rows, explore_path);
+		if (xo.bad)
+			fprintf(stderr, PROG ": %llu short explore records skipped\n", xo.bad);
 	}
 	/* ops.exit runs from a kernel worker after the unregistration: wait for it. */
 	for (i = 0; i < 50 && !UEI_EXITED(skel, uei); i++)

@@ -51,7 +51,7 @@ struct scx_mlsched_stats {
 /* Written by the loader into .rodata (const volatile cfg) before load. */
 struct scx_mlsched_cfg {
 	__u32 nr_cpus;				/* CPUs 0..nr_cpus-1, all in some domain */
-	__u32 nr_doms;				/* domains 0..nr_doms-1, DSQ id == domain id */
+	__u32 nr_doms;				/* domains 0..nr_doms-1 (a DSQ per CPU, id == CPU) */
 	__u32 policy;				/* enum scx_mlsched_policy */
 	__u32 levels;				/* table levels asked: 2, or 1 (level 2 via the ring) */
 	__u32 explore_permille;			/* answers chosen at random, per thousand */
