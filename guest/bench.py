@@ -319,13 +319,11 @@ def table(summary: dict) -> str:
                        f" ({s['from_daemon']:.0f})" if s and cfg.startswith("model") else "–")
             res = (f"{_fmt(e['median'], unit)} [{_fmt(e['min'], unit)}–{_fmt(e['max'], unit)}]"
                    if e["median"] is not None else "–")
-            mig, cs = e["median_migrations"], e["median_context_switches"]
-            cross = e.get("median_cross_domain_moves")
+            counts = (e["median_migrations"], e.get("median_cross_domain_moves"),
+                      e["median_context_switches"])
             rows.append(f"| {wl} | {CONFIG_NAMES.get(cfg, cfg)} | {res} | "
-                        f"{'–' if mig is None else f'{mig:.0f}'} | "
-                        f"{'–' if cross is None else f'{cross:.0f}'} | "
-                        f"{'–' if cs is None else f'{cs:.0f}'} | {moves} | {answers} | "
-                        f"{e['failed']} |")
+                        + " | ".join("–" if v is None else f"{v:.0f}" for v in counts)
+                        + f" | {moves} | {answers} | {e['failed']} |")
     g, p = summary["guest"], summary["params"]
     rows.append("")
     rows.append(f"{summary['runs_per_config']} runs per workload and scheduler, all in one boot "

@@ -21,7 +21,6 @@ import argparse
 import base64
 import gzip
 import importlib.util
-import os
 import subprocess
 import sys
 import time
@@ -66,11 +65,8 @@ def records_from(boot: bench.Boot, out: Path) -> dict[str, Path]:
     for kind, rec in boot.records:
         if kind != "file":
             continue
-        data = gzip.decompress(base64.b64decode(rec["gzip_base64"]))
         path = out / f"{rec['name']}.csv"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        bench.atomic_write(path, gzip.decompress(base64.b64decode(rec["gzip_base64"])).decode())
         files[rec["name"]] = path
         print(f"learn.py: {path}: {rec['rows']} rows")
     missing = {f for f, _ in KINDS.values()} - files.keys()
