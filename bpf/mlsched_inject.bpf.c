@@ -71,12 +71,89 @@ static __always_inline void generate(struct inject_state *st, struct mlsched_fea
 		f->busy += 1;		/* idle + busy != N: off-grid */
 }
 
+/* A malformed record for the consumer's validation; not a decision. */
+static __always_inline void inject_malformed(struct inject_state *st,
+					     const struct mlsched_features *f)
+{
+	struct mlsched_request *r = bpf_ringbuf_reserve(&requests, sizeof(*r), 0);
+
+	if (!r) {
+		st->dropped++;
+		mlsched_count(MLSCHED_STAT_DROPPED);
+		return;
+	}
+	__builtin_memset(r, 0, sizeof(*r));
+	r->version = MLSCHED_ABI_VERSION + ((st->flags & MLSCHED_INJ_BAD_VERSION) ? 1 : 0);
+	r->size = sizeof(*r) + ((st->flags & MLSCHED_INJ_BAD_SIZE) ? 8 : 0);
+	r->f = *f;
+	bpf_ringbuf_submit(r, 0);
+	st->sent++;
+	st->done++;
+}
+
+/* The two clock reads that bracket a timed decide(), with no decide() between them. */
+static __always_inline void inject_clock_only(struct inject_state *st,
+					      struct mlsched_inject_slot *slot)
+{
+	__u64 t0 = bpf_ktime_get_ns();
+
+	slot->decide_ns = bpf_ktime_get_ns() - t0;
+	slot->result = MLSCHED_STAY;
+	slot->reason = MLSCHED_REASON_BYPASS;
+	slot->fate = MLSCHED_FATE_NO_CONSUMER;
+	slot->level = 0;
+	slot->seq = 0;
+	st->done++;
+}
+
+static __always_inline void count_outcome(struct inject_state *st,
+					  const struct mlsched_outcome *out, __u8 d)
+{
+	switch (out->fate) {
+	case MLSCHED_FATE_HIT:
+		st->hits++;
+		break;
+	case MLSCHED_FATE_SENT:
+		st->sent++;
+		if (!st->first_seq)
+			st->first_seq = out->seq;
+		st->last_seq = out->seq;
+		break;
+	case MLSCHED_FATE_DROPPED:
+		st->dropped++;
+		break;
+	default:
+		st->no_consumer++;
+	}
+	if (d == MLSCHED_MIGRATE)
+		st->migrate++;
+	st->done++;
+}
+
+/*
+ * The decision, as a global BPF function: the verifier checks it once on its own, with
+ * its arguments unknown, instead of once for every combination of the injector's mode
+ * flags that reaches the call.
+ */
+__noinline int inject_decide(const struct mlsched_features *f, __u32 pid, __u32 flags,
+			     struct mlsched_outcome *out)
+{
+	if (!f || !out)
+		return MLSCHED_STAY;
+	return mlsched_decide_ex(f, pid, MLSCHED_SRC_INJECT, MLSCHED_NONE, MLSCHED_CPU_NONE,
+				 flags, out);
+}
+
+/*
+ * One record: every mode shares the one call of inject_decide().
+ */
 static long inject_one(__u32 i, struct inject_state *st)
 {
 	struct mlsched_inject_slot *slot = NULL;
 	struct mlsched_outcome out;
 	struct mlsched_features f;
 	__u32 flags = 0;
+	__u64 t0 = 0;
 	__u8 d;
 
 	if (st->flags & MLSCHED_INJ_GENERATE) {
@@ -87,70 +164,26 @@ static long inject_one(__u32 i, struct inject_state *st)
 			return 1;
 		f = slot->f;
 	}
+	if (st->flags & (MLSCHED_INJ_BAD_VERSION | MLSCHED_INJ_BAD_SIZE)) {
+		inject_malformed(st, &f);
+		return 0;
+	}
+	if (slot && (st->flags & MLSCHED_INJ_TIME_CLOCK)) {
+		inject_clock_only(st, slot);
+		return 0;
+	}
 	if (st->flags & MLSCHED_INJ_BYPASS_TABLE)
 		flags |= MLSCHED_DECIDE_BYPASS_TABLE;
 	if (st->flags & MLSCHED_INJ_NO_CONSUMER_CHECK)
 		flags |= MLSCHED_DECIDE_NO_CONSUMER_CHECK;
 
-	if (st->flags & (MLSCHED_INJ_BAD_VERSION | MLSCHED_INJ_BAD_SIZE)) {
-		/* A malformed record for the consumer's validation; not a decision. */
-		struct mlsched_request *r = bpf_ringbuf_reserve(&requests, sizeof(*r), 0);
+	if (slot && (st->flags & MLSCHED_INJ_TIME_EACH))
+		t0 = bpf_ktime_get_ns();
+	d = inject_decide(&f, st->pid, flags, &out);
+	if (slot && (st->flags & MLSCHED_INJ_TIME_EACH))
+		slot->decide_ns = bpf_ktime_get_ns() - t0;
 
-		if (!r) {
-			st->dropped++;
-			mlsched_count(MLSCHED_STAT_DROPPED);
-			return 0;
-		}
-		__builtin_memset(r, 0, sizeof(*r));
-		r->version = MLSCHED_ABI_VERSION + ((st->flags & MLSCHED_INJ_BAD_VERSION) ? 1 : 0);
-		r->size = sizeof(*r) + ((st->flags & MLSCHED_INJ_BAD_SIZE) ? 8 : 0);
-		r->f = f;
-		bpf_ringbuf_submit(r, 0);
-		st->sent++;
-		st->done++;
-		return 0;
-	}
-
-	if (slot && (st->flags & MLSCHED_INJ_TIME_EACH)) {
-		__u64 t0 = bpf_ktime_get_ns(), t1;
-
-		if (st->flags & MLSCHED_INJ_TIME_CLOCK) {
-			t1 = bpf_ktime_get_ns();
-			slot->decide_ns = t1 - t0;
-			slot->result = MLSCHED_STAY;
-			slot->reason = MLSCHED_REASON_BYPASS;
-			slot->fate = MLSCHED_FATE_NO_CONSUMER;
-			slot->level = 0;
-			slot->seq = 0;
-			st->done++;
-			return 0;
-		}
-		d = mlsched_decide_ex(&f, st->pid, MLSCHED_SRC_INJECT, MLSCHED_NONE,
-				      MLSCHED_CPU_NONE, flags, &out);
-		t1 = bpf_ktime_get_ns();
-		slot->decide_ns = t1 - t0;
-	} else {
-		d = mlsched_decide_ex(&f, st->pid, MLSCHED_SRC_INJECT, MLSCHED_NONE,
-				      MLSCHED_CPU_NONE, flags, &out);
-	}
-	switch (out.fate) {
-	case MLSCHED_FATE_HIT:
-		st->hits++;
-		break;
-	case MLSCHED_FATE_SENT:
-		st->sent++;
-		if (!st->first_seq)
-			st->first_seq = out.seq;
-		st->last_seq = out.seq;
-		break;
-	case MLSCHED_FATE_DROPPED:
-		st->dropped++;
-		break;
-	default:
-		st->no_consumer++;
-	}
-	if (d == MLSCHED_MIGRATE)
-		st->migrate++;
+	count_outcome(st, &out, d);
 	if (slot) {
 		slot->result = d;
 		slot->reason = out.reason;
@@ -158,7 +191,6 @@ static long inject_one(__u32 i, struct inject_state *st)
 		slot->level = out.level;
 		slot->seq = out.seq;
 	}
-	st->done++;
 	return 0;
 }
 
