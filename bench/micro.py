@@ -22,6 +22,7 @@ from mlsched.runtime.interp import BUCKETS, Model, available_backends
 from mlsched.runtime.kernel import KernelPath
 from mlsched.runtime.wire import from_wire
 
+from bench.common import RingStuck, send_all
 from support.traffic import generated_features
 
 #: Share of generated records made off-grid before picking misses: both kinds of miss appear.
@@ -29,9 +30,8 @@ MISS_OFF_GRID_PCT = 50
 #: Records per ``inject()`` call when generating traffic in the kernel (one bpf_loop run);
 #: the raw ring writes at most half its ring per call.
 GENERATE_CHUNK = 1 << 16
-#: Ring bytes per record (56-byte request + 8-byte ring header); pause on a full ring.
+#: Ring bytes per record (56-byte request + 8-byte ring header).
 RING_RECORD_BYTES = 64
-FULL_RING_BACKOFF_S = 50e-6
 
 
 def traffic(engine: Engine, kind: str, count: int, seed: int = 1) -> np.ndarray:
@@ -128,6 +128,7 @@ def kernel_lookup(table: np.ndarray, count: int, reps: int) -> tuple[list[float]
     over ``count`` generated all-hit records, through bpf_prog_test_run."""
     ncpus = int(table.shape[0])
     with KernelPath().load(table, consumer_timeout_ns=0) as kp:
+        kp.load_injector()
         kp.inject(generate=min(count, 10000), seed=99, gen_ncpus=ncpus)     # warm
         per = []
         for r in range(reps):
@@ -144,40 +145,48 @@ def kernel_lookup(table: np.ndarray, count: int, reps: int) -> tuple[list[float]
 
 # ---- the bare ring ---------------------------------------------------------------------
 
+#: The drain thread stops at its target; this idle limit only ends it when records stop
+#: coming (a producer that failed), long enough for any pause of a busy host.
+DRAIN_IDLE_MS = 10_000
+
+
 def _drain_into(kp: KernelPath, count: int, got: dict) -> None:
-    got["n"] = kp.drain(target=count, idle_timeout_ms=200)
+    try:
+        got["n"] = kp.drain(target=count, idle_timeout_ms=DRAIN_IDLE_MS)
+    except Exception as exc:    # reported by the producer, which checks the thread
+        got["error"] = exc
 
 
 def raw_ring(table: np.ndarray, count: int, reps: int, ring_bytes: int
              ) -> tuple[list[float], dict]:
     """Records/s through the ring with a C consumer that discards them: the injector in
     this thread produces table-bypassing records, mls_drain() consumes in another (the
-    C calls release the GIL, so the two run on two CPUs)."""
+    C calls release the GIL, so the two run on two CPUs). The injector is loaded before
+    the consumer starts; a consumer that stops early ends the repetition with an error."""
     ncpus = int(table.shape[0])
     chunk = max(1024, min(GENERATE_CHUNK, ring_bytes // RING_RECORD_BYTES // 2))
     per, dropped_total = [], 0
     with KernelPath().load(table, consumer_timeout_ns=0, ring_size=ring_bytes) as kp:
+        kp.load_injector()
         for r in range(reps):
-            got = {}
+            got: dict = {}
             th = threading.Thread(target=_drain_into, args=(kp, count, got))
-            th.start()
-            sent, dropped, seed = 0, 0, 5000 + r * (1 << 32)
+            base = 5000 + r * (1 << 32)
             t0 = time.perf_counter()
-            while sent < count:
-                res = kp.inject(generate=chunk, seed=seed, gen_ncpus=ncpus, bypass_table=True)
-                seed += chunk
-                sent += res.sent
-                dropped += res.dropped
-                if res.dropped:         # the ring is full: let the consumer catch up
-                    time.sleep(FULL_RING_BACKOFF_S)
+            th.start()
+            sent = send_all(
+                lambda i, base=base: kp.inject(generate=chunk, seed=base + i * chunk,
+                                               gen_ncpus=ncpus, bypass_table=True),
+                count, th.is_alive, "raw ring")
             th.join()
             elapsed = time.perf_counter() - t0
-            # the drain stops at `count` or after an idle timeout: subtract that wait
-            drained = got.get("n", 0)
-            if drained < count:
-                elapsed -= 0.2
-            per.append(drained / elapsed)
-            dropped_total += dropped
+            if "error" in got:
+                raise got["error"]
+            if got["n"] < count:
+                raise RingStuck(f"raw ring: the consumer drained {got['n']} of {count} records"
+                                f" and went {DRAIN_IDLE_MS} ms without one")
+            per.append(got["n"] / elapsed)
+            dropped_total += sent.dropped
             kp.drain(idle_timeout_ms=20)
     return per, {"records_per_rep": count, "dropped_by_producer": dropped_total,
                  "ring_bytes": ring_bytes}

@@ -33,6 +33,8 @@ import numpy as np
 from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS, KernelPath
 from mlsched.runtime.stats import peak_rss_mb
 
+from bench.common import send_all
+
 ROOT = Path(__file__).resolve().parent.parent
 #: How long the consumer may take to start polling (bundle check, BPF load).
 START_TIMEOUT_S = 30.0
@@ -40,10 +42,6 @@ START_TIMEOUT_S = 30.0
 ANSWER_TIMEOUT_S = 10.0
 #: Records per injector call in throughput sessions (the injector's batch array holds 65536).
 INJECT_BATCH = 1 << 16
-#: Pause after an injector call that found the ring full: spinning on a full ring only
-#: burns the CPU the consumer shares with us on a small machine.
-FULL_RING_BACKOFF_S = 100e-6
-FULL_RING_BACKOFF_MAX_S = 5e-3
 #: Ring bytes per record: struct mlsched_request (56) + the ring's 8-byte header.
 RING_RECORD_BYTES = 64
 
@@ -127,6 +125,7 @@ class Session:
             self.kp = KernelPath().load(None, pin=True, pin_dir=self.pin_dir, share=True,
                                         ring_size=self.ring_bytes,
                                         consumer_timeout_ns=DEFAULT_CONSUMER_TIMEOUT_NS)
+            self.kp.load_injector()
             self._wait_for_heartbeat()
         except BaseException:
             self.__exit__(*sys.exc_info())
@@ -203,23 +202,11 @@ class Session:
         kp = self.kp
         # half the ring per call: the consumer drains one half while the next is written
         chunk = max(1024, min(INJECT_BATCH, self.ring_bytes // RING_RECORD_BYTES // 2))
-        sent = dropped = 0
-        first = last = 0
         t0 = time.perf_counter()
-        res = None
-        backoff = FULL_RING_BACKOFF_S
-        while sent < records:
-            res = kp.inject(features[:chunk], bypass_table=True)
-            sent += res.sent
-            dropped += res.dropped
-            if res.sent:
-                first = first or res.first_seq
-                last = res.last_seq
-            if res.dropped:             # back off, longer while the ring stays full
-                time.sleep(backoff)
-                backoff = min(2 * backoff, FULL_RING_BACKOFF_MAX_S)
-            else:
-                backoff = FULL_RING_BACKOFF_S
+        out = send_all(lambda _: kp.inject(features[:chunk], bypass_table=True), records,
+                       lambda: self.proc.poll() is None, self.consumer_name)
+        sent, dropped, first, last, res = (out.sent, out.dropped, out.first_seq, out.last_seq,
+                                           out.last)
         ok = self.wait_answered(last)
         elapsed = time.perf_counter() - t0
         if not ok:

@@ -511,6 +511,13 @@ class KernelPath:
 
     # -- test-run programs --
 
+    def load_injector(self) -> KernelPath:
+        """Load the injector now rather than on the first ``inject()``: a bench or a test
+        that times injection, or a consumer thread that waits for records, starts only once
+        the injector is ready. Returns ``self``."""
+        _check(lib.mls_load_injector(self._handle()), "loading the injector")
+        return self
+
     def inject(self, features: np.ndarray | None = None, *, generate: int = 0, seed: int = 1,
                gen_ncpus: int | None = None, invalid_pct: int = 0, bypass_table: bool = False,
                pid: int = 0, ignore_consumer: bool = False, bad_version: bool = False,

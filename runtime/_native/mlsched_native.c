@@ -953,6 +953,11 @@ static int test_run(int fd, void *ctx, size_t size, const char *what)
 	return 0;
 }
 
+int mls_load_injector(struct mls_kernel *k)
+{
+	return load_injector(k);
+}
+
 int mls_inject(struct mls_kernel *k, struct mlsched_inject_args *a)
 {
 	struct mlsched_inject_args part;

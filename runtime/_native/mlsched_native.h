@@ -102,7 +102,9 @@ int mls_write_back(struct mls_kernel *k, const uint64_t *seqs, const uint8_t *de
 void mls_heartbeat(struct mls_kernel *k);
 int mls_drain(struct mls_kernel *k, uint64_t target, int idle_timeout_ms, uint64_t *drained);
 
-/* test-run programs: the injector object, loaded on the first call onto the same maps */
+/* test-run programs: the injector object, loaded on the first call onto the same maps
+ * (or ahead of it by mls_load_injector(), so no timed part pays for its verification) */
+int mls_load_injector(struct mls_kernel *k);
 int mls_inject(struct mls_kernel *k, struct mlsched_inject_args *args);
 int mls_read_decisions(struct mls_kernel *k, struct mlsched_read_args *args);
 

@@ -75,6 +75,20 @@ def test_injector_is_loaded_on_first_use_onto_the_same_maps(kernel_path):
     assert len(set(kp.ids()["maps"]) - maps) == 2
 
 
+def test_injector_can_be_loaded_ahead_of_the_first_inject(kernel_path):
+    """load_injector() does the loading work up front and only once: a timed inject() or a
+    consumer waiting for records does not wait on the verifier."""
+    kp = kernel_path(None, consumer_timeout_ns=0)
+    assert kp.load_injector() is kp
+    progs = prog_types(kp.ids()["progs"])
+    assert {n for n, t in progs.items() if t == "syscall"} == {"inject", "read_decisions"}
+    ids = kp.ids()
+    kp.load_injector()
+    res = kp.inject(generate=5, seed=1, gen_ncpus=4, bypass_table=True)
+    assert res.sent == 5
+    assert kp.ids() == ids, "a second load or the first inject() loaded programs again"
+
+
 def test_map_enum_typo_cannot_reach_run_time(kernel_path):
     from mlsched.runtime.kernel import ffi, lib
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -72,3 +74,64 @@ def test_bench_tiny_run_writes_every_key(tmp_path):
 def _bench_mounts() -> set[str]:
     return {line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
             if "mlsched-bench-bpffs" in line}
+
+
+# ---- the producer loop cannot hang ---------------------------------------------------------
+SMALL_RING = 1 << 16                # 1024 records of 64 bytes
+
+
+def _ring_path(kernel_path):
+    return kernel_path(None, consumer_timeout_ns=0, ring_size=SMALL_RING).load_injector()
+
+
+def _inject(kp, chunk=256):
+    return lambda i: kp.inject(generate=chunk, seed=1 + i * chunk, gen_ncpus=4,
+                               bypass_table=True)
+
+
+def test_send_all_stops_when_the_consumer_stopped(kernel_path):
+    """The consumer drains 2,000 records and returns; the producer must send 50,000 through a
+    1,024-record ring. It ends with an error naming what happened, not an endless loop."""
+    import threading
+
+    from bench.common import RingStuck, send_all
+
+    kp = _ring_path(kernel_path)
+    got = {}
+    th = threading.Thread(target=lambda: got.setdefault("n", kp.drain(target=2000,
+                                                                      idle_timeout_ms=60_000)))
+    th.start()
+    with pytest.raises(RingStuck, match="raw ring: the consumer stopped after"):
+        send_all(_inject(kp), 50_000, th.is_alive, "raw ring")
+    th.join()
+    assert got["n"] >= 2000
+
+
+def test_send_all_stops_when_the_ring_stays_full(kernel_path):
+    """No one drains, the consumer claims to be alive: the ring fills and the loop gives up
+    once it has taken nothing for ``stuck_s``."""
+    from bench.common import RingStuck, send_all
+
+    kp = _ring_path(kernel_path)
+    with pytest.raises(RingStuck, match="the ring took no record for"):
+        send_all(_inject(kp), 50_000, lambda: True, "pipeline", stuck_s=0.2)
+    assert kp.stats()["dropped"] > 0
+
+
+def test_send_all_counts_what_the_ring_took(kernel_path):
+    """With a consumer that keeps up, every record is sent exactly once and the seqs run on."""
+    import threading
+
+    from bench.common import send_all
+
+    kp = _ring_path(kernel_path)
+    got = {}
+    th = threading.Thread(target=lambda: got.setdefault("n", kp.drain(target=20_000,
+                                                                      idle_timeout_ms=60_000)))
+    th.start()
+    out = send_all(_inject(kp, chunk=500), 20_000, th.is_alive, "raw ring")
+    th.join()
+    rest = kp.drain(idle_timeout_ms=100)
+    assert got["n"] >= 20_000 and got["n"] + rest == out.sent, "each record sent once"
+    assert 20_000 <= out.sent < 20_000 + 500, "sent counts only what the ring took"
+    assert out.calls * 500 == out.sent + out.dropped
