@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 
 LITE = [sys.executable, "-m", "mlsched.runtime.cli"]
+#: How long a test waits for something that must happen: a bound that only catches a hang,
+#: far above what a busy 2-CPU machine needs.
+HANG_S = 60.0
 
 
 def lite(*args, timeout=60, **kw) -> subprocess.CompletedProcess:
@@ -22,7 +25,7 @@ def start(*args, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+def wait_for(predicate, timeout: float = HANG_S, what: str = "condition") -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():

@@ -14,22 +14,34 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import lite, start, wait_for
+from support.cli import HANG_S, lite, start, wait_for
 
 pytestmark = pytest.mark.bpf
 
-#: A producer on the pinned maps that injects misses as fast as it can until killed.
+#: A producer on the pinned maps that injects misses as fast as it can until killed. It says
+#: "flooding" once the daemon has answered its first records (so the daemon has consumed
+#: some, however slow this machine is to load the injector), "no answer" if that never came.
 FLOOD = textwrap.dedent("""
-    import sys
-    from mlsched.runtime.bundle import load_bundle
+    import sys, time
     from mlsched.runtime.kernel import KernelPath
-    kp = KernelPath().load(None, pin=True, pin_dir=sys.argv[1], share=True)
+    kp = KernelPath().load(None, pin=True, pin_dir=sys.argv[1], share=True).load_injector()
+    end = time.monotonic() + float(sys.argv[2])
+    seed, first = 1, 0
+    while not (first and kp.read_decisions(first, 1).answered):
+        if time.monotonic() > end:
+            print("no answer", flush=True)
+            sys.exit(1)
+        # until the daemon polls, requests find no consumer and are not sent
+        r = kp.inject(generate=1000, seed=seed, gen_ncpus=8, bypass_table=True)
+        seed += 1000
+        first = first or (r.first_seq if r.sent else 0)
+        time.sleep(0.01)
     print("flooding", flush=True)
-    seed = 1
     while True:
         kp.inject(generate=20000, seed=seed, gen_ncpus=8, bypass_table=True)
         seed += 20000
 """)
+
 
 
 def test_sigterm_ends_the_run_while_requests_keep_coming(pin_dir, tmp_path):
@@ -46,20 +58,18 @@ def test_sigterm_ends_the_run_while_requests_keep_coming(pin_dir, tmp_path):
         wait_for(lambda: (pin_dir / "control").exists() or daemon.poll() is not None,
                  what="the daemon's pinned maps")
         assert daemon.poll() is None, daemon.communicate()
-        time.sleep(0.5)
-        flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(pin_dir)],
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(pin_dir), str(HANG_S)],
                                  stdout=subprocess.PIPE, text=True)
-        assert flood.stdout.readline().strip() == "flooding"
-        time.sleep(1.0)
+        assert flood.stdout.readline().strip() == "flooding", "the daemon answered nothing"
         assert daemon.poll() is None
         t0 = time.monotonic()
         daemon.send_signal(signal.SIGTERM)
         try:
-            daemon.wait(timeout=10)
+            daemon.wait(timeout=HANG_S)
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-            pytest.fail("the daemon did not stop within 10 s of SIGTERM under injection")
+            pytest.fail(f"the daemon did not stop within {HANG_S} s of SIGTERM under injection")
         took = time.monotonic() - t0
     finally:
         if flood is not None:
@@ -69,9 +79,8 @@ def test_sigterm_ends_the_run_while_requests_keep_coming(pin_dir, tmp_path):
             daemon.kill()
             daemon.wait()
     assert daemon.returncode == 0, daemon.stderr.read()
+    # the fault this guards against was an endless drain: the bound above catches it
     print(f"\nSIGTERM -> exit in {took:.2f} s while another process injected misses")
-    # a generous bound for a loaded 2-CPU machine; the fault was an endless drain
-    assert took < 3.0, f"SIGTERM -> exit took {took:.2f} s"
     assert json.loads(summary.read_text())["records"] > 0
     with KernelPath() as kp:
         kp.load(load_bundle(None).table, pin=True, pin_dir=str(pin_dir))

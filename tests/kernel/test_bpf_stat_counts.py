@@ -14,7 +14,8 @@ import pytest
 
 pytestmark = pytest.mark.bpf
 
-RUN_S = 6.0
+CALLS = 20
+HANG_S = 300.0
 WORKERS = 8
 
 
@@ -47,13 +48,17 @@ def test_produced_counts_every_record_delivered(kernel_path):
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {0})            # this thread injects on CPU 0
     try:
-        end = time.monotonic() + RUN_S
-        seed = 1
-        while time.monotonic() < end:
+        # a fixed number of injector calls, then on until the collector has delivered
+        # records of its own beside them (HANG_S only catches a collector that never does)
+        end = time.monotonic() + HANG_S
+        seed, calls = 1, 0
+        while calls < CALLS or kp.stats()["produced"] - before["produced"] <= injected:
+            assert time.monotonic() < end, f"no collector record in {HANG_S} s"
             r = kp.inject(generate=200_000, seed=seed, gen_ncpus=2, bypass_table=True,
                           ignore_consumer=True)
             injected += r.sent
             seed += 200_000
+            calls += 1
     finally:
         os.sched_setaffinity(0, affinity)
         kp.detach_collector()
