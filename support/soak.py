@@ -5,16 +5,23 @@
     this process (producer, checker)                    mlsched-lite run (another process)
     every TICK: inject rate*TICK generated records ──ring──► poll → engine → answer (mmap)
                 (SEC("syscall") injector, every record a miss)
-    TICK later:  read_decisions() on a 1 % sample ◄──── `decisions` map
+    every TICK:  read_decisions() on a 1 % sample    ◄──── `decisions` map
+                 once the daemon has answered it:
                  == table cell, else interpreter_decide(exact features)?
     every second: daemon RSS (/proc/PID/status VmRSS), kernel counters
 
 The producer and the daemon share the maps through a private BPF filesystem
 (``--pin-dir`` of the daemon), like any other producer (a scheduler's balancer).
 
-Pass/fail (``Result.problems``): the offered rate was produced, no ring drops, every
-produced record consumed and answered by the daemon (its summary), every sampled answer
-present and equal to the expected decision, RSS growth after warm-up < ``--max-rss-growth-kb``.
+Pass/fail (``Result.problems``): no ring drops, every produced record consumed and answered
+by the daemon (its summary), every sampled answer present and equal to the expected decision,
+RSS growth after warm-up < ``--max-rss-growth-kb``. A sample is read once the daemon has
+answered its last record (it answers in seq order), however far behind a busy machine puts
+it; at the end the soak waits for the answer to the last record produced.
+
+Speed (``Result.shortfalls``): the offered rate was produced. ``make soak`` judges both; the
+short soak in ``make test`` runs at a rate any machine of this kind sustains and judges
+correctness only, since a test never fails for a machine being slow or busy.
 
 Usage: ``python -m support.soak --duration 600 --rate 1000000`` (exit 0 pass, 1 fail; a JSON
 report with every figure on stdout, or in ``--json FILE``). Importable: ``soak(...)``.
@@ -39,9 +46,9 @@ import numpy as np
 TICK_S = 0.005
 #: Fraction of the answers re-checked against the interpreter.
 SAMPLE = 0.01
-#: Answers are read back this long after their records were injected (the daemon answers in
-#: well under a millisecond; the slot of a seq is reused only after `slots` newer requests).
-CHECK_DELAY_S = 0.25
+#: How long the soak waits at the end for the daemon to answer the last record: a bound
+#: that only catches a daemon that stopped answering.
+FINAL_ANSWER_S = 60.0
 #: Host size of the generated traffic (the default bundle's) and its share of off-grid keys.
 NCPUS = 8
 INVALID_PCT = 2
@@ -52,7 +59,7 @@ RSS_TRACE_S = 10
 #: blocks of every size below 1 KiB for reuse, and a new batch size fills one more of those
 #: 1024 cache slots (bounded at 7 x 1024 x 512 B = 3.6 MB, reached only if every size occurs).
 WARMUP_MAX_S = 180.0
-ANSWERED = 0
+ANSWERED, MISSING, OVERWRITTEN = 0, 1, 2
 #: splitmix64's increment: record i of a generated call starts from state + i * GOLDEN.
 GOLDEN = 0x9E3779B97F4A7C15
 U64 = (1 << 64) - 1
@@ -74,6 +81,7 @@ class Result:
     sampled: int = 0
     sample_missing: int = 0
     sample_wrong: int = 0
+    sample_overwritten: int = 0         # slot reused by a newer answer before it was read
     sample_interpreter_agree: float = 0.0
     rss_start_kb: int = 0
     rss_after_warmup_kb: int = 0
@@ -89,6 +97,7 @@ class Result:
     conditions: str = ""
     daemon_cmd: str = ""
     problems: list[str] = field(default_factory=list)
+    shortfalls: list[str] = field(default_factory=list)     # speed, not correctness
 
     @property
     def ok(self) -> bool:
@@ -177,7 +186,7 @@ class Soak:
         self.kp = None
         self.engine = None
         self.rng = np.random.default_rng(1)
-        self.pending: list[tuple[float, int, int, int]] = []   # (time, first_seq, seed, count)
+        self.pending: list[tuple[int, int, int]] = []   # samples: (first_seq, seed, count)
         self.checked = self.checked_agree = 0
 
     # ---- 1. the daemon, as a user starts it -------------------------------------------------
@@ -247,24 +256,29 @@ class Soak:
         res.dropped += r.dropped
         res.no_consumer += r.no_consumer
         if r.sent == count and r.last_seq - r.first_seq + 1 == count:
-            self.pending.append((now, int(r.first_seq), seed, count))
+            take = max(1, int(count * SAMPLE))
+            off = int(self.rng.integers(0, count - take + 1))
+            self.pending.append((int(r.first_seq) + off, (seed + off * GOLDEN) & U64, take))
 
-    def check_answers(self, now: float) -> None:
-        """Re-check a sample of the answers to records injected CHECK_DELAY_S ago."""
+    def check_answers(self, final: bool = False) -> None:
+        """Re-check the samples the daemon has answered. The daemon answers in seq order, so
+        one read of a sample's last seq tells whether it is there yet; the first sample not
+        yet answered ends the pass. ``final``: every sample is read, answered or not."""
         from support.traffic import generated_features
 
         res = self.res
-        while self.pending and now - self.pending[0][0] >= CHECK_DELAY_S:
-            _, first, s, n = self.pending.pop(0)
-            take = max(1, int(n * SAMPLE))
-            off = int(self.rng.integers(0, n - take + 1))
-            s_off = (s + off * GOLDEN) & U64
-            feats = generated_features(s_off, take, NCPUS, INVALID_PCT)
-            rb = self.kp.read_decisions(first + off, take)
+        while self.pending:
+            first, seed, take = self.pending[0]
+            if not final and self.kp.read_decisions(first + take - 1, 1).status[0] == MISSING:
+                return
+            self.pending.pop(0)
+            feats = generated_features(seed, take, NCPUS, INVALID_PCT)
+            rb = self.kp.read_decisions(first, take)
             want = expected_decisions(self.engine, feats)
             answered = rb.status == ANSWERED
             res.sampled += take
-            res.sample_missing += int((~answered).sum())
+            res.sample_missing += int((rb.status == MISSING).sum())
+            res.sample_overwritten += int((rb.status == OVERWRITTEN).sum())
             res.sample_wrong += int((rb.decision[answered] != want[answered]).sum())
             interp = self.engine.interpreter_decide(exact_features(feats[answered]))
             self.checked += int(answered.sum())
@@ -301,14 +315,15 @@ class Soak:
             self.produce(now, per_tick * ticks, seed)
             seed = (seed + per_tick * ticks * GOLDEN) & U64
             next_tick += TICK_S * ticks
-            self.check_answers(now)
+            self.check_answers()
             if now >= next_rss:
                 self.sample_rss(now, t0, warm_at)
                 next_rss = now + 1.0
         elapsed = time.monotonic() - t0
         res.daemon_cpu_pct = round(100 * (cpu_seconds(self.daemon.pid) - cpu0_daemon) / elapsed, 1)
         res.producer_cpu_pct = round(100 * (cpu_seconds() - cpu0_self) / elapsed, 1)
-        time.sleep(0.5)                     # the last records drain
+        self.wait_last_answer()
+        self.check_answers(final=True)
         res.rss_end_kb = rss_kb(self.daemon.pid)
         res.rss_max_after_warmup_kb = max(res.rss_max_after_warmup_kb, res.rss_end_kb)
         if not res.rss_after_warmup_kb:
@@ -321,6 +336,15 @@ class Soak:
         dropped = self.kp.stats()["dropped"] - k0["dropped"]
         if dropped != res.dropped:
             res.problems.append(f"kernel counted {dropped} drops, the injector {res.dropped}")
+
+    def wait_last_answer(self) -> None:
+        """Until the daemon has answered the last record produced (or FINAL_ANSWER_S)."""
+        last = int(self.kp.host()["seq"])
+        end = time.monotonic() + FINAL_ANSWER_S
+        while last and self.kp.read_decisions(last, 1).status[0] == MISSING:
+            if self.daemon.poll() is not None or time.monotonic() > end:
+                return                      # what stays unanswered is judged as missing
+            time.sleep(0.01)
 
     # ---- 3. stop, read the daemon's own account -----------------------------------------------
     def stop(self) -> None:
@@ -371,7 +395,7 @@ class Soak:
     def judge(self) -> None:
         res, s = self.res, self.s
         if res.produced < 0.98 * s.rate * res.duration_s:
-            res.problems.append(f"produced {res.offered_rate:,.0f}/s, target {s.rate:,}/s")
+            res.shortfalls.append(f"produced {res.offered_rate:,.0f}/s, target {s.rate:,}/s")
         if res.dropped:
             res.problems.append(f"{res.dropped} requests dropped (ring full): the daemon fell"
                                 " behind")
@@ -383,7 +407,7 @@ class Soak:
         if res.sample_missing or res.sample_wrong:
             res.problems.append(f"sample of {res.sampled}: {res.sample_missing} unanswered,"
                                 f" {res.sample_wrong} wrong")
-        if res.sampled == 0:
+        if res.sampled - res.sample_overwritten == 0:
             res.problems.append("no answers were sampled")
         if res.rss_growth_kb >= s.max_rss_growth_kb:
             res.problems.append(f"RSS grew {res.rss_growth_kb} kB after warm-up")
@@ -424,11 +448,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     r = soak(a.duration, a.rate, a.ring_size, a.batch, a.max_wait_us, a.warmup,
              a.max_rss_growth_kb, daemon_nice=a.daemon_nice)
-    text = json.dumps({**asdict(r), "ok": r.ok}, indent=1)
+    text = json.dumps({**asdict(r), "ok": r.ok and not r.shortfalls}, indent=1)
     print(text)
     if a.json:
         Path(a.json).write_text(text + "\n")
-    return 0 if r.ok else 1
+    return 0 if r.ok and not r.shortfalls else 1
 
 
 if __name__ == "__main__":
