@@ -38,6 +38,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <scx/common.h>
+#include "explore_file.h"
 #include "mlsched.h"
 #include "report_file.h"
 #include "scx_mlsched.h"
@@ -49,6 +50,8 @@
 #define DEFAULT_NUDGE_US	2000
 /* The kernel's default sched_migration_cost (kernel/sched/fair.c): younger is cache-hot. */
 #define DEFAULT_COLD_US		500
+/* Room for one --explore-out row (struct scx_mlsched_explore as CSV). */
+#define EXPLORE_ROW_MAX		320
 
 /* Names of enum scx_mlsched_stat, in order (the JSON keys of the report). */
 static const char *const sched_stat_names[] = {
@@ -448,41 +451,51 @@ static int write_report(const char *path, const struct scx_mlsched_cfg *cfg, dou
 }
 
 struct explore_out {
-	FILE *f;
-	unsigned long long rows, bad;
+	struct explore_file file;	/* rows written and lost: explore_file.h */
+	const char *path;
+	unsigned long long bad;		/* short records from the ring */
 };
 
-/* One explored answer from the ring: a CSV row. */
+/* One explored answer from the ring: a CSV row, written whole or counted lost. */
 static int on_explore(void *ctx, void *data, size_t size)
 {
 	struct explore_out *o = ctx;
 	const struct scx_mlsched_explore *r = data;
+	char row[EXPLORE_ROW_MAX];
+	int len;
 
 	if (size < sizeof(*r)) {
 		o->bad++;
 		return 0;
 	}
-	fprintf(o->f, "%u,%u,%u,%.6f,%.6f,%u,%.3f,%llu,%u,%u,%u,%u,%s,%u,%llu\n",
-		r->cpu, r->idle, r->busy, r->src_load / (double)MLSCHED_LOAD_ONE,
-		r->dst_load / (double)MLSCHED_LOAD_ONE, r->action,
-		r->propensity_permille / 1000.0, (unsigned long long)r->wait_ns,
-		r->src_queued, r->dst_queued, r->src_queued_after, r->dst_queued_after,
-		r->kind == SCX_MLSCHED_KIND_PULL ? "pull" : "push", r->pid,
-		(unsigned long long)r->ts_ns);
-	o->rows++;
+	len = snprintf(row, sizeof(row), "%u,%u,%u,%.6f,%.6f,%u,%.3f,%llu,%u,%u,%u,%u,%s,%u,%llu\n",
+		       r->cpu, r->idle, r->busy, r->src_load / (double)MLSCHED_LOAD_ONE,
+		       r->dst_load / (double)MLSCHED_LOAD_ONE, r->action,
+		       r->propensity_permille / 1000.0, (unsigned long long)r->wait_ns,
+		       r->src_queued, r->dst_queued, r->src_queued_after, r->dst_queued_after,
+		       r->kind == SCX_MLSCHED_KIND_PULL ? "pull" : "push", r->pid,
+		       (unsigned long long)r->ts_ns);
+	if (len < 0 || len >= (int)sizeof(row)) {
+		o->bad++;
+		return 0;
+	}
+	if (explore_file_append(&o->file, row, len) && o->file.errors == 1)
+		fprintf(stderr, PROG ": --explore-out %s: %s; rows are counted as lost until writes"
+			" succeed\n", o->path, strerror(o->file.first_errno));
 	return 0;
 }
 
-/* --explore-out: appended to, the header first when it is empty. */
-static FILE *open_explore_out(const char *path)
+/* --explore-out: checked, a cut last row removed, the header first when it is empty. */
+static void open_explore_out(struct explore_out *o, const char *path)
 {
-	FILE *f = fopen(path, "a");
+	char why[EXPLORE_FILE_WHY_MAX];
 
-	if (!f)
-		die("--explore-out %s: %s", path, strerror(errno));
-	if (ftell(f) == 0 && fputs(explore_header, f) == EOF)
-		die("--explore-out %s: %s", path, strerror(errno));
-	return f;
+	o->path = path;
+	if (explore_file_open(&o->file, path, explore_header, why, sizeof(why)))
+		die("--explore-out %s", why);
+	if (o->file.repaired)
+		fprintf(stderr, PROG ": --explore-out %s: cut a partial last row (%lld bytes)\n",
+			path, (long long)o->file.repaired);
 }
 
 static double now_s(void)
@@ -595,10 +608,14 @@ int main(int argc, char **argv)
 	skel->rodata->cfg = cfg;
 	SCX_OPS_LOAD(skel, mlsched_ops, scx_mlsched, uei);
 	if (explore_path) {
-		xo.f = open_explore_out(explore_path);
+		open_explore_out(&xo, explore_path);
 		xring = ring_buffer__new(bpf_map__fd(skel->maps.explore), on_explore, &xo, NULL);
-		if (!xring)
-			die("explore ring: %s", strerror(errno));
+		if (!xring) {
+			int err = errno;
+
+			explore_file_abandon(&xo.file, explore_path);
+			die("explore ring: %s", strerror(err));
+		}
 	}
 	/* The helper's counters live in maps that outlive us (pinned): report our share. */
 	sum_percpu(skel->maps.stats, MLSCHED_STAT_COUNT, helper_before);
@@ -626,9 +643,13 @@ int main(int argc, char **argv)
 		/* what the scheduler wrote before it left */
 		ring_buffer__consume(xring);
 		ring_buffer__free(xring);
-		if (fclose(xo.f))
+		if (explore_file_close(&xo.file))
 			fprintf(stderr, PROG ": --explore-out %s: %s\n", explore_path, strerror(errno));
-		fprintf(stderr, PROG ": %llu explored answers written to %s\n", xo.rows, explore_path);
+		fprintf(stderr, PROG ": %llu explored answers written to %s\n", xo.file.rows,
+			explore_path);
+		if (xo.file.lost)
+			fprintf(stderr, PROG ": %llu explored answers lost to failed writes (%s)\n",
+				xo.file.lost, strerror(xo.file.first_errno));
 		if (xo.bad)
 			fprintf(stderr, PROG ": %llu short explore records skipped\n", xo.bad);
 	}
