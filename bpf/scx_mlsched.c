@@ -18,6 +18,8 @@
  * the table mlsched-lite loaded answers in the kernel and mlsched-lite itself
  * answers the misses. The control policies (stay, migrate) need no daemon.
  *
+ * The CPUs are the online ones (cpus.h), as mlsched-lite's table counts them.
+ *
  * Built against the kernel source's sched_ext user-space headers
  * (tools/sched_ext/include/scx: common.h, compat.h, user_exit_info.h) and the
  * libbpf of the same tree; see guest/Makefile.
@@ -38,6 +40,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <scx/common.h>
+#include "cpus.h"
 #include "explore_file.h"
 #include "mlsched.h"
 #include "report_file.h"
@@ -50,6 +53,8 @@
 #define DEFAULT_NUDGE_US	2000
 /* The kernel's default sched_migration_cost (kernel/sched/fair.c): younger is cache-hot. */
 #define DEFAULT_COLD_US		500
+/* The CPUs scheduled: the online ones. */
+#define ONLINE_CPUS_PATH	"/sys/devices/system/cpu/online"
 /* Room for one --explore-out row (struct scx_mlsched_explore as CSV). */
 #define EXPLORE_ROW_MAX		320
 
@@ -215,8 +220,8 @@ static void parse_domains(const char *spec, struct scx_mlsched_cfg *cfg)
 				if (seen >> cpu & 1)
 					domains_error(spec, "CPU %ld in two domains", cpu);
 				if (cpu >= cfg->nr_cpus)
-					domains_error(spec, "CPU %ld: this host has CPUs 0-%u", cpu,
-						      cfg->nr_cpus - 1);
+					domains_error(spec, "CPU %ld: this host has CPUs 0-%u online",
+						      cpu, cfg->nr_cpus - 1);
 				seen |= 1ull << cpu;
 				cfg->cpu_dom[cpu] = d;
 				cfg->dom_ncpus[d]++;
@@ -235,28 +240,29 @@ static void parse_domains(const char *spec, struct scx_mlsched_cfg *cfg)
 			domains_error(spec, "CPU %u is in no domain", cpu);
 }
 
+_Static_assert(SCX_MLSCHED_MAX_CPUS <= CPULIST_LOW_BITS, "a CPU list keeps a bit per CPU");
+
 /* A sysfs cpulist ("0-3,8") as a mask of CPUs below SCX_MLSCHED_MAX_CPUS; 0 if unreadable. */
 static uint64_t read_cpulist(const char *path)
 {
-	char buf[256], *tok, *save = NULL;
-	uint64_t mask = 0;
-	FILE *f = fopen(path, "r");
+	struct cpulist l;
 
-	if (!f)
-		return 0;
-	if (!fgets(buf, sizeof(buf), f))
-		buf[0] = '\0';
-	fclose(f);
-	buf[strcspn(buf, "\n")] = '\0';
-	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		long lo, hi;
+	return cpulist_read(path, &l) ? 0 : l.low;
+}
 
-		if (!parse_range(tok, tok + strlen(tok), &lo, &hi))
-			return 0;
-		for (; lo <= hi && lo < SCX_MLSCHED_MAX_CPUS; lo++)
-			mask |= 1ull << lo;
-	}
-	return mask;
+/* The online CPUs, which must be 0..n-1 with n <= SCX_MLSCHED_MAX_CPUS: n. */
+static __u32 online_cpus(void)
+{
+	char why[CPUS_WHY_MAX];
+	struct cpulist l;
+	int n;
+
+	if (cpulist_read(ONLINE_CPUS_PATH, &l))
+		die("%s: %s", ONLINE_CPUS_PATH, errno == EINVAL ? "not a CPU list" : strerror(errno));
+	n = cpulist_numbered_from_0(&l, SCX_MLSCHED_MAX_CPUS, why, sizeof(why));
+	if (n < 0)
+		die("%s", why);
+	return n;
 }
 
 /* The CPUs sharing `cpu`'s last-level cache: its highest-level cache index; only itself
@@ -542,7 +548,7 @@ int main(int argc, char **argv)
 	struct user_exit_info ex;
 	struct scx_mlsched *skel;
 	struct bpf_link *link;
-	long duration = 0, ncpus;
+	long duration = 0;
 	bool list_domains = false;
 	double started;
 	__u64 err_kind;
@@ -580,10 +586,7 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc)
 		die("unexpected argument '%s'", argv[optind]);
-	ncpus = sysconf(_SC_NPROCESSORS_CONF);
-	if (ncpus < 1 || ncpus > SCX_MLSCHED_MAX_CPUS)
-		die("%ld CPUs: this scheduler handles 1..%d", ncpus, SCX_MLSCHED_MAX_CPUS);
-	cfg.nr_cpus = ncpus;
+	cfg.nr_cpus = online_cpus();
 	if (domains)
 		parse_domains(domains, &cfg);
 	else
@@ -603,6 +606,10 @@ int main(int argc, char **argv)
 
 	libbpf_set_print(libbpf_log);
 	skel = SCX_OPS_OPEN(mlsched_ops, scx_mlsched);
+	/* A CPU going on- or offline from here on ends the scheduler (the hotplug_seq
+	 * SCX_OPS_OPEN took); one before it is caught here. */
+	if (online_cpus() != cfg.nr_cpus)
+		die("the online CPUs changed while starting: start again");
 	if (pin_dir)
 		reuse_pinned_maps(skel, pin_dir);
 	skel->rodata->cfg = cfg;
