@@ -16,7 +16,8 @@
  * With --policy model the decision maps (requests, table, decisions, control,
  * host, stats) are the ones `mlsched-lite run --pin` pinned under --pin-dir:
  * the table mlsched-lite loaded answers in the kernel and mlsched-lite itself
- * answers the misses. The control policies (stay, migrate) need no daemon.
+ * answers the misses; the directory and every pin must be root's and writable by
+ * nobody else (pin_check.h). The control policies (stay, migrate) need no daemon.
  *
  * The CPUs are the online ones (cpus.h), as mlsched-lite's table counts them.
  *
@@ -24,6 +25,7 @@
  * (tools/sched_ext/include/scx: common.h, compat.h, user_exit_info.h) and the
  * libbpf of the same tree; see guest/Makefile.
  */
+#define _GNU_SOURCE	/* O_PATH (pin_check.h) */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -43,6 +45,7 @@
 #include "cpus.h"
 #include "explore_file.h"
 #include "mlsched.h"
+#include "pin_check.h"
 #include "report_file.h"
 #include "scx_mlsched.h"
 #include "scx_mlsched.skel.h"
@@ -352,28 +355,61 @@ static void print_domains(const struct scx_mlsched_cfg *cfg)
 	putchar('\n');
 }
 
-/* With --policy model, the decision maps are the ones mlsched-lite pinned under `dir`. */
+/*
+ * `control` carries mlsched-lite's marker: a map of the right name that mlsched-lite did
+ * not create (its shape checked first: the lookup writes a whole value) is not reused.
+ */
+static void check_marker(int fd, const char *dir)
+{
+	struct bpf_map_info info = {};
+	struct mlsched_control ctl;
+	__u32 len = sizeof(info), zero = 0;
+
+	if (bpf_map_get_info_by_fd(fd, &info, &len))
+		die("%s/control: %s", dir, strerror(errno));
+	if (info.type != BPF_MAP_TYPE_ARRAY || info.key_size != sizeof(zero) ||
+	    info.value_size != sizeof(ctl) || info.max_entries < 1 ||
+	    bpf_map_lookup_elem(fd, &zero, &ctl) || ctl.magic != MLSCHED_CTL_MAGIC)
+		die("%s/control: the pinned maps were not created by mlsched-lite (no marker in"
+		    " `control`): remove %s and pin anew with `mlsched-lite run --pin --pin-dir %s`",
+		    dir, dir, dir);
+}
+
+/*
+ * With --policy model, the decision maps are the ones mlsched-lite pinned under `dir`,
+ * taken only when the directory and each pin may be trusted (pin_check.h).
+ */
 static void reuse_pinned_maps(struct scx_mlsched *skel, const char *dir)
 {
 	struct bpf_map *shared[] = {	/* the maps mlsched_decide.h brings */
 		skel->maps.requests, skel->maps.table, skel->maps.table2, skel->maps.cpu_index,
 		skel->maps.decisions, skel->maps.control, skel->maps.host, skel->maps.stats,
 	};
+	char why[PIN_WHY_MAX], path[PIN_FD_PATH_MAX];
+	int dirfd = pin_dir_open(dir, why, sizeof(why));
 
+	if (dirfd < 0)
+		die("--pin-dir: %s", why);
 	for (size_t i = 0; i < sizeof(shared) / sizeof(shared[0]); i++) {
-		char path[PATH_MAX];
-		int fd, err;
+		const char *name = bpf_map__name(shared[i]);
+		int pin = pin_open(dirfd, dir, name, why, sizeof(why)), fd, err;
 
-		snprintf(path, sizeof(path), "%s/%s", dir, bpf_map__name(shared[i]));
-		fd = bpf_obj_get(path);
+		if (pin < 0)
+			die("--pin-dir: %s", why);
+		/* the object through the file just checked, not through its name again */
+		fd = bpf_obj_get(pin_fd_path(pin, path, sizeof(path)));
+		close(pin);
 		if (fd < 0)
-			die("%s: %s (start `mlsched-lite run --pin --pin-dir %s` first)",
-			    path, strerror(errno), dir);
+			die("%s/%s: %s (start `mlsched-lite run --pin --pin-dir %s` first)",
+			    dir, name, strerror(errno), dir);
+		if (shared[i] == skel->maps.control)
+			check_marker(fd, dir);
 		err = bpf_map__reuse_fd(shared[i], fd);
 		close(fd);
 		if (err)
-			die("reusing %s: %s", path, strerror(-err));
+			die("reusing %s/%s: %s", dir, name, strerror(-err));
 	}
+	close(dirfd);
 }
 
 /* Sum a per-CPU array entry of `n` __u64 counters. */
