@@ -16,12 +16,16 @@
  * With --policy model the decision maps (requests, table, decisions, control,
  * host, stats) are the ones `mlsched-lite run --pin` pinned under --pin-dir:
  * the table mlsched-lite loaded answers in the kernel and mlsched-lite itself
- * answers the misses. The control policies (stay, migrate) need no daemon.
+ * answers the misses; the directory and every pin must be root's and writable by
+ * nobody else (pin_check.h). The control policies (stay, migrate) need no daemon.
+ *
+ * The CPUs are the online ones (cpus.h), as mlsched-lite's table counts them.
  *
  * Built against the kernel source's sched_ext user-space headers
  * (tools/sched_ext/include/scx: common.h, compat.h, user_exit_info.h) and the
  * libbpf of the same tree; see guest/Makefile.
  */
+#define _GNU_SOURCE	/* O_PATH (pin_check.h) */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -38,7 +42,10 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <scx/common.h>
+#include "cpus.h"
+#include "explore_file.h"
 #include "mlsched.h"
+#include "pin_check.h"
 #include "report_file.h"
 #include "scx_mlsched.h"
 #include "scx_mlsched.skel.h"
@@ -49,6 +56,10 @@
 #define DEFAULT_NUDGE_US	2000
 /* The kernel's default sched_migration_cost (kernel/sched/fair.c): younger is cache-hot. */
 #define DEFAULT_COLD_US		500
+/* The CPUs scheduled: the online ones. */
+#define ONLINE_CPUS_PATH	"/sys/devices/system/cpu/online"
+/* Room for one --explore-out row (struct scx_mlsched_explore as CSV). */
+#define EXPLORE_ROW_MAX		320
 
 /* Names of enum scx_mlsched_stat, in order (the JSON keys of the report). */
 static const char *const sched_stat_names[] = {
@@ -212,8 +223,8 @@ static void parse_domains(const char *spec, struct scx_mlsched_cfg *cfg)
 				if (seen >> cpu & 1)
 					domains_error(spec, "CPU %ld in two domains", cpu);
 				if (cpu >= cfg->nr_cpus)
-					domains_error(spec, "CPU %ld: this host has CPUs 0-%u", cpu,
-						      cfg->nr_cpus - 1);
+					domains_error(spec, "CPU %ld: this host has CPUs 0-%u online",
+						      cpu, cfg->nr_cpus - 1);
 				seen |= 1ull << cpu;
 				cfg->cpu_dom[cpu] = d;
 				cfg->dom_ncpus[d]++;
@@ -232,28 +243,29 @@ static void parse_domains(const char *spec, struct scx_mlsched_cfg *cfg)
 			domains_error(spec, "CPU %u is in no domain", cpu);
 }
 
+_Static_assert(SCX_MLSCHED_MAX_CPUS <= CPULIST_LOW_BITS, "a CPU list keeps a bit per CPU");
+
 /* A sysfs cpulist ("0-3,8") as a mask of CPUs below SCX_MLSCHED_MAX_CPUS; 0 if unreadable. */
 static uint64_t read_cpulist(const char *path)
 {
-	char buf[256], *tok, *save = NULL;
-	uint64_t mask = 0;
-	FILE *f = fopen(path, "r");
+	struct cpulist l;
 
-	if (!f)
-		return 0;
-	if (!fgets(buf, sizeof(buf), f))
-		buf[0] = '\0';
-	fclose(f);
-	buf[strcspn(buf, "\n")] = '\0';
-	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-		long lo, hi;
+	return cpulist_read(path, &l) ? 0 : l.low;
+}
 
-		if (!parse_range(tok, tok + strlen(tok), &lo, &hi))
-			return 0;
-		for (; lo <= hi && lo < SCX_MLSCHED_MAX_CPUS; lo++)
-			mask |= 1ull << lo;
-	}
-	return mask;
+/* The online CPUs, which must be 0..n-1 with n <= SCX_MLSCHED_MAX_CPUS: n. */
+static __u32 online_cpus(void)
+{
+	char why[CPUS_WHY_MAX];
+	struct cpulist l;
+	int n;
+
+	if (cpulist_read(ONLINE_CPUS_PATH, &l))
+		die("%s: %s", ONLINE_CPUS_PATH, errno == EINVAL ? "not a CPU list" : strerror(errno));
+	n = cpulist_numbered_from_0(&l, SCX_MLSCHED_MAX_CPUS, why, sizeof(why));
+	if (n < 0)
+		die("%s", why);
+	return n;
 }
 
 /* The CPUs sharing `cpu`'s last-level cache: its highest-level cache index; only itself
@@ -343,28 +355,61 @@ static void print_domains(const struct scx_mlsched_cfg *cfg)
 	putchar('\n');
 }
 
-/* With --policy model, the decision maps are the ones mlsched-lite pinned under `dir`. */
+/*
+ * `control` carries mlsched-lite's marker: a map of the right name that mlsched-lite did
+ * not create (its shape checked first: the lookup writes a whole value) is not reused.
+ */
+static void check_marker(int fd, const char *dir)
+{
+	struct bpf_map_info info = {};
+	struct mlsched_control ctl;
+	__u32 len = sizeof(info), zero = 0;
+
+	if (bpf_map_get_info_by_fd(fd, &info, &len))
+		die("%s/control: %s", dir, strerror(errno));
+	if (info.type != BPF_MAP_TYPE_ARRAY || info.key_size != sizeof(zero) ||
+	    info.value_size != sizeof(ctl) || info.max_entries < 1 ||
+	    bpf_map_lookup_elem(fd, &zero, &ctl) || ctl.magic != MLSCHED_CTL_MAGIC)
+		die("%s/control: the pinned maps were not created by mlsched-lite (no marker in"
+		    " `control`): remove %s and pin anew with `mlsched-lite run --pin --pin-dir %s`",
+		    dir, dir, dir);
+}
+
+/*
+ * With --policy model, the decision maps are the ones mlsched-lite pinned under `dir`,
+ * taken only when the directory and each pin may be trusted (pin_check.h).
+ */
 static void reuse_pinned_maps(struct scx_mlsched *skel, const char *dir)
 {
 	struct bpf_map *shared[] = {	/* the maps mlsched_decide.h brings */
 		skel->maps.requests, skel->maps.table, skel->maps.table2, skel->maps.cpu_index,
 		skel->maps.decisions, skel->maps.control, skel->maps.host, skel->maps.stats,
 	};
+	char why[PIN_WHY_MAX], path[PIN_FD_PATH_MAX];
+	int dirfd = pin_dir_open(dir, why, sizeof(why));
 
+	if (dirfd < 0)
+		die("--pin-dir: %s", why);
 	for (size_t i = 0; i < sizeof(shared) / sizeof(shared[0]); i++) {
-		char path[PATH_MAX];
-		int fd, err;
+		const char *name = bpf_map__name(shared[i]);
+		int pin = pin_open(dirfd, dir, name, why, sizeof(why)), fd, err;
 
-		snprintf(path, sizeof(path), "%s/%s", dir, bpf_map__name(shared[i]));
-		fd = bpf_obj_get(path);
+		if (pin < 0)
+			die("--pin-dir: %s", why);
+		/* the object through the file just checked, not through its name again */
+		fd = bpf_obj_get(pin_fd_path(pin, path, sizeof(path)));
+		close(pin);
 		if (fd < 0)
-			die("%s: %s (start `mlsched-lite run --pin --pin-dir %s` first)",
-			    path, strerror(errno), dir);
+			die("%s/%s: %s (start `mlsched-lite run --pin --pin-dir %s` first)",
+			    dir, name, strerror(errno), dir);
+		if (shared[i] == skel->maps.control)
+			check_marker(fd, dir);
 		err = bpf_map__reuse_fd(shared[i], fd);
 		close(fd);
 		if (err)
-			die("reusing %s: %s", path, strerror(-err));
+			die("reusing %s/%s: %s", dir, name, strerror(-err));
 	}
+	close(dirfd);
 }
 
 /* Sum a per-CPU array entry of `n` __u64 counters. */
@@ -448,41 +493,51 @@ static int write_report(const char *path, const struct scx_mlsched_cfg *cfg, dou
 }
 
 struct explore_out {
-	FILE *f;
-	unsigned long long rows, bad;
+	struct explore_file file;	/* rows written and lost: explore_file.h */
+	const char *path;
+	unsigned long long bad;		/* short records from the ring */
 };
 
-/* One explored answer from the ring: a CSV row. */
+/* One explored answer from the ring: a CSV row, written whole or counted lost. */
 static int on_explore(void *ctx, void *data, size_t size)
 {
 	struct explore_out *o = ctx;
 	const struct scx_mlsched_explore *r = data;
+	char row[EXPLORE_ROW_MAX];
+	int len;
 
 	if (size < sizeof(*r)) {
 		o->bad++;
 		return 0;
 	}
-	fprintf(o->f, "%u,%u,%u,%.6f,%.6f,%u,%.3f,%llu,%u,%u,%u,%u,%s,%u,%llu\n",
-		r->cpu, r->idle, r->busy, r->src_load / (double)MLSCHED_LOAD_ONE,
-		r->dst_load / (double)MLSCHED_LOAD_ONE, r->action,
-		r->propensity_permille / 1000.0, (unsigned long long)r->wait_ns,
-		r->src_queued, r->dst_queued, r->src_queued_after, r->dst_queued_after,
-		r->kind == SCX_MLSCHED_KIND_PULL ? "pull" : "push", r->pid,
-		(unsigned long long)r->ts_ns);
-	o->rows++;
+	len = snprintf(row, sizeof(row), "%u,%u,%u,%.6f,%.6f,%u,%.3f,%llu,%u,%u,%u,%u,%s,%u,%llu\n",
+		       r->cpu, r->idle, r->busy, r->src_load / (double)MLSCHED_LOAD_ONE,
+		       r->dst_load / (double)MLSCHED_LOAD_ONE, r->action,
+		       r->propensity_permille / 1000.0, (unsigned long long)r->wait_ns,
+		       r->src_queued, r->dst_queued, r->src_queued_after, r->dst_queued_after,
+		       r->kind == SCX_MLSCHED_KIND_PULL ? "pull" : "push", r->pid,
+		       (unsigned long long)r->ts_ns);
+	if (len < 0 || len >= (int)sizeof(row)) {
+		o->bad++;
+		return 0;
+	}
+	if (explore_file_append(&o->file, row, len) && o->file.errors == 1)
+		fprintf(stderr, PROG ": --explore-out %s: %s; rows are counted as lost until writes"
+			" succeed\n", o->path, strerror(o->file.first_errno));
 	return 0;
 }
 
-/* --explore-out: appended to, the header first when it is empty. */
-static FILE *open_explore_out(const char *path)
+/* --explore-out: checked, a cut last row removed, the header first when it is empty. */
+static void open_explore_out(struct explore_out *o, const char *path)
 {
-	FILE *f = fopen(path, "a");
+	char why[EXPLORE_FILE_WHY_MAX];
 
-	if (!f)
-		die("--explore-out %s: %s", path, strerror(errno));
-	if (ftell(f) == 0 && fputs(explore_header, f) == EOF)
-		die("--explore-out %s: %s", path, strerror(errno));
-	return f;
+	o->path = path;
+	if (explore_file_open(&o->file, path, explore_header, why, sizeof(why)))
+		die("--explore-out %s", why);
+	if (o->file.repaired)
+		fprintf(stderr, PROG ": --explore-out %s: cut a partial last row (%lld bytes)\n",
+			path, (long long)o->file.repaired);
 }
 
 static double now_s(void)
@@ -529,7 +584,7 @@ int main(int argc, char **argv)
 	struct user_exit_info ex;
 	struct scx_mlsched *skel;
 	struct bpf_link *link;
-	long duration = 0, ncpus;
+	long duration = 0;
 	bool list_domains = false;
 	double started;
 	__u64 err_kind;
@@ -567,10 +622,7 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc)
 		die("unexpected argument '%s'", argv[optind]);
-	ncpus = sysconf(_SC_NPROCESSORS_CONF);
-	if (ncpus < 1 || ncpus > SCX_MLSCHED_MAX_CPUS)
-		die("%ld CPUs: this scheduler handles 1..%d", ncpus, SCX_MLSCHED_MAX_CPUS);
-	cfg.nr_cpus = ncpus;
+	cfg.nr_cpus = online_cpus();
 	if (domains)
 		parse_domains(domains, &cfg);
 	else
@@ -590,15 +642,23 @@ int main(int argc, char **argv)
 
 	libbpf_set_print(libbpf_log);
 	skel = SCX_OPS_OPEN(mlsched_ops, scx_mlsched);
+	/* A CPU going on- or offline from here on ends the scheduler (the hotplug_seq
+	 * SCX_OPS_OPEN took); one before it is caught here. */
+	if (online_cpus() != cfg.nr_cpus)
+		die("the online CPUs changed while starting: start again");
 	if (pin_dir)
 		reuse_pinned_maps(skel, pin_dir);
 	skel->rodata->cfg = cfg;
 	SCX_OPS_LOAD(skel, mlsched_ops, scx_mlsched, uei);
 	if (explore_path) {
-		xo.f = open_explore_out(explore_path);
+		open_explore_out(&xo, explore_path);
 		xring = ring_buffer__new(bpf_map__fd(skel->maps.explore), on_explore, &xo, NULL);
-		if (!xring)
-			die("explore ring: %s", strerror(errno));
+		if (!xring) {
+			int err = errno;
+
+			explore_file_abandon(&xo.file, explore_path);
+			die("explore ring: %s", strerror(err));
+		}
 	}
 	/* The helper's counters live in maps that outlive us (pinned): report our share. */
 	sum_percpu(skel->maps.stats, MLSCHED_STAT_COUNT, helper_before);
@@ -626,9 +686,13 @@ int main(int argc, char **argv)
 		/* what the scheduler wrote before it left */
 		ring_buffer__consume(xring);
 		ring_buffer__free(xring);
-		if (fclose(xo.f))
+		if (explore_file_close(&xo.file))
 			fprintf(stderr, PROG ": --explore-out %s: %s\n", explore_path, strerror(errno));
-		fprintf(stderr, PROG ": %llu explored answers written to %s\n", xo.rows, explore_path);
+		fprintf(stderr, PROG ": %llu explored answers written to %s\n", xo.file.rows,
+			explore_path);
+		if (xo.file.lost)
+			fprintf(stderr, PROG ": %llu explored answers lost to failed writes (%s)\n",
+				xo.file.lost, strerror(xo.file.first_errno));
 		if (xo.bad)
 			fprintf(stderr, PROG ": %llu short explore records skipped\n", xo.bad);
 	}
