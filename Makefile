@@ -13,6 +13,7 @@ DEB_PACKAGES := clang-19 libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config sys
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SUFFIX    = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 BPF_EXT       = runtime/_bpf$(EXT_SUFFIX)
+CONTRACT     := runtime/_contract.py
 # What the cffi extension is built from: the wire contract, the C side, the skeletons
 # (each embeds its BPF object).
 EXT_INPUTS   := cffi_build.py bpf/mlsched.h runtime/_native/mlsched_native.c \
@@ -21,7 +22,7 @@ DEFAULT_MODEL  := models/default/saved_model
 DEFAULT_BUNDLE := models/default/bundle
 PYTEST_ARGS  ?=
 
-.PHONY: all setup deb venv build bpf ext model bundle run test lint bench soak dist guest-kernel guest-bench guest-bench-2vcpu guest-learn clean distclean
+.PHONY: all setup deb venv build bpf ext contract model bundle run test lint bench soak dist guest-kernel guest-bench guest-bench-2vcpu guest-learn clean distclean
 
 all: build
 
@@ -46,7 +47,7 @@ $(VENV)/.stamp: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[convert,dev]'
 	@touch $@
 
-build: setup bpf ext
+build: setup bpf ext contract
 
 bpf: deb
 	$(MAKE) -C bpf
@@ -59,6 +60,12 @@ ext: venv bpf
 ifneq ($(wildcard $(PY)),)
 $(BPF_EXT): $(EXT_INPUTS)
 	$(PY) cffi_build.py
+
+# The wire contract's layouts for the pure layers (committed; regenerated from the header).
+contract: venv
+	@$(MAKE) --no-print-directory $(CONTRACT)
+$(CONTRACT): bpf/mlsched.h cffi_build.py
+	$(PY) cffi_build.py --contract
 endif
 
 # Retrain the default model from its teacher (fixed seeds) and rebuild its bundle.

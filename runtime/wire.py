@@ -1,9 +1,12 @@
-"""The wire contract in Python: what ``bpf/mlsched.h`` says, taken from the cffi ``lib``.
+"""The wire contract in Python: what ``bpf/mlsched.h`` says, from its generated layout.
 
 ``bpf/mlsched.h`` is the only description of the records the kernel side and
-mlsched-lite exchange. ``cffi_build.py`` reads it into the extension
-``mlsched.runtime._bpf``; this module turns what that extension knows into what
-Python needs, and nothing else in the runtime restates it:
+mlsched-lite exchange. ``cffi_build.py`` reads it into ``mlsched.runtime._contract``, a
+pure-Python cffi module (ABI mode: constants and struct layouts, no compiled code), and
+into the compiled extension ``mlsched.runtime._bpf`` that the kernel path uses. This module
+turns what ``_contract`` knows into what Python needs, and nothing else in the runtime
+restates it; since it needs no compiled part, everything below the kernel path (tables,
+engine, bundle, conversion, training) imports on a machine without clang or libbpf:
 
 * constants: decisions (STAY / MIGRATE / UNSURE), "no value" markers, the load
   fixed point (``LOAD_ONE`` = 1.0) and the table quantization (``LOAD_STEPS``);
@@ -22,11 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    from ._bpf import ffi, lib
-except ImportError as exc:              # the extension is built by `make build`
-    raise ImportError(f"mlsched.runtime._bpf, the extension built from bpf/mlsched.h, does not"
-                      f" import ({exc}): run `make build`") from exc
+from ._contract import ffi
+
+#: The header's constants and enum values (no library is loaded for them).
+lib = ffi.dlopen(None)
 
 ABI_VERSION = lib.MLSCHED_ABI_VERSION
 
