@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import cffi_build
 import pytest
 from mlsched.runtime import _contract
+
+import cffi_build
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "mlsched.h"
 STRUCTS = re.findall(r"^struct (\w+) \{", HEADER.read_text(), re.M)
@@ -39,7 +40,8 @@ def test_every_struct_and_constant_of_the_header_is_there():
 
 def test_layouts_match_what_the_compiler_built():
     try:
-        from mlsched.runtime._bpf import ffi as built, lib as built_lib
+        from mlsched.runtime._bpf import ffi as built
+        from mlsched.runtime._bpf import lib as built_lib
     except ImportError as exc:
         pytest.skip(f"the extension is not built here: {exc}")
     lib = _contract.ffi.dlopen(None)
