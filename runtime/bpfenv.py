@@ -1,8 +1,11 @@
-"""Can the kernel side run here? Privileges, kernel BTF, and the errors the kernel path raises.
+"""Can the kernel side run here? Privileges, kernel BTF, the compiled extension, the errors
+the kernel path raises, and the defaults its flags show.
 
 Checked before libbpf is asked anything, so a user gets one line that names the fix
 instead of libbpf's own words: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN), and the
-kernel's BTF at ``BTF_PATH`` (the CO-RE programs need it).
+kernel's BTF at ``BTF_PATH`` (the CO-RE programs need it). Nothing here needs the compiled
+extension, so commands can describe the kernel path on a machine that never built it
+(``ExtensionMissing`` when they try to use it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,16 @@ BTF_PATH = "/sys/kernel/btf/vmlinux"
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 PRIVILEGE_MESSAGE = ("mlsched-lite needs CAP_BPF and CAP_PERFMON: "
                      "run as root or grant them")
+EXTENSION_MESSAGE = ("the kernel path needs mlsched's compiled extension (mlsched.runtime._bpf),"
+                     " which this installation lacks: build it with `make build` on a machine"
+                     " with clang and libbpf; converting and `mlsched-lite decide` work without")
+
+#: Default size of the request ring: 1 MiB = 16384 records of 64 bytes, 8 ms of traffic at
+#: 2 M requests/s. The consumer maps the ring's data twice (wrap-around), so it costs 2 MiB of
+#: resident memory; larger rings (--ring-size) absorb longer bursts at that price.
+DEFAULT_RING_BYTES = 1 << 20
+#: Where ``pin=True`` keeps the maps.
+PIN_DIR = "/sys/fs/bpf/mlsched"
 
 
 class KernelPathError(RuntimeError):
@@ -24,6 +37,10 @@ class KernelPathError(RuntimeError):
         super().__init__(message)
         self.errno = errno
         self.log = log
+
+
+class ExtensionMissing(KernelPathError, ImportError):
+    """The compiled extension is not installed (a conversion-only install)."""
 
 
 class PrivilegeError(KernelPathError):

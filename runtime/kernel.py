@@ -44,8 +44,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import bpfenv, topology
-from ._bpf import ffi, lib
 from .bpfenv import (
+    DEFAULT_RING_BYTES,
+    EXTENSION_MESSAGE,
+    PIN_DIR,
+    ExtensionMissing,
     KernelPathError,
     NoBTFError,
     PrivilegeError,
@@ -53,6 +56,11 @@ from .bpfenv import (
     check_environment,
     unavailable_reason,
 )
+
+try:
+    from ._bpf import ffi, lib
+except ImportError as exc:              # a conversion-only install: no compiled extension
+    raise ExtensionMissing(f"{EXTENSION_MESSAGE} ({exc})") from exc
 from .level2 import Level2
 from .wire import (
     MAX_TABLE_CPUS,
@@ -66,16 +74,10 @@ from .wire import (
 
 log = logging.getLogger(__name__)
 
-#: Default size of the request ring: 1 MiB = 16384 records of 64 bytes, 8 ms of traffic at
-#: 2 M requests/s. The consumer maps the ring's data twice (wrap-around), so it costs 2 MiB of
-#: resident memory; larger rings (--ring-size) absorb longer bursts at that price.
-DEFAULT_RING_BYTES = 1 << 20
 #: Ring records per decision slot at least: an answer must not alias a request in flight.
 SLOTS_PER_RING_RECORD = 4
 #: A consumer that has not polled for this long is gone: misses are answered STAY at once.
 DEFAULT_CONSUMER_TIMEOUT_NS = 1_000_000_000
-#: Where ``pin=True`` keeps the maps.
-PIN_DIR = "/sys/fs/bpf/mlsched"
 RING_RECORD_HEADER = 8          # BPF_RINGBUF_HDR_SZ
 LOG_BYTES = 1 << 20
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import Engine
-from .kernel import KernelPath
 from .wire import MIGRATE, STAY, to_wire
 
 #: Rows per injector call, and a ring four times that size: a chunk never drops.
@@ -46,6 +45,8 @@ class Replayer:
     """A loaded kernel side (no collector) answering through ``engine``."""
 
     def __init__(self, engine: Engine, bypass_table: bool = False):
+        from .kernel import KernelPath  # the compiled extension: only when replaying
+
         self.engine = engine
         self.bypass_table = bypass_table
         self.kp = KernelPath()

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernel, topology
+from . import bpfenv, topology
 from .bundle import load_bundle
 from .engine import Engine
 from .errors import UsageError
@@ -90,9 +90,9 @@ class ServeConfig:
     cpus: int | None = None              # host CPUs the table covers; None: see Server
     collector: bool = True
     domains: list[list[int]] | None = None
-    ring_size: int = kernel.DEFAULT_RING_BYTES
+    ring_size: int = bpfenv.DEFAULT_RING_BYTES
     pin: bool = False
-    pin_dir: str = kernel.PIN_DIR
+    pin_dir: str = bpfenv.PIN_DIR
     batch: int = DEFAULT_BATCH
     max_wait_us: int = DEFAULT_MAX_WAIT_US
     duration: float = 0.0                # 0: until stopped
@@ -144,7 +144,7 @@ class Server:
     """One consumer: a KernelPath, an Engine, and the loop between them."""
 
     def __init__(self, config: ServeConfig):
-        kernel.check_environment()
+        bpfenv.check_environment()
         self.config = config
         # refused record files are refused before anything is loaded
         self.recorder = Recorder(config.record) if config.record else None
@@ -164,6 +164,10 @@ class Server:
             raise UsageError(f"this host has {ncpus} CPUs but bundle {bundle.path} was converted"
                              f" for {bundle.cpus}: mlsched-convert MODEL -o BUNDLE"
                              f" --cpus {ncpus}")
+        # imported here: it needs the compiled extension, which `decide` and the converter
+        # never do (ExtensionMissing names the fix where it is not installed)
+        from . import kernel
+
         self.kp = kernel.KernelPath()
         self.kp.load(None, ncpus=ncpus, ring_size=config.ring_size, domains=config.domains,
                      pin=config.pin, pin_dir=config.pin_dir,
@@ -200,7 +204,7 @@ class Server:
         e = self.engine
         try:
             self.kp.set_table(e.table, e.level2)
-        except kernel.KernelPathError as exc:
+        except bpfenv.KernelPathError as exc:
             if e.level2 is None or exc.errno != errno.E2BIG:
                 raise
             log.warning("table level 2 (%d bytes) does not fit the kernel's room for it (pinned"

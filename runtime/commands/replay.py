@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from .. import kernel
+from .. import bpfenv
 from ..featureio import open_output, read_features
 from ..replay import CHUNK_ROWS, WHERE_NAMES, Replayer
 from ..wire import DECISION_NAMES, MIGRATE, STAY
@@ -42,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    kernel.check_environment()
+    bpfenv.check_environment()
     engine = open_engine(args)
     chunks = read_features(args.input, CHUNK_ROWS)
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 
-from .. import kernel, loadgen, serve
+from .. import bpfenv, loadgen, serve
 from ..errors import UsageError
 from ..files import write_atomic
 from ..stats import summary_text
@@ -61,7 +61,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="records per batch (default %(default)s)")
     p.add_argument("--max-wait-us", type=int, default=serve.DEFAULT_MAX_WAIT_US, metavar="U",
                    help="keep a batch open this long after its first record (default %(default)s)")
-    p.add_argument("--ring-size", type=ring_bytes, default=kernel.DEFAULT_RING_BYTES,
+    p.add_argument("--ring-size", type=ring_bytes, default=bpfenv.DEFAULT_RING_BYTES,
                    metavar="BYTES", help="request ring size, a power of two (default %(default)s)")
     p.add_argument("--domains", type=domains, metavar="SPEC", help=DOMAINS_HELP)
     p.add_argument("--cpus", type=positive_int, metavar="N",
@@ -78,7 +78,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         " the normal policy (default: the normal policy)")
     p.add_argument("--pin", action="store_true",
                    help="keep the maps pinned under --pin-dir (reused and kept after exit)")
-    p.add_argument("--pin-dir", default=kernel.PIN_DIR, metavar="DIR",
+    p.add_argument("--pin-dir", default=bpfenv.PIN_DIR, metavar="DIR",
                    help="where --pin keeps the maps (default %(default)s)")
     return p
 

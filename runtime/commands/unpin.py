@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import kernel
+from .. import bpfenv
 from ..errors import UsageError
 from .common import PROG
 
@@ -21,7 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         NAME, help="remove maps kept by run --pin",
         description="Remove the maps `run --pin` keeps pinned (and their counters).")
-    p.add_argument("--pin-dir", default=kernel.PIN_DIR, metavar="DIR",
+    p.add_argument("--pin-dir", default=bpfenv.PIN_DIR, metavar="DIR",
                    help="pin directory (default %(default)s)")
     return p
 
