@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * Drives bpf/cpus.h for tests/kernel/test_scx_cpus.py:
+ * Drives scx_mlsched/src/cpus.h for tests/kernel/test_scx_cpus.py:
  *
  *   cpus_driver FILE MAX
  *

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * Drives bpf/explore_file.h for tests/kernel/test_explore_file.py:
+ * Drives scx_mlsched/src/explore_file.h for tests/kernel/test_explore_file.py:
  *
  *   explore_file_driver FILE HEADER [FSIZE]
  *

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * Drives bpf/pin_check.h for tests/kernel/test_scx_pin_check.py:
+ * Drives scx_mlsched/src/pin_check.h for tests/kernel/test_scx_pin_check.py:
  *
  *   pin_check_driver DIR NAME...
  *

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * Drives bpf/report_file.h for tests/kernel/test_report_file.py: prints its pid, waits
+ * Drives scx_mlsched/src/report_file.h for tests/kernel/test_report_file.py: prints its pid, waits
  * for a line on stdin (the test prepares the directory meanwhile), then writes
  * "{"ok": 1}" to argv[1] and exits 0, or prints the error and exits 1.
  */

@@ -26,7 +26,7 @@ NOBODY = 65534
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     exe = tmp_path_factory.mktemp("driver") / "explore_file_driver"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'bpf'}", "-o", str(exe),
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'scx_mlsched' / 'src'}", "-o", str(exe),
                     str(ROOT / "support" / "explore_file_driver.c")], check=True)
     return exe
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     exe = tmp_path_factory.mktemp("driver") / "report_file_driver"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'bpf'}", "-o", str(exe),
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'scx_mlsched' / 'src'}", "-o", str(exe),
                     str(ROOT / "support" / "report_file_driver.c")], check=True)
     return exe
 

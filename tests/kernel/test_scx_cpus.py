@@ -21,7 +21,7 @@ MAX_CPUS = 64   # SCX_MLSCHED_MAX_CPUS
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     exe = tmp_path_factory.mktemp("driver") / "cpus_driver"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'bpf'}", "-o", str(exe),
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'scx_mlsched' / 'src'}", "-o", str(exe),
                     str(ROOT / "support" / "cpus_driver.c")], check=True)
     return exe
 

@@ -1,4 +1,4 @@
-"""The scx_mlsched loader itself, built as guest/Makefile builds it (the guest kernel's
+"""The scx_mlsched loader itself, built by scx_mlsched/Makefile as guest/Makefile builds it (the guest kernel's
 cache: `make guest-kernel`), run on the host where it needs no sched_ext: `--list-domains`
 counts the CPUs and prints the domains before anything is loaded. The sysfs CPU lists it
 reads are replaced inside a private mount namespace, so the host's own stay as they are."""
@@ -15,8 +15,6 @@ import pytest
 from support.paths import ROOT
 
 SYSFS_CPU = Path("/sys/devices/system/cpu")
-# guest/Makefile's CFLAGS for the loader
-CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-sign-compare"]
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("gcc"),
@@ -44,14 +42,10 @@ def scx(tmp_path_factory) -> Path:
     if cache is None or not shutil.which("clang-19"):
         pytest.skip("the guest kernel cache is not built (make guest-kernel) or clang-19 missing")
     kdir, tools = cache
-    subprocess.run(["make", "-s", "-C", str(ROOT / "bpf"), "scx", f"VMLINUX_H={kdir}/vmlinux.h",
-                    f"SCX_INCLUDE={kdir}/scx-include", f"LIBBPF_INCLUDE={tools}/include",
-                    f"BPFTOOL={tools}/sbin/bpftool"], check=True, capture_output=True)
-    exe = tmp_path_factory.mktemp("scx") / "scx_mlsched"
-    subprocess.run(["gcc", *CFLAGS, f"-I{ROOT / 'bpf'}", f"-I{kdir}/scx-include",
-                    f"-I{tools}/include", "-o", str(exe), str(ROOT / "bpf" / "scx_mlsched.c"),
-                    str(tools / "lib" / "libbpf.a"), "-static", "-lelf", "-lz"],
-                   check=True, capture_output=True)
+    out = tmp_path_factory.mktemp("scx")
+    subprocess.run(["make", "-s", "-C", str(ROOT / "scx_mlsched"), f"KDIR={kdir}",
+                    f"TOOLS={tools}", f"OUT={out}"], check=True, capture_output=True)
+    exe = out / "scx_mlsched"
     return exe
 
 

@@ -25,7 +25,7 @@ NAMES = ("control", "table")
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
     exe = tmp_path_factory.mktemp("driver") / "pin_check_driver"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'bpf'}", "-o", str(exe),
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", f"-I{ROOT / 'scx_mlsched' / 'src'}", "-o", str(exe),
                     str(ROOT / "support" / "pin_check_driver.c")], check=True)
     return exe
 

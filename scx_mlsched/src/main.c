@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * scx_mlsched - load the mlsched sched_ext scheduler, run it, report.
+ * main.c - scx_mlsched's loader: load the mlsched sched_ext scheduler, run it, report.
  *
- *   SCX_OPS_OPEN (the skeleton, scx_mlsched.skel.h, embeds scx_mlsched.bpf.o)
+ *   SCX_OPS_OPEN (the skeleton, scx_mlsched.skel.h, embeds bpf/main.bpf.c's object)
  *   -> reuse mlsched-lite's pinned maps (policy model) -> skel->rodata->cfg
  *   -> SCX_OPS_LOAD (verifier) -> SCX_OPS_ATTACH (every normal task is now
  *   ours) -> wait for SIGINT/SIGTERM, --duration or a scheduler exit (UEI)
@@ -23,7 +23,7 @@
  *
  * Built against the kernel source's sched_ext user-space headers
  * (tools/sched_ext/include/scx: common.h, compat.h, user_exit_info.h) and the
- * libbpf of the same tree; see guest/Makefile.
+ * libbpf of the same tree; see this folder's Makefile.
  */
 #define _GNU_SOURCE	/* O_PATH (pin_check.h) */
 #include <errno.h>
@@ -47,7 +47,7 @@
 #include "mlsched.h"
 #include "pin_check.h"
 #include "report_file.h"
-#include "scx_mlsched.h"
+#include "intf.h"
 #include "scx_mlsched.skel.h"
 
 #define PROG "scx_mlsched"

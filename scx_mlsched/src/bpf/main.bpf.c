@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * scx_mlsched.bpf.c - a sched_ext scheduler whose load balancer asks the
+ * main.bpf.c - scx_mlsched, a sched_ext scheduler whose load balancer asks the
  * mlsched model whether a task should move to another domain.
  *
  * Workflow:
@@ -54,19 +54,19 @@
  * above 1.0 the helper clamps.
  *
  * Statistics: per-CPU counters in `sched_stats`, enum scx_mlsched_stat in
- * scx_mlsched.h; the decision helper keeps its own in `stats`. How the
+ * intf.h; the decision helper keeps its own in `stats`. How the
  * scheduler ended goes to the loader in `uei` (user_exit_info.h).
  *
  * Built against the guest kernel's vmlinux.h and the kernel source's sched_ext
  * headers (tools/sched_ext/include: kfuncs, BPF_STRUCT_OPS, UEI,
- * SCX_OPS_DEFINE): bpf/Makefile's `scx` target, called from guest/Makefile.
+ * SCX_OPS_DEFINE): scx_mlsched/Makefile, called from guest/Makefile.
  *
  * Future improvements: weighted vtime instead of FIFO per CPU; the domain
  * scans are linear in the CPU count (fine for the <= 64 CPUs here).
  */
 #include <scx/common.bpf.h>	/* the guest kernel's vmlinux.h, kfuncs, UEI, compat */
 #include "mlsched_decide.h"
-#include "scx_mlsched.h"
+#include "intf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -79,7 +79,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* The explore ring: records waiting for the loader. */
 #define EXPLORE_RING_BYTES	(256 * 1024)
 
-/* Written by the loader before load (scx_mlsched.h). */
+/* Written by the loader before load (intf.h). */
 const volatile struct scx_mlsched_cfg cfg;
 
 /* Per task: home domain, the question it is waiting on, an explored answer pending. */

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * scx_mlsched.h - what scx_mlsched.bpf.c and its loader (scx_mlsched.c) share:
+ * intf.h - what scx_mlsched's BPF side (bpf/main.bpf.c) and its loader (main.c) share:
  * the configuration the loader writes into .rodata before load and the
  * scheduler's own counters. The exit record is the kernel source's
  * (user_exit_info.h); the request/decision wire format is bpf/mlsched.h, as
