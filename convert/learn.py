@@ -113,7 +113,9 @@ def label(records: Records, labels: str, train_rows: np.ndarray,
 
 def check_rows(records: Records) -> None:
     if len(records) < MIN_ROWS:
-        raise RecordError(f"too few rows: {len(records)} usable, at least {MIN_ROWS} needed")
+        why = "; ".join(f"{n} dropped: {reason}" for reason, n in records.dropped.items())
+        raise RecordError(f"too few rows: {len(records)} usable, at least {MIN_ROWS} needed"
+                          + (f" ({why})" if why else ""))
 
 
 def check_classes(d: Labelled, train_rows: np.ndarray) -> None:

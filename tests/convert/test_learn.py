@@ -162,6 +162,14 @@ def test_bad_records_exit_2_and_leave_nothing(tmp_path, content, words):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
 
 
+def test_a_file_of_rows_outside_the_table_says_why_it_has_too_few(tmp_path):
+    records = tmp_path / "r.csv"
+    write_collector_records(records, 100, outside=100)
+    r = run(TRAIN, records, "-o", tmp_path / "out")
+    one_line_exit_2(r, "too few rows: 0 usable", "100 dropped: cpu outside the table")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
+
+
 def test_a_denormal_propensity_exits_2_naming_its_row(tmp_path):
     """Its inverse overflows to inf: the weights would be inf and NaN, the model NaN."""
     records = tmp_path / "x.csv"
