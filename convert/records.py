@@ -75,8 +75,8 @@ EXPLORE_KINDS = ("push", "pull")
 KIND_CODES = {k: i for i, k in enumerate(EXPLORE_KINDS)}
 OTHER_KIND = 255
 
-#: Columns kept past parsing and their types (the five features go to ``features``,
-#: float32; the rest are checked and let go). Domain ids are float32 so that an unknown
+#: Columns kept past parsing and their types; the five features go to ``features``
+#: (float32), columns listed nowhere here (decision, source) are checked and let go. Domain ids are float32 so that an unknown
 #: one is NaN; ``has_domains`` says whether the row's file had domain columns at all.
 KEPT = {"cfs_action": np.uint8, "src_domain": np.float32, "dst_domain": np.float32,
         "has_domains": np.bool_, "action": np.uint8, "propensity": np.float32,
