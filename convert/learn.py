@@ -113,7 +113,9 @@ def label(records: Records, labels: str, train_rows: np.ndarray,
 
 def check_rows(records: Records) -> None:
     if len(records) < MIN_ROWS:
-        raise RecordError(f"too few rows: {len(records)} usable, at least {MIN_ROWS} needed")
+        why = "; ".join(f"{n} dropped: {reason}" for reason, n in records.dropped.items())
+        raise RecordError(f"too few rows: {len(records)} usable, at least {MIN_ROWS} needed"
+                          + (f" ({why})" if why else ""))
 
 
 def check_classes(d: Labelled, train_rows: np.ndarray) -> None:
@@ -137,7 +139,9 @@ def split(n: int, holdout: float, seed: int) -> np.ndarray:
 
 
 def host_cpus(x: np.ndarray) -> int:
-    """The largest host the rows describe: CPUs counted idle + busy, or a CPU id + 1."""
+    """The largest host the rows describe: CPUs counted idle + busy, or a CPU id + 1. Rows
+    about a CPU outside the table (cpu MLSCHED_CPU_NONE) never get here: the reader drops
+    them, as it drops counts past MLSCHED_MAX_CPUS."""
     return max(1, int(np.max(np.maximum(x[:, 1] + x[:, 2], x[:, 0] + 1))))
 
 
@@ -162,7 +166,19 @@ def fit(tf, d: Labelled, train_rows: np.ndarray, epochs: int, seed: int, count_s
         validation_data=(d.x[held] / scale, d.y[held].astype(np.float32), d.w[held]),
         verbose=2 if verbose else 0)
     fold_scale(model, scale)
-    return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, batch
+    per_epoch = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    check_trained(per_epoch, model.get_weights())
+    return model, per_epoch, batch
+
+
+def check_trained(history: dict[str, list[float]], weights: list[np.ndarray]) -> None:
+    """A model whose loss or weights are not finite is refused, never saved."""
+    for key in ("loss", "val_loss"):
+        if not np.isfinite(history.get(key, [])).all():
+            raise ConvertError(f"training diverged: {key} is not finite; nothing written")
+    if not all(np.isfinite(w).all() for w in weights):
+        raise ConvertError("training diverged: the model's weights are not finite;"
+                           " nothing written")
 
 
 def evaluate(model, records: Records, d: Labelled, train_rows: np.ndarray) -> dict:
@@ -354,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     keys = ("labels", "rows", "class_balance", "held_out", "train_seconds")
     print(json.dumps({"output": str(a.output), **{k: report[k] for k in keys}}, indent=2))
+    for why, rows in report["rows"]["dropped"].items():
+        print(f"{PROG}: {rows} rows dropped: {why}", file=sys.stderr)
     return 0
 
 

@@ -22,20 +22,31 @@ Labels (``label_imitate``, ``label_outcome``):
   action; weight = |A| / propensity, normalised to mean 1 (the inverse-propensity
   reduction of logged bandit data to weighted classification).
 
-Bad input raises ``RecordError`` with one line naming the file and line.
+Rows no label can come from are dropped and counted by reason (``Records.dropped``):
+among them rows about a CPU outside the table (cpu ``MLSCHED_CPU_NONE``, recorded with
+``--cpus`` below the host's), which would otherwise pass for a host as large as a u32
+and scale every count to nothing. Files are parsed a chunk of rows at a time into compact
+columns (``KEPT``): float32 features, small integer types elsewhere, so what a read holds
+grows by a small constant a row.
+
+Bad input raises ``RecordError`` with one line naming the file and line; so does a
+propensity that is no probability scx_mlsched logs (``MIN_PROPENSITY`` .. 1), since its
+inverse weighs the row.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from mlsched.runtime.bundle import sha256_file
-from mlsched.runtime.features import FEATURE_NAMES, load_key
+from mlsched.runtime.features import BUSY, CPU, FEATURE_NAMES, IDLE, LOAD_COLUMNS, load_key
 from mlsched.runtime.recorder import RECORD_HEADER
+from mlsched.runtime.wire import MAX_CPUS, lib
 
 from .errors import ConvertError
 
@@ -60,6 +71,41 @@ HEADERS = {COLLECTOR_COLUMNS: COLLECTOR, COLLECTOR_COLUMNS + DOMAIN_COLUMNS: COL
            EXPLORATION_COLUMNS: EXPLORATION}
 #: Exploration ``kind`` values: at wake-up (dst has an idle CPU), or an idle CPU pulling.
 EXPLORE_KINDS = ("push", "pull")
+#: The ``kind`` column holds the index of the value in EXPLORE_KINDS, or OTHER_KIND.
+KIND_CODES = {k: i for i, k in enumerate(EXPLORE_KINDS)}
+OTHER_KIND = 255
+
+#: Columns kept past parsing and their types; the five features go to ``features``
+#: (float32), columns listed nowhere here (decision, source) are checked and let go. Domain ids are float32 so that an unknown
+#: one is NaN; ``has_domains`` says whether the row's file had domain columns at all.
+KEPT = {"cfs_action": np.uint8, "src_domain": np.float32, "dst_domain": np.float32,
+        "has_domains": np.bool_, "action": np.uint8, "propensity": np.float32,
+        "wait_ns": np.float32, "src_queued": np.uint32, "dst_queued": np.uint32,
+        "src_queued_after": np.uint32, "dst_queued_after": np.uint32, "kind": np.uint8,
+        "pid": np.uint32, "ts_ns": np.uint64}
+KEPT_OF = {
+    COLLECTOR: ("cfs_action", *DOMAIN_COLUMNS, "has_domains", "pid", "ts_ns"),
+    EXPLORATION: ("action", "propensity", "wait_ns", "src_queued", "dst_queued",
+                  "src_queued_after", "dst_queued_after", "kind", "pid", "ts_ns"),
+}
+#: Columns of whole numbers, read exactly (a timestamp in ns is past float64's integers)
+#: and refused outside their type's range.
+INTEGER_COLUMNS = ("pid", "ts_ns", "src_queued", "dst_queued", "src_queued_after",
+                   "dst_queued_after")
+#: Rows parsed at a time: their Python numbers are all a read holds besides the columns.
+CHUNK_ROWS = 8192
+
+#: cpu of a request about a CPU outside the table (``mlsched-lite run --cpus N`` below the
+#: host's CPUs): it has no index and no count of the table covers it, so such rows are
+#: dropped (and counted) rather than taken as a host of that many CPUs.
+CPU_NONE = lib.MLSCHED_CPU_NONE
+OUTSIDE_TABLE = "cpu outside the table (MLSCHED_CPU_NONE)"
+#: Largest wait the kernel can log: wait_ns is a u64 there.
+U64_MAX = 2**64 - 1
+#: The least propensity a row may carry. scx_mlsched logs propensities in permille, so this
+#: is the least it can write above zero; a smaller one did not come from it, and as a
+#: weight 1 / propensity would let one row outweigh the file (a denormal's overflows).
+MIN_PROPENSITY = 1e-3
 
 STAY, MIGRATE = 0, 1
 #: The kernel's default sched_migration_cost (µs): the age under which CFS treats a task as
@@ -86,11 +132,12 @@ class FileInfo:
 
 @dataclass
 class Records:
-    """Rows of one kind from one or more files; per-row columns as numpy arrays."""
+    """Rows of one kind from one or more files; per-row columns as compact numpy arrays
+    (``KEPT``): what a row costs in memory does not depend on how many there are."""
 
     kind: str
     files: list[FileInfo]
-    features: np.ndarray                      # [n, 5] float64, loads clamped to [0, 1]
+    features: np.ndarray                      # [n, 5] float32, loads clamped to [0, 1]
     columns: dict[str, np.ndarray]
     dropped: dict[str, int] = field(default_factory=dict)
     clamped_loads: int = 0
@@ -119,7 +166,11 @@ def kind_of(path: Path) -> tuple[str, tuple[str, ...]]:
 
 def read(paths: list[str | Path], labels: str | None = None) -> Records:
     """The rows of every file of the kind ``labels`` needs (all files when None: then they
-    must be of one kind). Files of the other kind are skipped, counted in ``dropped``."""
+    must be of one kind). Files of the other kind are skipped, counted in ``dropped``.
+
+    Files are parsed ``CHUNK_ROWS`` rows at a time into columns allocated once for every
+    line the files hold, so a read holds the compact rows and one chunk, never a Python
+    object per field."""
     kinds = [(Path(p), *kind_of(Path(p))) for p in paths]
     found = {k for _, k, _ in kinds}
     if labels is None:
@@ -132,50 +183,108 @@ def read(paths: list[str | Path], labels: str | None = None) -> Records:
         if kind not in found:
             raise RecordError(f"--labels {labels} needs {kind} records; no file given has them")
     dropped: dict[str, int] = {}
-    files, parts = [], []
+    out = _Columns(kind, sum(_count_lines(path) for path, k, _ in kinds if k == kind))
+    files = []
     for path, k, cols in kinds:
         if k != kind:
             info = FileInfo(str(path), sha256_file(path), k, _count_rows(path))
-            dropped[f"{k} file, not used by --labels {labels}"] = (
-                dropped.get(f"{k} file, not used by --labels {labels}", 0) + info.rows)
+            why = f"{k} file, not used by --labels {labels}"
+            dropped[why] = dropped.get(why, 0) + info.rows
             files.append(info)
             continue
-        part = _read_file(path, cols, kind)
-        cut = int(part.pop("cut_rows")[0])
+        rows, cut = _read_file(path, cols, kind, out, dropped)
         if cut:
             why = "last row cut short (no newline)"
             dropped[why] = dropped.get(why, 0) + cut
-        files.append(FileInfo(str(path), sha256_file(path), kind, len(part["features"]) + cut,
+        files.append(FileInfo(str(path), sha256_file(path), kind, rows + cut,
                               (DOMAIN_COLUMNS[0] in cols) if kind == COLLECTOR else None))
-        parts.append(part)
-    features = np.concatenate([p["features"] for p in parts])
-    columns = {name: np.concatenate([p[name] for p in parts])
-               for name in parts[0] if name != "features"}
-    clamped = int(np.count_nonzero(features[:, 3:5] > 1.0))
-    features[:, 3:5] = np.minimum(features[:, 3:5], 1.0)
-    rec = Records(kind, files, features, columns, dropped, clamped)
-    _drop_invalid(rec)
-    return rec
+    features, columns = out.finish()
+    return Records(kind, files, features, columns, dropped, out.clamped)
 
 
-def _read_file(path: Path, cols: tuple[str, ...], kind: str) -> dict[str, np.ndarray]:
-    """Parse every row: numbers everywhere but in ``kind``; empty domain fields are NaN."""
-    numeric = [i for i, c in enumerate(cols) if c != "kind"]
-    optional = {cols.index(c) for c in DOMAIN_COLUMNS if c in cols}
-    values: list[list[float]] = []
-    kinds: list[str] = []
+class _Columns:
+    """The kept columns of every file read, allocated once for at most ``rows`` rows and
+    filled chunk by chunk; ``finish`` gives the memory of the rows not filled back."""
+
+    def __init__(self, kind: str, rows: int):
+        self.n = 0
+        self.clamped = 0
+        self.features = np.empty((rows, len(FEATURE_NAMES)), dtype=np.float32)
+        self.columns = {name: np.empty(rows, dtype=KEPT[name]) for name in KEPT_OF[kind]}
+
+    def append(self, features: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        end = self.n + len(features)
+        self.features[self.n:end] = features
+        for name, col in columns.items():
+            self.columns[name][self.n:end] = col
+        self.n = end
+
+    def finish(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        self.features.resize((self.n, len(FEATURE_NAMES)), refcheck=False)
+        for col in self.columns.values():
+            col.resize(self.n, refcheck=False)
+        return self.features, self.columns
+
+
+@dataclass
+class _Layout:
+    """Where a file's fields go: ``floats`` (column indexes, parsed as float; ``optional``
+    ones may be empty, NaN), ``ints`` (parsed as whole numbers, at most ``int_max``), the
+    ``kind`` field."""
+
+    cols: tuple[str, ...]
+    floats: list[int]
+    optional: set[int]
+    ints: list[int]
+    int_max: list[int]
+    kind: int | None
+
+    @classmethod
+    def of(cls, cols: tuple[str, ...]) -> _Layout:
+        ints = [i for i, c in enumerate(cols) if c in INTEGER_COLUMNS]
+        floats = [i for i, c in enumerate(cols) if c != "kind" and i not in ints]
+        return cls(cols, floats, {i for i in floats if cols[i] in DOMAIN_COLUMNS}, ints,
+                   [int(np.iinfo(KEPT[cols[i]]).max) for i in ints],
+                   cols.index("kind") if "kind" in cols else None)
+
+    @property
+    def float_names(self) -> list[str]:
+        return [self.cols[i] for i in self.floats]
+
+
+def _read_file(path: Path, cols: tuple[str, ...], kind: str, out: _Columns,
+               dropped: dict[str, int]) -> tuple[int, int]:
+    """Parse every row into ``out``, ``CHUNK_ROWS`` at a time; (rows parsed, rows cut short).
+    Unusable rows are counted in ``dropped``; a malformed one raises ``RecordError``."""
+    lay = _Layout.of(cols)
+    chunk = _Chunk()
+    rows = 0
     cut: list[int] = []
     with open(path, "rb") as f:
         next(f)
         reader = csv.reader(_ascii_lines(path, f, cut))
         try:
             for lineno, row in enumerate(reader, start=2):
-                _parse_row(path, lineno, row, cols, numeric, optional, values, kinds)
+                if not row:
+                    continue
+                _parse_row(path, lineno, row, lay, chunk)
+                if len(chunk.lines) >= CHUNK_ROWS:
+                    rows += _store(path, lay, kind, chunk, out, dropped)
+                    chunk = _Chunk()
         except csv.Error:
             raise RecordError(f"{path}:{reader.line_num + 1}: not a CSV line") from None
-    out = _columns(values, kinds, cols, numeric, kind)
-    out["cut_rows"] = np.array([len(cut)])
-    return out
+    rows += _store(path, lay, kind, chunk, out, dropped)
+    return rows, len(cut)
+
+
+@dataclass
+class _Chunk:
+    """Rows parsed and not yet stored: their fields as Python numbers, and line numbers."""
+
+    floats: list[list[float]] = field(default_factory=list)
+    ints: list[list[int]] = field(default_factory=list)
+    kinds: list[int] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
 
 
 def _ascii_lines(path: Path, f, cut: list[int]):
@@ -192,71 +301,118 @@ def _ascii_lines(path: Path, f, cut: list[int]):
             raise RecordError(f"{path}:{lineno}: not ASCII text") from None
 
 
-def _parse_row(path: Path, lineno: int, row: list[str], cols: tuple[str, ...],
-               numeric: list[int], optional: set[int], values: list, kinds: list) -> None:
-    """Append one CSV row's numbers to ``values`` (and its ``kind`` to ``kinds``)."""
-    if not row:
-        return
-    if len(row) != len(cols):
-        raise RecordError(f"{path}:{lineno}: {len(row)} fields, the header has {len(cols)}")
+def _parse_row(path: Path, lineno: int, row: list[str], lay: _Layout, chunk: _Chunk) -> None:
+    """Append one CSV row's fields to ``chunk``: checked as numbers, whole numbers in range."""
+    if len(row) != len(lay.cols):
+        raise RecordError(f"{path}:{lineno}: {len(row)} fields, the header has {len(lay.cols)}")
     try:
-        vals = [float("nan") if (i in optional and not row[i].strip()) else float(row[i])
-                for i in numeric]
+        floats = [float("nan") if (i in lay.optional and not row[i].strip()) else float(row[i])
+                  for i in lay.floats]
     except ValueError:
-        raise RecordError(f"{path}:{lineno}: a field is not a number") from None
-    if not all(np.isfinite(v) for i, v in zip(numeric, vals, strict=True) if i not in optional):
-        raise RecordError(f"{path}:{lineno}: NaN or infinite value")
-    values.append(vals)
-    if "kind" in cols:
-        kinds.append(row[cols.index("kind")].strip())
+        bad = next(i for i in lay.floats if not _parses(float, row[i], i in lay.optional))
+        raise RecordError(f"{path}:{lineno}: {lay.cols[bad]} {row[bad].strip()[:20]!r} is not"
+                          " a number") from None
+    try:
+        ints = [int(row[i]) for i in lay.ints]
+    except ValueError:
+        bad = next(i for i in lay.ints if not _parses(int, row[i]))
+        raise RecordError(f"{path}:{lineno}: {lay.cols[bad]} {row[bad].strip()[:20]!r} is not"
+                          " a whole number") from None
+    for i, v, most in zip(lay.ints, ints, lay.int_max, strict=True):
+        if not 0 <= v <= most:
+            raise RecordError(f"{path}:{lineno}: {lay.cols[i]} outside 0..{most}")
+    chunk.floats.append(floats)
+    chunk.ints.append(ints)
+    if lay.kind is not None:
+        chunk.kinds.append(KIND_CODES.get(row[lay.kind].strip(), OTHER_KIND))
+    chunk.lines.append(lineno)
 
 
-def _columns(values: list, kinds: list, cols: tuple[str, ...], numeric: list[int],
-             kind: str) -> dict[str, np.ndarray]:
-    """The parsed rows as columns: ``features`` [n, 5] and one array per other column."""
-    names = [cols[i] for i in numeric]
-    a = np.array(values, dtype=np.float64).reshape(-1, len(numeric))
-    out = {"features": a[:, [names.index(n) for n in FEATURE_NAMES]].copy()}
-    for n in names:
-        if n not in FEATURE_NAMES:
-            out[n] = a[:, names.index(n)]
+def _parses(conv, text: str, empty_ok: bool = False) -> bool:
+    if empty_ok and not text.strip():
+        return True
+    try:
+        conv(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _store(path: Path, lay: _Layout, kind: str, chunk: _Chunk, out: _Columns,
+           dropped: dict[str, int]) -> int:
+    """Check a chunk's rows as columns, drop the unusable ones (counted by reason), and
+    append the rest to ``out`` in their kept types; the rows parsed."""
+    n = len(chunk.lines)
+    if n == 0:
+        return 0
+    names = lay.float_names
+    a = np.array(chunk.floats, dtype=np.float64).reshape(n, len(names))
+    c = {name: a[:, j] for j, name in enumerate(names)}
+    c |= dict(zip([lay.cols[i] for i in lay.ints],
+                  np.array(chunk.ints, dtype=np.uint64).reshape(n, len(lay.ints)).T, strict=True))
+    lines = np.array(chunk.lines)
+
+    def refuse(bad: np.ndarray, what: Callable[[int], str]) -> None:
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise RecordError(f"{path}:{lines[row]}: {what(row)}")
+
+    if "propensity" in c:
+        p = c["propensity"]
+        refuse(~((p >= MIN_PROPENSITY) & (p <= 1.0)),
+               lambda r: f"propensity {p[r]!r} outside [{MIN_PROPENSITY:g}, 1]: not a"
+                         " probability scx_mlsched logs")
+    required = [j for j, i in enumerate(lay.floats) if i not in lay.optional]
+    refuse(~np.isfinite(a[:, required]).all(axis=1), lambda r: "NaN or infinite value")
+
+    x = a[:, [names.index(f) for f in FEATURE_NAMES]]
+    if kind == EXPLORATION:
+        c["kind"] = np.array(chunk.kinds, dtype=np.uint8)
+    keep = ~_drop_invalid(kind, x, c, dropped)
+    x = x[keep]
+    loads = x[:, list(LOAD_COLUMNS)]
+    out.clamped += int(np.count_nonzero(loads > 1.0))
+    x[:, list(LOAD_COLUMNS)] = np.minimum(loads, 1.0)
+    kept = {name: c[name][keep] for name in KEPT_OF[kind] if name in c}
     if kind == COLLECTOR:
-        for n in DOMAIN_COLUMNS:
-            out.setdefault(n, np.full(len(a), np.nan))
-        out["has_domains"] = np.full(len(a), DOMAIN_COLUMNS[0] in cols)
-    else:
-        out["kind"] = np.array(kinds, dtype=object)
-    return out
+        for name in DOMAIN_COLUMNS:
+            kept.setdefault(name, np.full(len(x), np.nan))
+        kept["has_domains"] = np.full(len(x), DOMAIN_COLUMNS[0] in lay.cols)
+    out.append(x, kept)
+    return n
 
 
-def _drop_invalid(rec: Records) -> None:
-    """Remove rows no label can come from, counting each reason."""
-    x, c = rec.features, rec.columns
-    reasons = [("negative count or load", np.any(x < 0, axis=1))]
-    if rec.kind == COLLECTOR:
+def _drop_invalid(kind: str, x: np.ndarray, c: dict[str, np.ndarray],
+                  dropped: dict[str, int]) -> np.ndarray:
+    """Rows no label can come from, counting each reason (a row counts for its first);
+    the mask of them."""
+    cpu, hosts = x[:, CPU], x[:, IDLE] + x[:, BUSY]
+    reasons = [
+        (OUTSIDE_TABLE, cpu == CPU_NONE),
+        ("cpu or CPU count past MLSCHED_MAX_CPUS", (cpu >= MAX_CPUS) | (hosts > MAX_CPUS)),
+        ("negative count or load", np.any(x < 0, axis=1)),
+    ]
+    if kind == COLLECTOR:
         moved = c["cfs_action"] == MIGRATE
-        reasons += [
-            ("cfs_action neither STAY nor MIGRATE", ~np.isin(c["cfs_action"], (STAY, MIGRATE))),
-            ("migration between unknown domains", moved & c["has_domains"]
-             & (np.isnan(c["src_domain"]) | np.isnan(c["dst_domain"]))),
-        ]
+        reasons += [("cfs_action neither STAY nor MIGRATE",
+                     ~np.isin(c["cfs_action"], (STAY, MIGRATE)))]
+        if DOMAIN_COLUMNS[0] in c:
+            reasons += [("migration between unknown domains",
+                         moved & (np.isnan(c["src_domain"]) | np.isnan(c["dst_domain"])))]
     else:
         reasons += [
             ("action neither 0 nor 1", ~np.isin(c["action"], (STAY, MIGRATE))),
-            ("propensity outside (0, 1]", ~((c["propensity"] > 0) & (c["propensity"] <= 1))),
             ("negative wait_ns", c["wait_ns"] < 0),
-            ("kind neither push nor pull", ~np.isin(c["kind"], EXPLORE_KINDS)),
+            ("wait_ns past what a u64 holds", c["wait_ns"] > U64_MAX),
+            ("kind neither push nor pull", c["kind"] == OTHER_KIND),
         ]
-    bad = np.zeros(len(rec), dtype=bool)
+    bad = np.zeros(len(x), dtype=bool)
     for why, mask in reasons:
         mask = mask & ~bad
         if mask.any():
-            rec.dropped[why] = rec.dropped.get(why, 0) + int(mask.sum())
+            dropped[why] = dropped.get(why, 0) + int(mask.sum())
         bad |= mask
-    if bad.any():
-        keep = ~bad
-        rec.features = rec.features[keep]
-        rec.columns = {k: v[keep] for k, v in rec.columns.items()}
+    return bad
 
 
 def label_imitate(rec: Records) -> np.ndarray:
@@ -282,21 +438,29 @@ class Outcome:
 
 def costs_us(rec: Records, migration_cost_us: float) -> np.ndarray:
     """Cost of each logged decision in µs: the wait until the task ran, plus the migration's."""
-    return rec.columns["wait_ns"] / 1000.0 + rec.columns["action"] * migration_cost_us
+    return (rec.columns["wait_ns"].astype(np.float64) / 1000.0
+            + rec.columns["action"] * migration_cost_us)
 
 
 def label_outcome(rec: Records, migration_cost_us: float = DEFAULT_MIGRATION_COST_US,
                   fit: np.ndarray | None = None, min_cell_rows: int = MIN_CELL_ROWS) -> Outcome:
     """Labels and weights by the inverse-propensity reduction (see the module doc).
-    Baselines come from the rows ``fit`` selects (all when None) and apply to every row."""
+    Baselines come from the rows ``fit`` selects (all when None) and apply to every row.
+    Costs whose sums leave the float range make weights that are not finite: refused."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _label_outcome(rec, migration_cost_us, fit, min_cell_rows)
+
+
+def _label_outcome(rec: Records, migration_cost_us: float, fit: np.ndarray | None,
+                   min_cell_rows: int) -> Outcome:
     cost = costs_us(rec, migration_cost_us)
     fit = np.ones(len(rec), dtype=bool) if fit is None else fit
     kinds = rec.columns["kind"]
     cell = load_key(rec.features[:, 3]) * 100 + load_key(rec.features[:, 4])
     baseline = np.full(len(rec), np.nan)
     fallen = 0
-    for k in EXPLORE_KINDS:
-        of_kind = kinds == k
+    for k, code in KIND_CODES.items():
+        of_kind = kinds == code
         fit_kind = of_kind & fit
         if not of_kind.any():
             continue
@@ -316,6 +480,10 @@ def label_outcome(rec: Records, migration_cost_us: float = DEFAULT_MIGRATION_COS
     labels = np.where(advantage >= 0, action, 1 - action).astype(np.uint8)
     weights = np.abs(advantage) / rec.columns["propensity"]
     mean = weights.mean() if len(weights) else 0.0
+    if not (np.isfinite(mean) and np.isfinite(weights).all()):
+        raise RecordError(f"inverse-propensity weights are not finite: costs past the float"
+                          f" range (wait_ns up to {rec.columns['wait_ns'].max():g} ns,"
+                          f" --migration-cost-us {migration_cost_us:g})")
     if not mean > 0:
         raise RecordError("every logged decision cost exactly its baseline: nothing to learn")
     return Outcome(cost, baseline, advantage, labels, weights / mean, fallen)
@@ -340,3 +508,10 @@ def ips_costs(rec: Records, cost_us: np.ndarray, decisions: dict[str, np.ndarray
 def _count_rows(path: Path) -> int:
     with open(path, "rb") as f:
         return max(sum(1 for line in f if line.strip()) - 1, 0)
+
+
+def _count_lines(path: Path) -> int:
+    """Lines after the header that end in a newline: at least the file's rows."""
+    with open(path, "rb") as f:
+        return max(sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b"")) - 1,
+                   0)

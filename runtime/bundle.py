@@ -17,7 +17,10 @@
 ``Bundle.load``, which refuses (``BundleError``, one line) a foreign or newer
 format, a manifest of the wrong shape, absurd geometry (checked before anything
 is allocated), any file whose size or sha256 differs from the manifest, and —
-when running as root — files other users could have replaced.
+when running as root — files other users could have replaced. Every number the
+runtime reads from the manifest is checked for its type and range first (a boolean is
+not a number, an integer past the float range no scale, NaN no figure), so a hostile
+value is this one-line error naming its field, never an exception from deeper down.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -42,7 +46,7 @@ from .features import (
     LOAD_STEPS,
     Normalization,
 )
-from .level2 import Level2, Level2Error
+from .level2 import INPUT_LEVELS, MAX_LINES, Level2, Level2Error
 from .table import MODES, table_bytes, table_shape
 from .wire import UNSURE
 
@@ -57,6 +61,16 @@ LEVEL2_FILE = "level2.bin"
 MAX_CPUS = 1024
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MODEL_BYTES = 64 << 20
+#: Largest size a file listed in the manifest may claim: what a file size (off_t) can be.
+MAX_FILE_BYTES = (1 << 63) - 1
+#: Largest magnitude of level 2's quantization integers: they are multiplied in int64.
+INT64_MAX = (1 << 63) - 1
+#: Largest finite float32: the model computes in float32, so the normalization must fit it.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The report's figures the summary prints: finite numbers when present.
+REPORT_FIGURES = ("int8_vs_float_agreement", "table_vs_int8_agreement", "table_hit_rate")
+#: Longest value an error quotes; longer ones are cut and their length given.
+MAX_QUOTED = 40
 
 
 #: Name of the bundle directory shipped inside the runtime package.
@@ -181,9 +195,9 @@ class Bundle:
                                 " to user space" if self.level2 else "none"),
             f"normalization {'identity' if self.normalization.is_identity else 'per-feature scale ' + str([round(s, 4) for s in self.normalization.scale[:5]])}",
         ]
-        for k in ("int8_vs_float_agreement", "table_vs_int8_agreement", "table_hit_rate"):
-            if isinstance(rep.get(k), (int, float)) and not isinstance(rep[k], bool):
-                lines.append(f"{k:<24}{rep[k]:.4f}")
+        for k in REPORT_FIGURES:
+            if k in rep:
+                lines.append(f"{k:<24}{float(rep[k]):.4f}")
         for name, meta in m["files"].items():
             lines.append(f"  {name:<14}{meta['bytes']:>9} B  sha256 {meta['sha256'][:16]}…")
         return "\n".join(lines)
@@ -305,18 +319,20 @@ def _check_manifest(m, where: Path) -> Normalization:
     if not isinstance(ver, int) or isinstance(ver, bool):
         raise bad("format_version is not an integer")
     if ver != FORMAT_VERSION:
-        raise bad(f"format version {ver}, this mlsched reads {FORMAT_VERSION}: use a matching mlsched")
+        raise bad(f"format version {_quote(ver)}, this mlsched reads {FORMAT_VERSION}: use a"
+                  " matching mlsched")
     cpus = m.get("cpus")
-    if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= MAX_CPUS:
-        raise bad(f"cpus must be an integer in 1..{MAX_CPUS}, got {cpus!r}")
+    if not _is_int(cpus) or not 1 <= cpus <= MAX_CPUS:
+        raise bad(f"cpus must be an integer in 1..{MAX_CPUS}, got {_quote(cpus)}")
     feats = m.get("features")
     if not isinstance(feats, dict) or not isinstance(feats.get("names"), list) \
             or feats["names"][:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
         raise bad(f"feature spec must name {', '.join(FEATURE_NAMES)}")
     width = feats.get("width", FEATURE_WIDTH)
-    if isinstance(width, bool) or width not in FEATURE_WIDTHS or len(feats["names"]) != width:
-        raise bad(f"feature width {width!r} with {len(feats['names'])} names: expected"
+    if not _is_int(width) or width not in FEATURE_WIDTHS or len(feats["names"]) != width:
+        raise bad(f"feature width {_quote(width)} with {len(feats['names'])} names: expected"
                   f" {len(FEATURE_NAMES)} (the features) or {FEATURE_WIDTH} (padded), one name per column")
+    _check_normalization(feats.get("normalization"), bad)
     try:
         with np.errstate(over="ignore", divide="ignore"):
             norm = Normalization.from_json(feats["normalization"])
@@ -331,6 +347,10 @@ def _check_manifest(m, where: Path) -> Normalization:
     for key in ("report", "source", "tool_versions"):
         if not isinstance(m.get(key, {}), dict):
             raise bad(f"{key} must be an object")
+    report = m.get("report", {})
+    for key in REPORT_FIGURES:
+        if key in report and not _is_finite(report[key]):
+            raise bad(f"report.{key} is {_quote(report[key])}, not a finite number")
     tab = m.get("table")
     if not isinstance(tab, dict) or tab.get("file") != TABLE_FILE or tab.get("mode") not in MODES:
         raise bad(f"table must be {{file: {TABLE_FILE}, mode: {'|'.join(MODES)}, ...}}")
@@ -341,6 +361,8 @@ def _check_manifest(m, where: Path) -> Normalization:
     if "level2" in tab and (not isinstance(tab["level2"], dict)
                             or tab["level2"].get("file") != LEVEL2_FILE):
         raise bad(f"table.level2 must be {{file: {LEVEL2_FILE}, lines, src, dst}}")
+    if "level2" in tab:
+        _check_level2(tab["level2"], cpus, bad)
     model = m.get("model")
     if not isinstance(model, dict) or model.get("file") != MODEL_FILE:
         raise bad(f"model must be {{file: {MODEL_FILE}, ...}}")
@@ -351,8 +373,9 @@ def _check_manifest(m, where: Path) -> Normalization:
         if not isinstance(name, str) or "/" in name or name.startswith(".") or name == MANIFEST:
             raise bad(f"file name {name!r} not allowed in a bundle")
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) \
-                or not isinstance(meta.get("bytes"), int) or meta["bytes"] < 0:
+                or not _is_int(meta.get("bytes")):
             raise bad(f"files[{name!r}] needs sha256 (string) and bytes (integer)")
+        _check_int(meta["bytes"], 0, MAX_FILE_BYTES, f"files[{name!r}].bytes", bad)
     if "level2" in tab and LEVEL2_FILE not in files:
         raise bad(f"files must list {LEVEL2_FILE}, which table.level2 describes")
     if files[TABLE_FILE]["bytes"] != table_bytes(cpus):
@@ -361,6 +384,70 @@ def _check_manifest(m, where: Path) -> Normalization:
         raise bad(f"model.tflite listed as {files[MODEL_FILE]['bytes']} bytes: larger than {MAX_MODEL_BYTES}")
     assert LOAD_LEVELS == LOAD_STEPS + 1
     return norm
+
+
+def _is_int(v) -> bool:
+    """A JSON integer (a boolean is not one)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    """A JSON number a float holds, not NaN or infinite."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _quote(v) -> str:
+    """``v`` as an error quotes it: a long integer by its digits, anything long cut short."""
+    text = repr(v)
+    if len(text) <= MAX_QUOTED:
+        return text
+    if _is_int(v):
+        return f"an integer of {len(str(abs(v)))} digits"
+    return f"{text[:MAX_QUOTED]}... ({len(text)} characters)"
+
+
+def _check_normalization(d, bad) -> None:
+    """Scale and offset: lists of numbers a float32 holds, each checked by name (their
+    lengths and signs are ``Normalization``'s to judge)."""
+    if not isinstance(d, dict):
+        raise bad("bad feature normalization (features.normalization must be an object)")
+    for key in ("scale", "offset"):
+        values = d.get(key)
+        if values is None and key == "offset":
+            continue
+        if not isinstance(values, list):
+            raise bad(f"bad feature normalization (features.normalization.{key} must be a list"
+                      " of numbers)")
+        for i, v in enumerate(values):
+            if not _is_finite(v) or abs(float(v)) > FLOAT32_MAX:
+                raise bad(f"bad feature normalization (features.normalization.{key}[{i}] is"
+                          f" {_quote(v)}, not a finite float32)")
+
+
+def _check_level2(d: dict, cpus: int, bad) -> None:
+    """The integers of table.level2, each in the range its use allows; what they must
+    agree with (the table, level2.bin) is ``Level2``'s to check."""
+    ranges = {"lines": (1, MAX_LINES), "cells": (0, table_bytes(cpus))}   # a cell, a byte
+    for key, (low, high) in ranges.items():
+        _check_int(d.get(key), low, high, f"table.level2.{key}", bad)
+    for side in ("src", "dst"):
+        q = d.get(side)
+        if not isinstance(q, dict) or not isinstance(q.get("band_start"), list):
+            raise bad(f"table.level2.{side} must be {{mul, add, band_start: [integers]}}")
+        for key in ("mul", "add"):
+            _check_int(q.get(key), -INT64_MAX, INT64_MAX, f"table.level2.{side}.{key}", bad)
+        for i, v in enumerate(q["band_start"]):
+            _check_int(v, 0, INPUT_LEVELS - 1, f"table.level2.{side}.band_start[{i}]", bad)
+
+
+def _check_int(v, low: int, high: int, where: str, bad) -> None:
+    if not _is_int(v) or not low <= v <= high:
+        raise bad(f"{where} is {_quote(v)}, not an integer in {low}..{high}")
 
 
 def write(target: str | os.PathLike, files: dict[str, bytes], manifest: dict,

@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 import pytest
+from mlsched.convert import learn
+from mlsched.convert.errors import ConvertError
 from mlsched.runtime.recorder import Recorder
 from mlsched.runtime.wire import LOAD_ONE, REQUEST_DTYPE
 
@@ -20,6 +22,8 @@ from support.cli import lite
 TRAIN = [sys.executable, "-m", "mlsched.convert.learn"]
 CONVERT = [sys.executable, "-m", "mlsched.convert.cli"]
 CPUS = 4
+#: What the recorder writes as cpu for a CPU outside the table (MLSCHED_CPU_NONE).
+CPU_NONE = 0xFFFFFFFF
 #: The rule the records follow: CFS moves a task to the other domain iff src - dst > GAP.
 GAP = 0.3
 
@@ -29,9 +33,11 @@ def run(cmd, *args, timeout=120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def write_collector_records(path, rows: int, seed: int = 7) -> None:
-    """A 4-CPU host of two domains {0,1} {2,3}: CFS moves to the other domain iff
-    src - dst > GAP; below it, some moves stay inside the domain (STAY for the model)."""
+def write_collector_records(path, rows: int, seed: int = 7, outside: int = 0) -> None:
+    """A 4-CPU table of two domains {0,1} {2,3}: CFS moves to the other domain iff
+    src - dst > GAP; below it, some moves stay inside the domain (STAY for the model).
+    The last ``outside`` rows are about CPUs 4 and 5, past the table (``--cpus 4`` on a
+    6-CPU host): no index, no domain."""
     rng = np.random.default_rng(seed)
     b = np.zeros(rows, dtype=REQUEST_DTYPE)
     cpu = rng.integers(0, CPUS, rows)
@@ -47,6 +53,9 @@ def write_collector_records(path, rows: int, seed: int = 7) -> None:
     b["cfs_action"] = across | inside
     b["dst_cpu"] = np.where(across, other, np.where(inside, sibling, 0xFFFFFFFF))
     b["source"], b["pid"], b["ts_ns"] = 1, 1000 + np.arange(rows), 10**9 + np.arange(rows)
+    if outside:
+        b["raw_cpu"][-outside:] = CPUS + np.arange(outside) % 2
+        b["f"]["cpu"][-outside:] = CPU_NONE
     rec = Recorder(str(path))
     rec.set_domains([[0, 1], [2, 3]])
     rec.add(b, np.zeros(rows, dtype=np.uint8))
@@ -78,6 +87,20 @@ def test_records_train_convert_and_deploy(tmp_path):
     r = lite("decide", "--bundle", bundle, "--input", points)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["MIGRATE", "MIGRATE", "STAY", "STAY", "STAY"]
+
+
+def test_rows_about_cpus_outside_the_table_do_not_set_the_count_scale(tmp_path):
+    records, learned = tmp_path / "r.csv", tmp_path / "learned"
+    write_collector_records(records, 2000, outside=150)
+    assert f"\n{CPU_NONE}," in records.read_text()
+    r = run(TRAIN, records, "-o", learned, "--labels", "imitate", "--epochs", "8")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((learned / "report.json").read_text())
+    assert report["count_scale_folded"] == CPUS
+    assert report["rows"]["dropped"] == {"cpu outside the table (MLSCHED_CPU_NONE)": 150}
+    assert report["rows"]["read"] == 2000 and report["rows"]["used"] == 1850
+    assert "150 rows dropped: cpu outside the table" in r.stderr, r.stderr
+    assert report["held_out"]["accuracy"] >= 0.9, report["held_out"]
 
 
 def write_exploration_records(path, rows: int, seed: int = 11) -> None:
@@ -137,6 +160,46 @@ def test_bad_records_exit_2_and_leave_nothing(tmp_path, content, words):
     r = run(TRAIN, bad, "-o", tmp_path / "out")
     one_line_exit_2(r, *words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+def test_a_file_of_rows_outside_the_table_says_why_it_has_too_few(tmp_path):
+    records = tmp_path / "r.csv"
+    write_collector_records(records, 100, outside=100)
+    r = run(TRAIN, records, "-o", tmp_path / "out")
+    one_line_exit_2(r, "too few rows: 0 usable", "100 dropped: cpu outside the table")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"]
+
+
+def test_a_denormal_propensity_exits_2_naming_its_row(tmp_path):
+    """Its inverse overflows to inf: the weights would be inf and NaN, the model NaN."""
+    records = tmp_path / "x.csv"
+    write_exploration_records(records, 200)
+    lines = records.read_text().splitlines()
+    lines[41] = lines[41].replace(",0.5,", ",1e-310,")
+    records.write_text("\n".join(lines) + "\n")
+    r = run(TRAIN, records, "-o", tmp_path / "out", "--epochs", "1")
+    one_line_exit_2(r, "x.csv:42", "propensity")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]
+
+
+def test_costs_past_the_float_range_exit_2(tmp_path):
+    records = tmp_path / "x.csv"
+    write_exploration_records(records, 200)
+    r = run(TRAIN, records, "-o", tmp_path / "out", "--epochs", "1", "--migration-cost-us", "1e308")
+    one_line_exit_2(r, "not finite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]
+
+
+@pytest.mark.parametrize("history, weights, word", [
+    ({"loss": [0.6, float("nan")], "val_loss": [0.6, 0.5]}, [np.ones((10, 64))], "loss"),
+    ({"loss": [0.6, 0.5], "val_loss": [0.6, float("inf")]}, [np.ones((10, 64))], "val_loss"),
+    ({"loss": [0.6, 0.5], "val_loss": [0.6, 0.5]}, [np.ones(3), np.array([1.0, np.nan])],
+     "weights"),
+])
+def test_training_that_ends_non_finite_is_refused(history, weights, word):
+    with pytest.raises(ConvertError, match=word):
+        learn.check_trained(history, weights)
+    learn.check_trained({"loss": [0.6, 0.5], "val_loss": [0.6, 0.5]}, [np.ones(3)])
 
 
 def test_missing_file_and_mixed_kinds_exit_2(tmp_path):
