@@ -12,12 +12,12 @@ PIP          := $(PY) -m pip --disable-pip-version-check
 DEB_PACKAGES := clang-19 libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config systemd strace
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXT_SUFFIX    = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
-BPF_EXT       = runtime/_bpf$(EXT_SUFFIX)
-CONTRACT     := runtime/_contract.py
+BPF_EXT       = src/mlsched/runtime/_bpf$(EXT_SUFFIX)
+CONTRACT     := src/mlsched/runtime/_contract.py
 # What the cffi extension is built from: the wire contract, the C side, the skeletons
 # (each embeds its BPF object).
-EXT_INPUTS   := cffi_build.py bpf/mlsched.h runtime/_native/mlsched_native.c \
-                runtime/_native/mlsched_native.h bpf/mlsched.skel.h bpf/mlsched_inject.skel.h
+EXT_INPUTS   := cffi_build.py bpf/mlsched.h src/mlsched/runtime/_native/mlsched_native.c \
+                src/mlsched/runtime/_native/mlsched_native.h bpf/mlsched.skel.h bpf/mlsched_inject.skel.h
 DEFAULT_MODEL  := models/default/saved_model
 DEFAULT_BUNDLE := models/default/bundle
 PYTEST_ARGS  ?=
@@ -70,7 +70,7 @@ endif
 
 # Retrain the default model from its teacher (fixed seeds) and rebuild its bundle.
 model: venv
-	$(PY) -m mlsched.convert.train -o $(DEFAULT_MODEL) --force
+	$(PY) -m mlsched.train.train -o $(DEFAULT_MODEL) --force
 
 bundle: venv
 	$(VENV)/bin/mlsched-convert $(DEFAULT_MODEL) -o $(DEFAULT_BUNDLE) --cpus 8 --force
@@ -121,7 +121,7 @@ lint: venv
 
 clean:
 	$(MAKE) -C bpf clean
-	rm -rf build runtime/_bpf*.so runtime/_bpf.c runtime/_bpf.o .pytest_cache
+	rm -rf build src/mlsched/runtime/_bpf*.so src/mlsched/runtime/_bpf.c src/mlsched/runtime/_bpf.o .pytest_cache
 
 distclean: clean
 	rm -rf $(VENV) .stamp-deb dist

@@ -2,15 +2,15 @@
 
 Two modules come from ``bpf/mlsched.h``:
 
-* ``mlsched.runtime._contract`` (``runtime/_contract.py``): the header's constants and
+* ``mlsched.runtime._contract`` (``src/mlsched/runtime/_contract.py``): the header's constants and
   struct layouts in cffi's out-of-line ABI mode, a pure-Python file that needs no compiler
-  to build or to import. ``runtime/wire.py`` takes everything it knows from it, so the pure
+  to build or to import. ``wire.py`` beside it takes everything it knows from it, so the pure
   layers (tables, engine, bundle, convert, train) import on a machine without clang or
   libbpf. It is generated here and committed; a test checks that it matches the header.
 * ``mlsched.runtime._bpf``: the kernel path's C side, in cffi API mode, compiled.
 
 The cdef is read from the two headers that define the interface, never retyped:
-``bpf/mlsched.h`` (the wire contract) and ``runtime/_native/mlsched_native.h``
+``bpf/mlsched.h`` (the wire contract) and ``src/mlsched/runtime/_native/mlsched_native.h``
 (the C entry points, with ``enum mls_map``: ``lib.MLS_MAP_*``). The C side
 includes the generated skeletons ``bpf/mlsched.skel.h`` and
 ``bpf/mlsched_inject.skel.h`` (``make -C bpf``), which embed the BPF objects:
@@ -22,8 +22,8 @@ ships the build host's copy there, see packaging/build_dist.py) and the system's
 otherwise. Linking it statically would need a position-independent ``libbpf.a``,
 and Debian's is not (the link fails with R_X86_64_PC32 relocations).
 
-    python cffi_build.py              # -> runtime/_contract.py and runtime/_bpf<EXT_SUFFIX>
-    python cffi_build.py --contract   # -> runtime/_contract.py only (no compiler needed)
+    python cffi_build.py              # -> src/mlsched/runtime/_contract.py and _bpf<EXT_SUFFIX>
+    python cffi_build.py --contract   # -> src/mlsched/runtime/_contract.py only (no compiler needed)
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent
 WIRE_H = ROOT / "bpf" / "mlsched.h"
-NATIVE = ROOT / "runtime" / "_native"
+RUNTIME = ROOT / "src" / "mlsched" / "runtime"
+NATIVE = RUNTIME / "_native"
 NATIVE_H = NATIVE / "mlsched_native.h"
 SKELETONS = [ROOT / "bpf" / "mlsched.skel.h", ROOT / "bpf" / "mlsched_inject.skel.h"]
-CONTRACT = ROOT / "runtime" / "_contract.py"
+CONTRACT = RUNTIME / "_contract.py"
 CONTRACT_MODULE = "mlsched.runtime._contract"
 
 # The kernel's own definitions (asm-generic/int-ll64.h).
@@ -77,7 +78,7 @@ def header_cdef(path: Path) -> str:
 
 
 def contract_source() -> str:
-    """The text of ``runtime/_contract.py``: the header's cdef in out-of-line ABI mode."""
+    """The text of ``_contract.py``: the header's cdef in out-of-line ABI mode."""
     ffi = FFI()
     ffi.cdef(CDEF_PRELUDE + header_cdef(WIRE_H))
     ffi.set_source(CONTRACT_MODULE, None)
@@ -124,7 +125,7 @@ def build(verbose: bool = False) -> Path:
         raise SystemExit(f"cffi_build: bpf/{missing[0]} missing: run `make -C bpf` first")
     build_dir = str(ROOT / "build" / "cffi")
     built = make_ffi().compile(tmpdir=build_dir, verbose=verbose)
-    target = ROOT / "runtime" / ("_bpf" + sysconfig.get_config_var("EXT_SUFFIX"))
+    target = RUNTIME / ("_bpf" + sysconfig.get_config_var("EXT_SUFFIX"))
     # a new inode renamed into place: processes running the old extension keep their
     # mapping (copying over the file in place crashed them)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")

@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+
 from mlsched.runtime.bundle import load_bundle
 from mlsched.runtime.engine import Engine
 from mlsched.runtime.kernel import DEFAULT_RING_BYTES, KernelPath

@@ -16,13 +16,13 @@ import time
 from functools import partial
 
 import numpy as np
+
+from bench.common import RingStuck, send_all
 from mlsched.runtime import table as table_mod
 from mlsched.runtime.engine import SOURCE_INTERPRETER, SOURCE_TABLE, Engine
 from mlsched.runtime.interp import BUCKETS, Model, available_backends
 from mlsched.runtime.kernel import KernelPath
 from mlsched.runtime.wire import from_wire
-
-from bench.common import RingStuck, send_all
 from support.traffic import generated_features
 
 #: Share of generated records made off-grid before picking misses: both kinds of miss appear.

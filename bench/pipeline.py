@@ -30,10 +30,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS, KernelPath
-from mlsched.runtime.stats import peak_rss_mb
 
 from bench.common import send_all
+from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS, KernelPath
+from mlsched.runtime.stats import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 #: How long the consumer may take to start polling (bundle check, BPF load).

@@ -584,6 +584,7 @@ def _bpf_reason() -> str | None:
 def _request_dtype_without_bpf():
     """The ring record layout when the extension cannot load BPF (the engine figures still run)."""
     import numpy as np
+
     from mlsched.runtime.wire import FEATURE_FIELDS
 
     f = np.dtype([(n, np.uint32) for n in FEATURE_FIELDS])

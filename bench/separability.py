@@ -27,8 +27,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from mlsched.convert import records
+
 from mlsched.runtime.features import load_key
+from mlsched.train import records
 
 
 def lookup_accuracy(keys: np.ndarray, y: np.ndarray, train: np.ndarray) -> float:

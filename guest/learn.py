@@ -79,7 +79,7 @@ def train(files: dict[str, Path], models: Path, epochs: int | None) -> None:
     """mlsched-train for each kind, into models/KIND (replaced)."""
     models.mkdir(parents=True, exist_ok=True)
     for name, (source, labels) in KINDS.items():
-        cmd = [sys.executable, "-m", "mlsched.convert.learn", str(files[source]),
+        cmd = [sys.executable, "-m", "mlsched.train.learn", str(files[source]),
                "-o", str(models / name), "--labels", labels, "--force"]
         if epochs:
             cmd += ["--epochs", str(epochs)]

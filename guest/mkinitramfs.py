@@ -197,16 +197,16 @@ def build_tree(tree: Path, sched_dir: Path, bundles: dict[str, Path],
 
     # The project: mlsched/__init__.py and the runtime under its import name.
     pkg = dst_site / "mlsched"
-    shutil.copy2(ROOT / "mlsched" / "__init__.py", pkg / "__init__.py")
+    shutil.copy2(ROOT / "src" / "mlsched" / "__init__.py", pkg / "__init__.py")
     runtime = pkg / "runtime"
     runtime.mkdir()
-    for f in (ROOT / "runtime").iterdir():
+    for f in (ROOT / "src" / "mlsched" / "runtime").iterdir():
         if f.suffix == ".py" or (f.suffix == ".so" and f.name.startswith("_bpf")):
             shutil.copy2(f, runtime / f.name)
-    shutil.copytree(ROOT / "runtime" / "commands", runtime / "commands",
+    shutil.copytree(ROOT / "src" / "mlsched" / "runtime" / "commands", runtime / "commands",
                     ignore=shutil.ignore_patterns("__pycache__"))
     if not list(runtime.glob("_bpf*.so")):
-        raise BuildError("runtime/_bpf*.so missing: run `make build`")
+        raise BuildError("src/mlsched/runtime/_bpf*.so missing: run `make build`")
     shutil.copytree(bundles["default"], runtime / "default_bundle")
 
     # The schedulers, the workloads, the scripts, the bundles.

@@ -157,16 +157,16 @@ def assemble(top: Path, backend: str, version: str, tag: str, arch: str) -> None
     py = top / "lib" / "python"
     pkg = py / "mlsched"
     rt = pkg / "runtime"
-    ext = ROOT / "runtime" / f"_bpf{sysconfig.get_config_var('EXT_SUFFIX')}"
-    bundle = (ROOT / "runtime" / "default_bundle").resolve()
+    ext = ROOT / "src" / "mlsched" / "runtime" / f"_bpf{sysconfig.get_config_var('EXT_SUFFIX')}"
+    bundle = (ROOT / "src" / "mlsched" / "runtime" / "default_bundle").resolve()
     for need, how in ((ext, "make build"), (bundle / "manifest.json", "make bundle")):
         if not need.is_file():
             raise BuildError(f"{need.relative_to(ROOT)} missing: run {how}")
 
     rt.mkdir(parents=True)
-    shutil.copy2(ROOT / "mlsched" / "__init__.py", pkg / "__init__.py")
-    for f in sorted((ROOT / "runtime").rglob("*.py")):
-        dst = rt / f.relative_to(ROOT / "runtime")
+    shutil.copy2(ROOT / "src" / "mlsched" / "__init__.py", pkg / "__init__.py")
+    for f in sorted((ROOT / "src" / "mlsched" / "runtime").rglob("*.py")):
+        dst = rt / f.relative_to(ROOT / "src" / "mlsched" / "runtime")
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, dst)
     shutil.copy2(ext, rt / ext.name)

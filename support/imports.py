@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIR = ROOT / "runtime"
+PACKAGE_DIR = ROOT / "src" / "mlsched" / "runtime"
 PACKAGE = "mlsched.runtime"
 
 #: Top floor first. A module may import only modules on floors below its own.

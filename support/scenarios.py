@@ -15,6 +15,6 @@ SCENARIOS = [
 
 def teacher_decisions(rows) -> list[int]:
     """The teacher's decisions for raw feature rows (numpy only, no TensorFlow)."""
-    from mlsched.convert import teacher
+    from mlsched.train import teacher
 
     return [int(d) for d in teacher.decide(np.asarray(rows, dtype=np.float64))]

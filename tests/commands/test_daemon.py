@@ -23,7 +23,6 @@ def test_daemon_answers_an_external_producer(pin_dir, tmp_path, bundle8):
     what the kernel side reads is what the engine decides, for every request."""
     from mlsched.runtime.engine import Engine
     from mlsched.runtime.kernel import KernelPath
-
     from support.traffic import generated_features
 
     summary, prom = tmp_path / "summary.json", tmp_path / "m.prom"

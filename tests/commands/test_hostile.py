@@ -46,8 +46,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from mlsched.runtime.cli import main
 
+from mlsched.runtime.cli import main
 from support.cli import HANG_S, wait_for
 
 FEW = 200

@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 
 import pytest
-from mlsched.runtime import _contract
 
 import cffi_build
+from mlsched.runtime import _contract
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "mlsched.h"
 STRUCTS = re.findall(r"^struct (\w+) \{", HEADER.read_text(), re.M)

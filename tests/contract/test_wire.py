@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mlsched.runtime import features, wire
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "mlsched.h"

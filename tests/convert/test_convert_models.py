@@ -34,7 +34,8 @@ class _LazyTensorFlow:
 
 tf = _LazyTensorFlow()
 
-from mlsched.convert import calibration, teacher  # noqa: E402
+from mlsched.convert import calibration  # noqa: E402
+from mlsched.train import teacher  # noqa: E402
 from mlsched.convert.cli import main as convert_main  # noqa: E402
 from mlsched.runtime.bundle import Bundle  # noqa: E402
 from mlsched.runtime.features import (  # noqa: E402

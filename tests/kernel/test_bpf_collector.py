@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlsched.runtime import wire
 
+from mlsched.runtime import wire
 from support.leaks import bpf_ids, eventually_gone
 
 pytestmark = pytest.mark.bpf

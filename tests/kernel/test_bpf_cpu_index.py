@@ -24,8 +24,9 @@ def _sysfs_with_online(root, online: str):
 
 
 def test_a_cpu_past_a_gap_is_answered_from_the_table(kernel_path, tmp_path):
-    from mlsched.runtime import wire
     from mlsched.runtime._bpf import lib
+
+    from mlsched.runtime import wire
 
     sysfs = _sysfs_with_online(tmp_path / "cpu", "0,2-3")
     n = 3

@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 import pytest
-from mlsched.runtime import wire
 
+from mlsched.runtime import wire
 from support.tables import LEVELS, MIGRATE, STAY, N, synthetic_table
 
 pytestmark = pytest.mark.bpf

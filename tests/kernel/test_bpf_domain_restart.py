@@ -21,6 +21,7 @@ def spin(seconds: float) -> None:
 
 def test_restart_keeps_domain_counts_sane(kernel_path, bpffs):
     from mlsched.runtime._bpf import lib
+
     from mlsched.runtime.kernel import KernelPath
 
     cpus = sorted(os.sched_getaffinity(0))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlsched.runtime.features import host_features, pad
 from mlsched.runtime.interp import Model
 from mlsched.runtime.wire import LOAD_ONE, MIGRATE, STAY, load_level
-
 from support.tables import unsure_cell_traffic
 
 N = 8
@@ -112,6 +112,7 @@ def test_a_level2_without_room_is_refused_and_level1_still_loads(bundle8, kernel
 
 def test_a_level2_description_outside_its_bytes_is_refused(bundle8, kernel_path):
     from mlsched.runtime._bpf import ffi, lib
+
     from mlsched.runtime.wire import table_rows
 
     lv = bundle8.level2

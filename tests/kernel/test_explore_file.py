@@ -60,7 +60,7 @@ def test_a_new_file_gets_the_header_then_whole_rows(driver, tmp_path):
 def test_a_row_cut_by_a_kill_is_removed_before_the_next_run_appends(driver, tmp_path):
     """The next run's rows must not be glued onto half a row: mlsched-train refuses a line
     whose field count is wrong, and with it the whole file."""
-    from mlsched.convert import records
+    from mlsched.train import records
 
     target = tmp_path / "explore.csv"
     cut = "3,1,2,0.25"

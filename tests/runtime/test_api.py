@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from mlsched.runtime import (
     BundleError,
     EngineError,
@@ -19,7 +20,6 @@ from mlsched.runtime import (
 )
 from mlsched.runtime.bundle import Bundle
 from mlsched.runtime.wire import MIGRATE, STAY
-
 from support.scenarios import SCENARIOS, teacher_decisions
 
 

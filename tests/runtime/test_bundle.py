@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+
 from mlsched.runtime.bundle import MANIFEST, Bundle, BundleError
 from mlsched.runtime.cli import main
 

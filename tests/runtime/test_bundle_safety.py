@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from mlsched.runtime.bundle import MANIFEST, Bundle, BundleError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the rules apply when running as root")

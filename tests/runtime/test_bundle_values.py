@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
 from mlsched.runtime.bundle import MANIFEST, Bundle, BundleError
 from mlsched.runtime.cli import main
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mlsched.runtime.bundle import MANIFEST, Bundle, BundleError
 from mlsched.runtime.cli import main
 from mlsched.runtime.engine import Engine

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from mlsched.runtime.engine import (
     SOURCE_INTERPRETER,
     SOURCE_INVALID,
@@ -27,7 +28,6 @@ from mlsched.runtime.features import pad
 from mlsched.runtime.interp import Model, available_backends
 from mlsched.runtime.table import lookup
 from mlsched.runtime.wire import MIGRATE, STAY, UNSURE, from_wire
-
 from support.scenarios import SCENARIOS, teacher_decisions
 from support.tables import unsure_cell_traffic
 

@@ -8,6 +8,7 @@ is known in closed form.
 
 import numpy as np
 import pytest
+
 from mlsched.runtime import level2 as l2
 from mlsched.runtime import table as table_mod
 from mlsched.runtime.interp import Model

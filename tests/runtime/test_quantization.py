@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlsched.runtime import stats
 from mlsched.runtime.engine import Engine
 from mlsched.runtime.wire import to_wire

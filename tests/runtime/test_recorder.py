@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mlsched.runtime.errors import UsageError
 from mlsched.runtime.recorder import RECORD_HEADER, Recorder
 from mlsched.runtime.wire import LOAD_ONE, REQUEST_DTYPE

@@ -156,7 +156,7 @@ def _check_explore(run: dict, files: list[dict], tmp_path: Path) -> None:
     assert f["name"] == "explore"
     path = tmp_path / "explore.csv"
     path.write_bytes(gzip.decompress(base64.b64decode(f["gzip_base64"])))
-    from mlsched.convert import records
+    from mlsched.train import records
     rec = records.read([path])
     assert rec.kind == records.EXPLORATION and len(rec) == f["rows"] > 0
     # a record per task until it runs, and none for a MIGRATE that found no idle CPU

@@ -43,12 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mlsched.convert.errors import ConvertError
 from mlsched.runtime.bundle import sha256_file
 from mlsched.runtime.features import BUSY, CPU, FEATURE_NAMES, IDLE, LOAD_COLUMNS, load_key
 from mlsched.runtime.recorder import RECORD_HEADER
 from mlsched.runtime.wire import MAX_CPUS, lib
-
-from .errors import ConvertError
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ import sys
 
 import numpy as np
 import pytest
-from mlsched.convert import learn
+
 from mlsched.convert.errors import ConvertError
 from mlsched.runtime.recorder import Recorder
 from mlsched.runtime.wire import LOAD_ONE, REQUEST_DTYPE
-
+from mlsched.train import learn
 from support.cli import lite
 
-TRAIN = [sys.executable, "-m", "mlsched.convert.learn"]
+TRAIN = [sys.executable, "-m", "mlsched.train.learn"]
 CONVERT = [sys.executable, "-m", "mlsched.convert.cli"]
 CPUS = 4
 #: What the recorder writes as cpu for a CPU outside the table (MLSCHED_CPU_NONE).

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+import mlsched
 from mlsched.runtime import bundle as bundle_mod
 from mlsched.runtime import table as table_mod
 from mlsched.runtime.features import (
@@ -45,8 +47,6 @@ from mlsched.runtime.features import (
 )
 from mlsched.runtime.interp import Model, quiet_stderr, table_deciders
 from mlsched.runtime.wire import LOAD_ONE, ROW_BYTES, UNSURE
-
-import mlsched
 
 from . import calibration, graph, loader
 from .errors import EXIT_BAD_INPUT, EXIT_LOW_AGREEMENT, ConvertError, first_line

@@ -2,7 +2,7 @@
 
 One command, fixed seeds, same result on the same software::
 
-    python -m mlsched.convert.train -o models/default/saved_model
+    python -m mlsched.train.train -o models/default/saved_model
 
 Data: hosts of N CPUs (N drawn log-uniformly from 2..MAX_TRAIN_CPUS, so small hosts
 are as well covered as big ones), cpu uniform in 0..N-1, idle uniform in 0..N,
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from mlsched.runtime.features import COUNT_COLUMNS, FEATURE_WIDTH, pad
 
 from . import teacher
@@ -140,7 +141,7 @@ def _save(model, out: Path, stats: dict, tf) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mlsched.convert.train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m mlsched.train.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--output", type=Path, required=True, help="SavedModel directory to write")
     ap.add_argument("--samples", type=int, default=TRAIN_SAMPLES)

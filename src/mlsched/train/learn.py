@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mlsched.convert.errors import EXIT_BAD_INPUT, ConvertError
 from mlsched.runtime.features import FEATURE_NAMES, THRESHOLD, host_features, pad
 
 from . import records as rec_mod
-from .errors import EXIT_BAD_INPUT, ConvertError
 from .records import (
     COLLECTOR,
     DEFAULT_MIGRATION_COST_US,

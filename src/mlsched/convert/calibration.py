@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from mlsched.runtime.bundle import MAX_CPUS
 from mlsched.runtime.features import FEATURE_NAMES, FEATURE_WIDTH, LOAD_COLUMNS, host_features
 

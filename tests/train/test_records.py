@@ -6,9 +6,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from mlsched.convert import learn, records
-from mlsched.convert.records import RecordError
+
 from mlsched.runtime.features import pad
+from mlsched.train import learn, records
+from mlsched.train.records import RecordError
 
 OLD = "cpu,cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load,cfs_action,decision,source,pid,ts_ns\n"
 NEW = OLD.strip() + ",src_domain,dst_domain\n"
