@@ -32,7 +32,6 @@ class _LazyTensorFlow:
 tf = _LazyTensorFlow()
 
 from mlsched.convert import calibration  # noqa: E402
-from mlsched.train import teacher  # noqa: E402
 from mlsched.convert.cli import main as convert_main  # noqa: E402
 from mlsched.runtime.bundle import Bundle  # noqa: E402
 from mlsched.runtime.features import (  # noqa: E402
@@ -44,6 +43,7 @@ from mlsched.runtime.features import (  # noqa: E402
 )
 from mlsched.runtime.interp import Model  # noqa: E402
 from mlsched.runtime.wire import UNSURE  # noqa: E402
+from mlsched.train import teacher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "models" / "default" / "saved_model"

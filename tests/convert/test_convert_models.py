@@ -35,7 +35,6 @@ class _LazyTensorFlow:
 tf = _LazyTensorFlow()
 
 from mlsched.convert import calibration  # noqa: E402
-from mlsched.train import teacher  # noqa: E402
 from mlsched.convert.cli import main as convert_main  # noqa: E402
 from mlsched.runtime.bundle import Bundle  # noqa: E402
 from mlsched.runtime.features import (  # noqa: E402
@@ -46,6 +45,7 @@ from mlsched.runtime.features import (  # noqa: E402
 )
 from mlsched.runtime.interp import Model  # noqa: E402
 from mlsched.runtime.wire import UNSURE  # noqa: E402
+from mlsched.train import teacher  # noqa: E402
 
 N = 8
 SCENARIOS = [(4, 2, 6, 0.9, 0.2), (2, 4, 4, 0.5, 0.5), (1, 7, 1, 0.1, 0.1)]

@@ -30,9 +30,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from .features import (
     LOAD_STEPS,
     Normalization,
 )
+from .files import atomic_directory
 from .level2 import INPUT_LEVELS, MAX_LINES, Level2, Level2Error
 from .table import MODES, table_bytes, table_shape
 from .wire import UNSURE
@@ -459,12 +458,7 @@ def write(target: str | os.PathLike, files: dict[str, bytes], manifest: dict,
     new bundle is complete.
     """
     target = Path(target)
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} exists: pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_directory(target, replace=force) as tmp:
         listing = {}
         for name, data in files.items():
             fp = tmp / name
@@ -474,14 +468,4 @@ def write(target: str | os.PathLike, files: dict[str, bytes], manifest: dict,
         manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION, "files": listing}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         os.chmod(tmp / MANIFEST, 0o644)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.rename(target, old / "b")
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -21,9 +21,7 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 
 from mlsched.convert.errors import EXIT_BAD_INPUT, ConvertError
 from mlsched.runtime.features import FEATURE_NAMES, THRESHOLD, host_features, pad
+from mlsched.runtime.files import atomic_directory
 
 from . import records as rec_mod
 from .records import (
@@ -246,31 +245,15 @@ def plot(path: Path, history: dict, model, at: tuple[float, float, float], title
 
 def write_output(out: Path, force: bool, model, report: dict, history: dict,
                  at: tuple[float, float, float]) -> None:
-    """OUTDIR whole: built in a temporary directory beside it, then renamed into place."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = None
-    try:
+    """OUTDIR whole: built in a temporary directory beside it, then renamed into place (a
+    previous OUTDIR, with --force, stays as it was until the new one is complete)."""
+    if out.exists() and not force:
+        raise ConvertError(f"{out} exists: pass --force to replace it")
+    with atomic_directory(out, replace=force) as tmp:
         export_saved_model(model, tmp / "saved_model")
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         plot(tmp / "report.png", history, model, at,
              f"{PROG}: {report['labels']} labels, {report['rows']['used']} rows")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            if not force:
-                raise ConvertError(f"{out} exists: pass --force to replace it")
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.rename(out, old / "x")
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old / "x", out)       # the previous OUTDIR stays as it was
-                raise
-        else:
-            os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def learn(paths: list[str], out: Path, labels: str | None = None, epochs: int = EPOCHS,

@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from mlsched.runtime.features import COUNT_COLUMNS, FEATURE_WIDTH, pad
+from mlsched.runtime.files import atomic_directory
 
 from . import teacher
 
@@ -128,16 +127,9 @@ def export_saved_model(model, path: Path) -> None:
 
 
 def _save(model, out: Path, stats: dict, tf) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        export_saved_model(model, tmp / "m")
-        (tmp / "m" / "training.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp / "m", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(out, replace=True) as tmp:
+        export_saved_model(model, tmp)
+        (tmp / "training.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
