@@ -3,7 +3,8 @@
 Flags become a ``ServeConfig``; ``serve.Server`` does the work. This module adds what
 belongs to a process rather than to the serving loop: signal handling, the scheduling
 policy (``--rt-priority``), the optional ``--load`` workers, the summary on stdout and in
-``--summary-json``.
+``--summary-json`` (a stdout that refuses the summary, like one that refused the interval
+lines, does not fail the run).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def run(args) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.close()
-    print(summary_text(summary), flush=True)
+    server.print_line(summary_text(summary))
     if args.summary_json:
         write_atomic(args.summary_json, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return 0
