@@ -203,6 +203,17 @@ static __always_inline __u8 mlsched_level2(const struct mlsched_level2 *g, __u32
 }
 
 /*
+ * Points between the reads of one lookup. An object that includes this file may define
+ * MLSCHED_LOOKUP_STEP(step) before it to run code there (tests hold a reader at a step
+ * while the table changes under it); left undefined, it is nothing.
+ */
+#define MLSCHED_STEP_SELECTED	1	/* table_sel read: geometry and half chosen */
+#define MLSCHED_STEP_ROW	2	/* level-1 cell read from its row */
+#ifndef MLSCHED_LOOKUP_STEP
+#define MLSCHED_LOOKUP_STEP(step) do { } while (0)
+#endif
+
+/*
  * Table answer for the features: STAY/MIGRATE (*level 1 or 2), UNSURE, or MLSCHED_NONE
  * when off-grid (*level 0 for both).
  */
@@ -220,6 +231,7 @@ static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 	__u32 key, cell, qs, qd;
 	__u8 c;
 
+	MLSCHED_LOOKUP_STEP(MLSCHED_STEP_SELECTED);
 	*level = 0;
 	if (src > MLSCHED_LOAD_ONE) {
 		mlsched_count(MLSCHED_STAT_CLAMPED);
@@ -242,6 +254,7 @@ static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 	if (cell >= MLSCHED_ROW_CELLS)
 		return MLSCHED_UNSURE;
 	c = row->cell[cell];
+	MLSCHED_LOOKUP_STEP(MLSCHED_STEP_ROW);
 	if (c <= MLSCHED_MIGRATE) {
 		*level = 1;
 		return c;
