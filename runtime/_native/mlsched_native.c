@@ -514,6 +514,9 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 		k->ctl->table2_half_words = k->table2_capacity;
 		memset(k->ctl->level2, 0, sizeof(k->ctl->level2));
 	}
+	/* a consumer killed during set_table(): whichever table is published is whole */
+	if (k->ctl->table_seq & 1)
+		__atomic_store_n(&k->ctl->table_seq, k->ctl->table_seq + 1, __ATOMIC_RELEASE);
 	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
 	if (!k->ctl->stale_after_ns)
 		k->ctl->stale_after_ns = 10 * 1000 * 1000;
@@ -577,7 +580,9 @@ int mls_unpin(struct mls_kernel *k)
  * Write the table (and its level 2, if any) into the halves of `table` and `table2` not
  * in use, describe level 2 in control.level2[half], then publish geometry and half with
  * one store: a lookup reads table_sel once, so it sees the old table or the new one,
- * never the old geometry over new cells.
+ * never the old geometry over new cells. All of it happens while control.table_seq is
+ * odd: a lookup whose reads overlap a change (one held across two changes reads its own
+ * half rewritten) sees the count move and answers nothing from the table.
  */
 int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus,
 		  const uint8_t *lines, size_t lines_len, const struct mlsched_level2 *level2)
@@ -585,7 +590,7 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	uint8_t *dst = map_mm(k, MLS_MAP_TABLE);
 	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
 	uint64_t words = (lines_len + 7) / 8;
-	uint32_t cur, sel, half;
+	uint32_t cur, sel, half, seq;
 	uint8_t *dst2;
 
 	if (!dst)
@@ -610,17 +615,21 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	if (level2 && level2->lines && words > k->table2_capacity)
 		return fail(-E2BIG, "table level 2 of %zu bytes exceeds the %llu bytes loaded",
 			    lines_len, (unsigned long long)k->table2_capacity * 8);
+	dst2 = level2 && level2->lines ? map_mm(k, MLS_MAP_TABLE2) : NULL;
+	if (level2 && level2->lines && !dst2)
+		return -ENOMEM;
 	cur = __atomic_load_n(&k->ctl->table_sel, __ATOMIC_ACQUIRE);
 	sel = (cur & MLSCHED_TABLE_SECOND) ? 0 : MLSCHED_TABLE_SECOND;	/* the other half */
 	half = sel ? 1 : 0;
+	/* odd from here on (already odd if a writer was killed mid-change) */
+	seq = __atomic_load_n(&k->ctl->table_seq, __ATOMIC_RELAXED) | 1;
+	__atomic_store_n(&k->ctl->table_seq, seq, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);	/* the odd count before any table store */
 	if (sel)
 		dst += (size_t)k->table_capacity * MLSCHED_ROW_BYTES;
 	memcpy(dst, rows, nrows * MLSCHED_ROW_BYTES);
 	memset(&k->ctl->level2[half], 0, sizeof(k->ctl->level2[half]));
-	if (level2 && level2->lines) {
-		dst2 = map_mm(k, MLS_MAP_TABLE2);
-		if (!dst2)
-			return -ENOMEM;
+	if (dst2) {
 		dst2 += (size_t)half * k->table2_capacity * 8;
 		memcpy(dst2, lines, lines_len);
 		memset(dst2 + lines_len, 0, words * 8 - lines_len);
@@ -629,6 +638,7 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 		k->ctl->level2[half].index_base += half * k->table2_capacity;
 	}
 	__atomic_store_n(&k->ctl->table_sel, sel | ncpus, __ATOMIC_RELEASE);
+	__atomic_store_n(&k->ctl->table_seq, seq + 1, __ATOMIC_RELEASE);
 	return 0;
 }
 

@@ -138,3 +138,24 @@ def test_a_held_reader_never_reads_new_rows_under_old_geometry(reader, pin_dir, 
     else:
         assert got in ((STAY, 1), MISS), f"A says (STAY, 1), C is off-grid; got {got}"
     assert after == ((STAY, 1) if swaps == 0 else (NONE, 0))
+
+
+def test_a_change_cut_short_is_closed_by_the_next_consumer(pin_dir):
+    """A consumer killed while it published a table leaves the count odd in the pinned
+    control map: lookups answer nothing from the table until the next consumer opens the
+    maps, and then the table that was published (whole either way) answers again."""
+    from mlsched.runtime.kernel import KernelPath
+
+    a = np.full((2, 3, 11, 11), MIGRATE, np.uint8)
+    key = np.array([[0, 1, 1, LOAD, LOAD]], np.uint32)
+    with KernelPath() as kp:
+        kp.load(a, pin=True, pin_dir=str(pin_dir), consumer_timeout_ns=0)
+        assert kp.inject(key, ignore_consumer=True).level.tolist() == [1]
+        kp.control["table_seq"] = int(kp.control["table_seq"][0]) | 1     # as if cut short
+        r = kp.inject(key, ignore_consumer=True)
+        assert (r.level.tolist(), r.result.tolist(), r.hits) == ([0], [STAY], 0)
+    with KernelPath() as kp:
+        kp.load(None, pin=True, pin_dir=str(pin_dir), table_capacity=2, consumer_timeout_ns=0)
+        assert int(kp.control["table_seq"][0]) % 2 == 0
+        r = kp.inject(key, ignore_consumer=True)
+        assert (r.level.tolist(), r.result.tolist()) == ([1], [MIGRATE])
