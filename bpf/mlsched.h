@@ -344,6 +344,18 @@ struct mlsched_read_args {
 	__u32 migrate;
 };
 
+/* ---- pinned maps: who holds them (mlsched.bpf.c, SEC("iter/bpf_map") map_refs) -----
+ * One record per map of the system, read by a consumer that must replace pinned maps
+ * of another geometry: besides the pin (one reference) and the iterator
+ * itself (one reference while it looks), every reference is a program, an open
+ * descriptor or a mapping of another process.
+ */
+struct mlsched_map_refs {
+	__u32 id;		/* map id */
+	__u32 _pad;
+	__u64 refs;		/* all references */
+};
+
 #ifdef __bpf__
 _Static_assert(sizeof(struct mlsched_request) == 56, "request layout");
 _Static_assert(sizeof(struct mlsched_row) == MLSCHED_ROW_BYTES, "row layout");
