@@ -11,6 +11,9 @@
  * host-wide idle/busy counts of the table's CPUs (cpu_index) and per-domain load (time-averaged busy fraction,
  * 1/1024).
  *
+ * map_refs (iter/bpf_map, loaded only when needed) counts the references of every
+ * map: a consumer reads it before it replaces pinned maps of another geometry.
+ *
  * The injector and the decision reader (SEC("syscall"), for tests, replay and
  * the benchmark) are another object, mlsched_inject.bpf.c, loaded on first use
  * onto this object's maps.
@@ -311,5 +314,21 @@ int BPF_PROG(on_sched_wakeup, struct task_struct *p)
 			  collector_flags(), &out);
 	if (ti && out.fate == MLSCHED_FATE_SENT)
 		ti->last_seq = out.seq;
+	return 0;
+}
+
+/* ---- who holds a map ------------------------------------------------------------------ */
+
+SEC("iter/bpf_map")
+int map_refs(struct bpf_iter__bpf_map *ctx)
+{
+	struct bpf_map *map = ctx->map;
+	struct mlsched_map_refs r = {};
+
+	if (!map)
+		return 0;
+	r.id = BPF_CORE_READ(map, id);
+	r.refs = BPF_CORE_READ(map, refcnt.counter);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }

@@ -27,7 +27,7 @@
 #define MLSCHED_H
 
 /* Bumped on any layout change below; every record and argument block carries it. */
-#define MLSCHED_ABI_VERSION 3
+#define MLSCHED_ABI_VERSION 4
 
 /* ---- decisions ----------------------------------------------------------- */
 enum mlsched_decision {
@@ -70,6 +70,14 @@ struct mlsched_features {
  * row's refined cells; see "table level 2"). Readers that know only level 1 take
  * any value above MIGRATE as UNSURE.
  * A key is valid iff i < N and idle + busy == N; anything else misses.
+ *
+ * control.table_seq counts table changes twice: odd while one is under way (the
+ * unused halves written, then table_sel), even once it is done. A lookup reads it
+ * before table_sel and again after its last read of the table; if the first read
+ * was odd or the two differ, the table changed under it (a reader held across two
+ * changes finds its own half rewritten) and it answers nothing from the table:
+ * the request goes to user space. The same count covers `table2` and
+ * control.level2.
  *
  * cpu_index (array, MLSCHED_MAX_CPUS __u32, filled by the loader): CPU id -> its
  * index 0..N-1 among the table's CPUs (the first N online CPUs, in order), or
@@ -208,6 +216,8 @@ struct mlsched_control {
 	__u32 table_half_rows;		/* rows in each half of `table`; set once at load */
 	__u32 table2_half_words;	/* words in each half of `table2`; set once at load */
 	struct mlsched_level2 level2[2];	/* per half of the table (see table level 2) */
+	__u32 table_seq;		/* odd while the table changes (see table) */
+	__u32 _pad;
 };
 
 /* ---- host state: kernel -> user space (1-entry BPF_F_MMAPABLE array) ---------- */
@@ -332,6 +342,18 @@ struct mlsched_read_args {
 	__u32 missing;
 	__u32 overwritten;
 	__u32 migrate;
+};
+
+/* ---- pinned maps: who holds them (mlsched.bpf.c, SEC("iter/bpf_map") map_refs) -----
+ * One record per map of the system, read by a consumer that must replace pinned maps
+ * of another geometry: besides the pin (one reference) and the iterator
+ * itself (one reference while it looks), every reference is a program, an open
+ * descriptor or a mapping of another process.
+ */
+struct mlsched_map_refs {
+	__u32 id;		/* map id */
+	__u32 _pad;
+	__u64 refs;		/* all references */
 };
 
 #ifdef __bpf__

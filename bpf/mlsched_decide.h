@@ -28,6 +28,7 @@
  *                                return it (level 2); RING line -> miss
  *        cell UNSURE          -> miss
  *      else                   -> count invalid, miss
+ *      the table changed during these reads (control.table_seq) -> miss
  *   3. miss: consumer heartbeat too old -> count no_consumer, return STAY
  *            ring full                  -> count dropped, return STAY
  *            else commit a request (count produced, misses_sent), return STAY
@@ -203,12 +204,20 @@ static __always_inline __u8 mlsched_level2(const struct mlsched_level2 *g, __u32
 }
 
 /*
- * Table answer for the features: STAY/MIGRATE (*level 1 or 2), UNSURE, or MLSCHED_NONE
- * when off-grid (*level 0 for both).
+ * Points between the reads of one lookup. An object that includes this file may define
+ * MLSCHED_LOOKUP_STEP(step) before it to run code there (tests hold a reader at a step
+ * while the table changes under it); left undefined, it is nothing.
  */
-static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
-					   const struct mlsched_features *f, __u32 flags,
-					   __u8 *level)
+#define MLSCHED_STEP_SELECTED	1	/* table_sel read: geometry and half chosen */
+#define MLSCHED_STEP_ROW	2	/* level-1 cell read from its row */
+#ifndef MLSCHED_LOOKUP_STEP
+#define MLSCHED_LOOKUP_STEP(step) do { } while (0)
+#endif
+
+/* The table's answer as mlsched_lookup() gives it, without the check of table_seq. */
+static __always_inline __u8 mlsched_lookup_table(const struct mlsched_control *ctl,
+						 const struct mlsched_features *f, __u32 flags,
+						 __u8 *level)
 {
 	/* one read: geometry and half come from the same published table */
 	__u32 sel = *(volatile __u32 *)&ctl->table_sel;
@@ -220,6 +229,7 @@ static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 	__u32 key, cell, qs, qd;
 	__u8 c;
 
+	MLSCHED_LOOKUP_STEP(MLSCHED_STEP_SELECTED);
 	*level = 0;
 	if (src > MLSCHED_LOAD_ONE) {
 		mlsched_count(MLSCHED_STAT_CLAMPED);
@@ -242,6 +252,7 @@ static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 	if (cell >= MLSCHED_ROW_CELLS)
 		return MLSCHED_UNSURE;
 	c = row->cell[cell];
+	MLSCHED_LOOKUP_STEP(MLSCHED_STEP_ROW);
 	if (c <= MLSCHED_MIGRATE) {
 		*level = 1;
 		return c;
@@ -253,6 +264,36 @@ static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
 	if (c <= MLSCHED_MIGRATE)
 		*level = 2;
 	return c;
+}
+
+/* control.table_seq, read in its place among the lookup's reads (see table in mlsched.h). */
+static __always_inline __u32 mlsched_table_seq(const struct mlsched_control *ctl)
+{
+	__u32 seq;
+
+	barrier();
+	seq = *(volatile const __u32 *)&ctl->table_seq;
+	barrier();
+	return seq;
+}
+
+/*
+ * Table answer for the features: STAY/MIGRATE (*level 1 or 2), UNSURE, or MLSCHED_NONE
+ * when off-grid (*level 0 for both). An answer read while the table changed is dropped
+ * for UNSURE: every read it took may not have come from one table.
+ */
+static __always_inline __u8 mlsched_lookup(const struct mlsched_control *ctl,
+					   const struct mlsched_features *f, __u32 flags,
+					   __u8 *level)
+{
+	__u32 seq = mlsched_table_seq(ctl);
+	__u8 d = mlsched_lookup_table(ctl, f, flags, level);
+
+	if (d <= MLSCHED_MIGRATE && ((seq & 1) || mlsched_table_seq(ctl) != seq)) {
+		*level = 0;
+		return MLSCHED_UNSURE;
+	}
+	return d;
 }
 
 static __always_inline bool mlsched_consumer_alive(const struct mlsched_control *ctl, __u64 now)

@@ -81,8 +81,15 @@ DEFAULT_CONSUMER_TIMEOUT_NS = 1_000_000_000
 RING_RECORD_HEADER = 8          # BPF_RINGBUF_HDR_SZ
 LOG_BYTES = 1 << 20
 
-__all__ = ["KernelPath", "KernelPathError", "LoadOptions", "NoBTFError", "PrivilegeError",
-           "VerifierError", "check_environment", "now_ns", "unavailable_reason"]
+__all__ = ["KernelPath", "KernelPathError", "LoadOptions", "NoBTFError", "PinnedMapsInUse",
+           "PrivilegeError", "VerifierError", "check_environment", "now_ns",
+           "unavailable_reason"]
+
+
+class PinnedMapsInUse(KernelPathError):
+    """Pinned maps of another geometry than this load needs (another ring size, another
+    table size) that another process still holds: they are neither reused nor replaced.
+    Without another holder, load() replaces them and says so on the log."""
 
 
 def now_ns() -> int:
@@ -184,7 +191,8 @@ class LoadOptions:
     consumer_timeout_ns: int = DEFAULT_CONSUMER_TIMEOUT_NS
     #: Keep (or reuse) the maps under ``pin_dir`` so they outlive the process. The handle is
     #: the directory's one consumer: it holds a lock on it until close(), and a second
-    #: consumer is refused.
+    #: consumer is refused. Pins of another geometry (ring, answer slots, table size) are
+    #: replaced when no other process holds them; when one does, PinnedMapsInUse.
     pin: bool = False
     pin_dir: str = PIN_DIR
     #: With ``pin``: join the maps of the consumer that holds ``pin_dir`` (a producer: inject,
@@ -306,8 +314,15 @@ class KernelPath:
             pin_dir = ffi.new("char[]", os.fsencode(opts.pin_dir))
             c_opts.pin_dir = pin_dir
         out = ffi.new("struct mls_kernel **")
-        _check(lib.mls_open(c_opts, out), "loading the BPF side")
+        rc = lib.mls_open(c_opts, out)
+        if rc == -errno_mod.ETXTBSY:        # mls_open(): pinned maps held elsewhere
+            raise PinnedMapsInUse(ffi.string(lib.mls_last_error()).decode(errors="replace"),
+                                  errno_mod.ETXTBSY, _take_log())
+        _check(rc, "loading the BPF side")
         self._k = out[0]
+        notice = ffi.string(lib.mls_notice(self._k)).decode(errors="replace")
+        if notice:
+            log.warning("%s", notice)
         self.ring_bytes, self.decision_slots, self.pinned = opts.ring_size, slots, opts.pin
 
     def close(self) -> None:

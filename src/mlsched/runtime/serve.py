@@ -21,8 +21,11 @@ Role in the request -> decision path::
    returns a batch of ring records copied by a C callback; the engine decides the
    whole batch at once; ``answer()`` stores the decisions; every per-batch statistic
    is a numpy reduction, never a Python loop per record.
-3. **Report**: one line per interval; the same counters as a Prometheus textfile;
-   ``record`` appends the live features as CSV (recorder.py).
+3. **Report**: one line per interval on stdout; the same counters as a Prometheus
+   textfile; ``record`` appends the live features as CSV (recorder.py). No failed write
+   ends serving: a line stdout refuses (a closed pipe, a full disk), a textfile or record
+   write that fails is counted in ``write_errors`` (lines also in ``stats_line_errors``),
+   said once on stderr, and the next interval tries again.
 4. **Stop** when ``stop`` is set (signals) or the duration ends: detach the collector,
    answer what is already on the ring, return the summary; ``close()`` frees the rest.
 """
@@ -34,9 +37,11 @@ import importlib.util
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -140,6 +145,27 @@ def check_writable(path: str | None, flag: str) -> None:
         raise UsageError(f"{flag} {path}: directory {parent} is not writable")
 
 
+def write_line(stream: TextIO, text: str) -> None:
+    """``text`` and a newline onto ``stream``; raises OSError when the write fails.
+
+    A stream with a file descriptor is written through it directly: a write that fails
+    then leaves nothing in the stream's buffer to fail again at the next line or at exit.
+    A stream without one (an in-memory capture) is written and flushed.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None:
+        stream.write(text + "\n")
+        stream.flush()
+        return
+    stream.flush()          # whatever was written through the stream itself goes first
+    data = memoryview((text + "\n").encode(stream.encoding or "utf-8", "replace"))
+    while data:
+        data = data[os.write(fd, data):]
+
+
 class Server:
     """One consumer: a KernelPath, an Engine, and the loop between them."""
 
@@ -193,6 +219,7 @@ class Server:
         self.window = Window()
         self.bpf_ids: dict[str, list[int]] = {}
         self.stats_write_errors = 0
+        self.stats_line_errors = 0
         self.kernel_start = self.kp.stats()
         self.startup_peak_rss_mb = _round(peak_rss_mb())
         release_free_memory()
@@ -287,16 +314,30 @@ class Server:
                 log.warning("--stats-file %s: %s; serving goes on, failed writes are counted",
                             self.config.stats_file, e.strerror)
 
+    def print_line(self, text: str) -> bool:
+        """One line on stdout; a failed one is counted and said once on stderr (a stderr that
+        fails too says nothing), never raised. Returns whether the line was written."""
+        try:
+            write_line(sys.stdout, text)
+        except OSError as e:
+            self.stats_line_errors += 1
+            if self.stats_line_errors == 1:
+                log.warning("stdout: %s; serving goes on, failed stats lines are counted",
+                            e.strerror or e)
+            return False
+        return True
+
     @property
     def write_errors(self) -> int:
-        """Failed writes of the stats file and the record file so far."""
-        return self.stats_write_errors + (self.recorder.write_errors if self.recorder else 0)
+        """Failed writes of the stats lines, the stats file and the record file so far."""
+        return (self.stats_line_errors + self.stats_write_errors
+                + (self.recorder.write_errors if self.recorder else 0))
 
     def report(self, now: float, start: float, last_kernel: dict, last_t: float) -> dict:
         """The interval line, the textfile and the recorder's flush; returns kernel counters."""
         k = self.kp.stats()
         wv = interval_values(self.window, k, last_kernel, now - last_t)
-        print(stats_line(wv), flush=True)
+        self.print_line(stats_line(wv))
         self.total.merge(self.window)
         self.window = Window()
         if self.config.stats_file:
@@ -371,6 +412,7 @@ class Server:
         s["recorded"] = self.recorder.rows if self.recorder else 0
         s["record_lost_rows"] = self.recorder.lost_rows if self.recorder else 0
         s["write_errors"] = self.write_errors
+        s["stats_line_errors"] = self.stats_line_errors
         s["bpf_ids"] = self.bpf_ids       # for leak checks: all gone after exit
         s["pinned"] = self.config.pin
         if self.config.stats_file:

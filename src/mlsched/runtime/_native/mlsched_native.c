@@ -58,6 +58,21 @@
 /* mls_drain(): pause between sweeps of an empty ring. */
 #define DRAIN_NAP_NS	20000
 
+/* The production object's maps, at most. */
+#define MAX_STALE_PINS	32
+/* References a pinned map nobody uses has while map_refs looks at it: the pin, the iterator. */
+#define UNUSED_PIN_REFS	2
+/* How long the references of a process that just ended may take to go (replace_stale()). */
+#define HOLDERS_SETTLE_NS	(2 * NSEC_PER_SEC)
+#define HOLDERS_NAP_NS		20000000
+
+/* A pinned map of another geometry than this run needs: replaced after load if unused. */
+struct stale_pin {
+	struct bpf_map *map;		/* ours, created at load */
+	uint32_t id;			/* the pinned one's */
+	char differs[160];		/* "max_entries P pinned, N needed", ... */
+};
+
 struct mls_kernel {
 	struct mlsched *skel;		/* production: decision maps + collector */
 	struct mlsched_inject *inj;	/* injector and reader; NULL until first used */
@@ -76,6 +91,9 @@ struct mls_kernel {
 	int pin_dir_fd;			/* the pin directory, flock()ed unless shared */
 	bool shared;			/* MLS_OPEN_SHARE: another handle is the consumer */
 	bool reused;			/* `control` was pinned before this handle */
+	struct stale_pin stale[MAX_STALE_PINS];	/* pins of another geometry to replace */
+	int nstale;
+	char notice[ERR_LEN];		/* what opening did that the user should hear of */
 
 	/* current batch, filled by on_record() */
 	struct mlsched_request *batch;
@@ -294,8 +312,61 @@ static int adopt_pinned_size(struct bpf_map *map, const char *path)
 	return err;
 }
 
+/* Append one "what pinned, what needed" difference to `out`. */
+static void differ(char *out, size_t len, const char *what, unsigned long long pinned,
+		   unsigned long long needed)
+{
+	size_t n = strlen(out);
+
+	if (pinned != needed)
+		snprintf(out + n, len - n, "%s%s %llu pinned, %llu needed", n ? ", " : "", what,
+			 pinned, needed);
+}
+
 /*
- * The consumer pins every map under the pin directory (libbpf creates or reuses them);
+ * Is the map pinned at `path` one libbpf would reuse for `map` (the checks of its own
+ * reuse: type, key and value size, entries, flags, extra)? 0: yes, or nothing pinned;
+ * 1: it differs, and `map` goes on the handle's stale list (created fresh at load,
+ * pinned in its place if nobody else holds it, see replace_stale()).
+ */
+static int check_pinned_geometry(struct mls_kernel *k, struct bpf_map *map, const char *path)
+{
+	struct bpf_map_info info = {};
+	__u32 len = sizeof(info);
+	struct stale_pin *st;
+	char differs[sizeof(st->differs)] = "";
+	int fd = bpf_obj_get(path);
+
+	if (fd < 0)
+		return 0;	/* nothing pinned: created and pinned at load */
+	if (bpf_obj_get_info_by_fd(fd, &info, &len)) {
+		int err = fail(-errno, "%s: %s", path, strerror(errno));
+
+		close(fd);
+		return err;
+	}
+	close(fd);
+	differ(differs, sizeof(differs), "map type", info.type, bpf_map__type(map));
+	differ(differs, sizeof(differs), "key size", info.key_size, bpf_map__key_size(map));
+	differ(differs, sizeof(differs), "value size", info.value_size, bpf_map__value_size(map));
+	differ(differs, sizeof(differs), "max_entries", info.max_entries,
+	       bpf_map__max_entries(map));
+	differ(differs, sizeof(differs), "flags", info.map_flags, bpf_map__map_flags(map));
+	differ(differs, sizeof(differs), "map_extra", info.map_extra, bpf_map__map_extra(map));
+	if (!differs[0])
+		return 0;
+	if (k->nstale >= MAX_STALE_PINS)
+		return fail(-E2BIG, "%s: too many pinned maps of another geometry", k->pin_dir);
+	st = &k->stale[k->nstale++];
+	st->map = map;
+	st->id = info.id;
+	snprintf(st->differs, sizeof(st->differs), "%s", differs);
+	return 1;
+}
+
+/*
+ * The consumer pins every map under the pin directory (libbpf creates or reuses them;
+ * a pinned map of another geometry is replaced after load, see replace_stale());
  * a joining handle takes the consumer's maps as they are (their sizes included).
  */
 static int set_pins(struct mls_kernel *k)
@@ -318,6 +389,13 @@ static int set_pins(struct mls_kernel *k)
 		if (!k->shared) {
 			if (map == k->skel->maps.table2 && (err = adopt_pinned_size(map, path)))
 				return err;
+			if ((err = check_pinned_geometry(k, map, path)) < 0)
+				return err;
+			if (err) {
+				if (map == k->skel->maps.control)
+					k->reused = false;	/* ours will be new */
+				continue;
+			}
 			err = bpf_map__set_pin_path(map, path);
 			if (err)
 				return fail(err, "cannot pin %s: %s", path, strerror(-err));
@@ -430,6 +508,109 @@ static void *map_mm(struct mls_kernel *k, enum mls_map which)
 	return p;
 }
 
+/*
+ * The references of each stale pin's map, counted by map_refs (iter/bpf_map); a map that
+ * is gone meanwhile counts none. 0, or a negative errno.
+ */
+static int count_stale_refs(struct mls_kernel *k, uint64_t *refs)
+{
+	struct mlsched_map_refs buf[64];
+	struct bpf_link *link;
+	size_t have = 0;
+	ssize_t n;
+	int fd, err = 0;
+
+	memset(refs, 0, sizeof(*refs) * k->nstale);
+	link = bpf_program__attach_iter(k->skel->progs.map_refs, NULL);
+	if (!link)
+		return fail(-errno, "cannot count who holds the pinned maps in %s: %s", k->pin_dir,
+			    strerror(errno));
+	fd = bpf_iter_create(bpf_link__fd(link));
+	if (fd < 0) {
+		err = fail(-errno, "cannot count who holds the pinned maps in %s: %s", k->pin_dir,
+			   strerror(errno));
+		goto out;
+	}
+	for (;;) {
+		size_t whole;
+
+		n = read(fd, (char *)buf + have, sizeof(buf) - have);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		have += n;
+		whole = have / sizeof(buf[0]);
+		for (size_t r = 0; r < whole; r++)
+			for (int i = 0; i < k->nstale; i++)
+				if (buf[r].id == k->stale[i].id)
+					refs[i] = buf[r].refs;
+		have -= whole * sizeof(buf[0]);
+		memmove(buf, (char *)buf + whole * sizeof(buf[0]), have);
+	}
+	if (n < 0)
+		err = fail(-errno, "reading who holds the pinned maps in %s: %s", k->pin_dir,
+			   strerror(errno));
+	close(fd);
+out:
+	bpf_link__destroy(link);
+	return err;
+}
+
+/*
+ * Pinned maps of another geometry than this run needs (another --ring-size, a CPU
+ * less): refused if another process still holds one (it would go on using the old map;
+ * -ETXTBSY, the message names the pin, the difference and the fix), else each pin is
+ * removed and this handle's new map pinned in its place; k->notice says which.
+ * A process that just ended still holds its maps until the kernel has freed its programs
+ * (after a grace period): the count is taken again for up to HOLDERS_SETTLE_NS.
+ */
+static int replace_stale(struct mls_kernel *k)
+{
+	const struct timespec nap = { .tv_nsec = HOLDERS_NAP_NS };
+	uint64_t refs[MAX_STALE_PINS], deadline = mls_now_ns() + HOLDERS_SETTLE_NS;
+	char path[PATH_MAX];
+	int err, held;
+	size_t n;
+
+	for (;;) {
+		if ((err = count_stale_refs(k, refs)))
+			return err;
+		for (held = 0; held < k->nstale && refs[held] <= UNUSED_PIN_REFS; held++)
+			;	/* the first pin another process holds, if any */
+		if (held == k->nstale || mls_now_ns() >= deadline)
+			break;
+		nanosleep(&nap, NULL);
+	}
+	if (held < k->nstale)
+		return fail(-ETXTBSY, "%s/%s is held by another process and differs from what"
+			    " this run needs (%s): stop that process, then `mlsched-lite unpin"
+			    " --pin-dir %s`", k->pin_dir, bpf_map__name(k->stale[held].map),
+			    k->stale[held].differs, k->pin_dir);
+	n = snprintf(k->notice, sizeof(k->notice), "replaced pinned maps of another geometry"
+		     " in %s, held by no other process:", k->pin_dir);
+	for (int i = 0; i < k->nstale; i++) {
+		struct bpf_map *map = k->stale[i].map;
+
+		if (snprintf(path, sizeof(path), "%s/%s", k->pin_dir, bpf_map__name(map)) >=
+		    (int)sizeof(path))
+			return fail(-ENAMETOOLONG, "pin path too long: %s", k->pin_dir);
+		if (unlinkat(k->pin_dir_fd, bpf_map__name(map), 0) && errno != ENOENT)
+			return fail(-errno, "cannot remove %s: %s", path, strerror(errno));
+		if ((err = bpf_map__pin(map, path)))
+			return fail(err, "cannot pin %s: %s", path, strerror(-err));
+		if (n < sizeof(k->notice))
+			n += snprintf(k->notice + n, sizeof(k->notice) - n, "%s %s (%s)",
+				      i ? ";" : "", bpf_map__name(map), k->stale[i].differs);
+	}
+	return 0;
+}
+
+const char *mls_notice(struct mls_kernel *k)
+{
+	return k->notice;
+}
+
 int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 {
 	long page = sysconf(_SC_PAGESIZE);
@@ -479,6 +660,9 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 		goto fail;
 	}
 
+	/* map_refs only counts the holders of stale pins; it is never attached as a collector */
+	bpf_program__set_autoload(k->skel->progs.map_refs, k->nstale > 0);
+	bpf_program__set_autoattach(k->skel->progs.map_refs, false);
 	err = mlsched__load(k->skel);
 	if (err) {
 		if (err == -EPERM || err == -EACCES)
@@ -487,6 +671,8 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 			fail(err, "loading the BPF object failed: %s", strerror(-err));
 		goto fail;
 	}
+	if (k->nstale && (err = replace_stale(k)))
+		goto fail;
 	k->slots = map_mm(k, MLS_MAP_DECISIONS);
 	k->ctl = map_mm(k, MLS_MAP_CONTROL);
 	if (!k->slots || !k->ctl) {
@@ -514,6 +700,9 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 		k->ctl->table2_half_words = k->table2_capacity;
 		memset(k->ctl->level2, 0, sizeof(k->ctl->level2));
 	}
+	/* a consumer killed during set_table(): whichever table is published is whole */
+	if (k->ctl->table_seq & 1)
+		__atomic_store_n(&k->ctl->table_seq, k->ctl->table_seq + 1, __ATOMIC_RELEASE);
 	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
 	if (!k->ctl->stale_after_ns)
 		k->ctl->stale_after_ns = 10 * 1000 * 1000;
@@ -577,7 +766,9 @@ int mls_unpin(struct mls_kernel *k)
  * Write the table (and its level 2, if any) into the halves of `table` and `table2` not
  * in use, describe level 2 in control.level2[half], then publish geometry and half with
  * one store: a lookup reads table_sel once, so it sees the old table or the new one,
- * never the old geometry over new cells.
+ * never the old geometry over new cells. All of it happens while control.table_seq is
+ * odd: a lookup whose reads overlap a change (one held across two changes reads its own
+ * half rewritten) sees the count move and answers nothing from the table.
  */
 int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_t ncpus,
 		  const uint8_t *lines, size_t lines_len, const struct mlsched_level2 *level2)
@@ -585,7 +776,7 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	uint8_t *dst = map_mm(k, MLS_MAP_TABLE);
 	uint64_t nrows = (uint64_t)ncpus * (ncpus + 1);
 	uint64_t words = (lines_len + 7) / 8;
-	uint32_t cur, sel, half;
+	uint32_t cur, sel, half, seq;
 	uint8_t *dst2;
 
 	if (!dst)
@@ -610,17 +801,21 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 	if (level2 && level2->lines && words > k->table2_capacity)
 		return fail(-E2BIG, "table level 2 of %zu bytes exceeds the %llu bytes loaded",
 			    lines_len, (unsigned long long)k->table2_capacity * 8);
+	dst2 = level2 && level2->lines ? map_mm(k, MLS_MAP_TABLE2) : NULL;
+	if (level2 && level2->lines && !dst2)
+		return -ENOMEM;
 	cur = __atomic_load_n(&k->ctl->table_sel, __ATOMIC_ACQUIRE);
 	sel = (cur & MLSCHED_TABLE_SECOND) ? 0 : MLSCHED_TABLE_SECOND;	/* the other half */
 	half = sel ? 1 : 0;
+	/* odd from here on (already odd if a writer was killed mid-change) */
+	seq = __atomic_load_n(&k->ctl->table_seq, __ATOMIC_RELAXED) | 1;
+	__atomic_store_n(&k->ctl->table_seq, seq, __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);	/* the odd count before any table store */
 	if (sel)
 		dst += (size_t)k->table_capacity * MLSCHED_ROW_BYTES;
 	memcpy(dst, rows, nrows * MLSCHED_ROW_BYTES);
 	memset(&k->ctl->level2[half], 0, sizeof(k->ctl->level2[half]));
-	if (level2 && level2->lines) {
-		dst2 = map_mm(k, MLS_MAP_TABLE2);
-		if (!dst2)
-			return -ENOMEM;
+	if (dst2) {
 		dst2 += (size_t)half * k->table2_capacity * 8;
 		memcpy(dst2, lines, lines_len);
 		memset(dst2 + lines_len, 0, words * 8 - lines_len);
@@ -629,6 +824,7 @@ int mls_set_table(struct mls_kernel *k, const uint8_t *rows, size_t len, uint32_
 		k->ctl->level2[half].index_base += half * k->table2_capacity;
 	}
 	__atomic_store_n(&k->ctl->table_sel, sel | ncpus, __ATOMIC_RELEASE);
+	__atomic_store_n(&k->ctl->table_seq, seq + 1, __ATOMIC_RELEASE);
 	return 0;
 }
 

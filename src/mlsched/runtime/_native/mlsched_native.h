@@ -76,8 +76,11 @@ struct mls_consumer_stats {
 	uint64_t drained;		/* records discarded by mls_drain() */
 };
 
-/* life cycle */
+/* life cycle. With a pin directory, pinned maps of another geometry than the options ask
+ * for are replaced when no other process holds them (mls_notice() then says which) and
+ * refused with -ETXTBSY when one does. */
 int mls_open(const struct mls_load_opts *opts, struct mls_kernel **out);
+const char *mls_notice(struct mls_kernel *k);
 void mls_close(struct mls_kernel *k);
 /* rows: `len` bytes; cpu_domain: `len` entries; a buffer short of the geometry is refused.
  * level2: NULL or lines == 0 for a table without level 2; else `lines_len` bytes of one

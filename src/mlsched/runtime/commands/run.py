@@ -3,7 +3,8 @@
 Flags become a ``ServeConfig``; ``serve.Server`` does the work. This module adds what
 belongs to a process rather than to the serving loop: signal handling, the scheduling
 policy (``--rt-priority``), the optional ``--load`` workers, the summary on stdout and in
-``--summary-json``.
+``--summary-json`` (a stdout that refuses the summary, like one that refused the interval
+lines, does not fail the run).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import argparse
 import json
 import os
 import signal
+import sys
 
 from .. import bpfenv, loadgen, serve
 from ..errors import UsageError
 from ..files import write_atomic
 from ..stats import summary_text
-from .common import DOMAINS_HELP, domains, positive_int, ring_bytes, seconds
+from .common import DOMAINS_HELP, PROG, domains, positive_int, ring_bytes, seconds
 
 NAME = "run"
 EPILOG = """\
@@ -35,7 +37,15 @@ examples:
 
 needs CAP_BPF and CAP_PERFMON (root); stops on SIGINT/SIGTERM or after --duration.
 --backend auto prefers tflite-runtime here (batches only: faster and smaller than litert).
+With --pin, maps pinned by a run of another geometry (another --ring-size, a CPU less)
+are replaced when no other process holds them; when one does, the run is refused.
+
+exit status: 0 done, 2 bad input (one line on stderr), 3 pinned maps of another geometry
+still held by another process (one line naming the pin and the fix; a systemd unit lists
+it in RestartPreventExitStatus=3: restarting cannot help), 1 internal error
 """
+#: Exit status when --pin finds maps of another geometry that another process holds.
+EXIT_PINNED_IN_USE = 3
 #: Longest batch linger accepted (µs).
 MAX_WAIT_US_LIMIT = 1_000_000
 #: SCHED_FIFO priorities (sched(7)).
@@ -123,7 +133,11 @@ def serve_realtime(priority: int) -> None:
 
 def run(args) -> int:
     config = config_from(args)
-    server = serve.Server(config)
+    try:
+        server = serve.Server(config)
+    except kernel.PinnedMapsInUse as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_PINNED_IN_USE
     previous = {}
 
     def on_signal(signum, frame):
@@ -142,7 +156,7 @@ def run(args) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         server.close()
-    print(summary_text(summary), flush=True)
+    server.print_line(summary_text(summary))
     if args.summary_json:
         write_atomic(args.summary_json, json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return 0
