@@ -8,6 +8,7 @@ import os
 import stat
 
 import pytest
+
 from mlsched.runtime.files import atomic_directory, atomic_path
 
 

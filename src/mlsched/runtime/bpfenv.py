@@ -43,6 +43,12 @@ class ExtensionMissing(KernelPathError, ImportError):
     """The compiled extension is not installed (a conversion-only install)."""
 
 
+class PinnedMapsInUse(KernelPathError):
+    """Pinned maps of another geometry than this load needs (another ring size, another
+    table size) that another process still holds: they are neither reused nor replaced.
+    Without another holder, load() replaces them and says so on the log."""
+
+
 class PrivilegeError(KernelPathError):
     """No CAP_BPF/CAP_PERFMON (or CAP_SYS_ADMIN)."""
 

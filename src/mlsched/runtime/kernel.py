@@ -51,6 +51,7 @@ from .bpfenv import (
     ExtensionMissing,
     KernelPathError,
     NoBTFError,
+    PinnedMapsInUse,
     PrivilegeError,
     VerifierError,
     check_environment,
@@ -84,12 +85,6 @@ LOG_BYTES = 1 << 20
 __all__ = ["KernelPath", "KernelPathError", "LoadOptions", "NoBTFError", "PinnedMapsInUse",
            "PrivilegeError", "VerifierError", "check_environment", "now_ns",
            "unavailable_reason"]
-
-
-class PinnedMapsInUse(KernelPathError):
-    """Pinned maps of another geometry than this load needs (another ring size, another
-    table size) that another process still holds: they are neither reused nor replaced.
-    Without another holder, load() replaces them and says so on the log."""
 
 
 def now_ns() -> int:

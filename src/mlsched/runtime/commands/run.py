@@ -135,7 +135,7 @@ def run(args) -> int:
     config = config_from(args)
     try:
         server = serve.Server(config)
-    except kernel.PinnedMapsInUse as e:
+    except bpfenv.PinnedMapsInUse as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return EXIT_PINNED_IN_USE
     previous = {}
