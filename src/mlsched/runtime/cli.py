@@ -50,7 +50,8 @@ examples:
   mlsched-lite run --duration 15
         serve the kernel side in shadow mode beside CFS for 15 s, then a summary
 
-exit status: 0 done, 2 bad input or unusable bundle (one line on stderr), 1 internal error
+exit status: 0 done, 2 bad input or unusable bundle (one line on stderr), 3 run --pin:
+pinned maps of another geometry still held by another process, 1 internal error
 """
 
 

@@ -191,7 +191,7 @@ PROM_METRICS = (
     ("latency_p99_seconds", "gauge", "request to answer, 99th percentile over the last interval",
      "p99_s"),
     ("peak_rss_bytes", "gauge", "peak resident memory of mlsched-lite", "rss_bytes"),
-    ("write_errors_total", "counter", "failed writes of the stats and record files",
+    ("write_errors_total", "counter", "failed writes of the stats file, the record file and the stats lines on stdout",
      "write_errors"),
 )
 
