@@ -67,16 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         deadline = time.monotonic() + args.duration
         while not stop and time.monotonic() < deadline:
-            batch = kp.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=args.batch,
-                            linger_us=args.max_wait_us)
-            n = len(batch)
-            if not n:
+            r = kp.serve_round(lambda batch: engine.decide_wire(batch["f"], out=dec[:len(batch)]),
+                               timeout_ms=POLL_TIMEOUT_MS, max_records=args.batch,
+                               linger_us=args.max_wait_us)
+            if r is None:
                 continue
-            t0 = time.perf_counter()
-            d = engine.decide_wire(batch["f"], out=dec[:n])
-            answered += kp.answer(batch, d)
+            batch, n, t0 = r.batch, len(r.batch), r.polled_at
+            answered += r.stored
             done_ns = time.monotonic_ns()
-            busy_s += time.perf_counter() - t0
+            busy_s += r.answered_at - t0
             lat = (done_ns - batch["ts_ns"].astype(np.int64)) // 1000
             np.clip(lat, 0, LATENCY_BINS_US - 1, out=lat)
             hist += np.bincount(lat, minlength=LATENCY_BINS_US)

@@ -66,17 +66,17 @@ def consume(argv: list[str]) -> int:
         serve.warm_up(engine)
         if args.rt_priority is not None:
             serve_realtime(args.rt_priority)
-        now = time.monotonic_ns
+        # the round's perf_counter stamps, on the request clock (CLOCK_MONOTONIC, ns)
+        to_ns = time.monotonic_ns() - int(time.perf_counter() * 1e9)
         deadline = time.monotonic() + args.duration
         while not stop and time.monotonic() < deadline:
-            batch = kp.poll(timeout_ms=serve.POLL_TIMEOUT_MS, max_records=serve.DEFAULT_BATCH)
-            polled = now()
-            if not len(batch):
+            r = kp.serve_round(lambda batch: engine.decide_wire(batch["f"]),
+                               timeout_ms=serve.POLL_TIMEOUT_MS, max_records=serve.DEFAULT_BATCH)
+            if r is None:
                 continue
-            decisions = engine.decide_wire(batch["f"])
-            decided = now()
-            kp.answer(batch, decisions)
-            stamps.append((int(batch["ts_ns"].min()), polled, decided, now(), len(batch)))
+            stamps.append((int(r.batch["ts_ns"].min()), to_ns + int(r.polled_at * 1e9),
+                           to_ns + int(r.decided_at * 1e9), to_ns + int(r.answered_at * 1e9),
+                           len(r.batch)))
     finally:
         kp.close()
     write_json_atomic(args.summary_json, {"stamps": stamps, "backend": engine.backend,

@@ -168,3 +168,28 @@ def test_engine_answers_reach_the_kernel(kernel_path):
     read = kp.read_decisions(res.first_seq, res.last_seq - res.first_seq + 1)
     assert read.answered == res.sent
     np.testing.assert_array_equal(read.decision, d[np.argsort(batch["seq"])])
+
+
+def test_serve_round_polls_decides_and_answers_one_batch(kernel_path):
+    """The one step every consumer is built of: what decide() returns is what the kernel
+    side reads back, for exactly the batch poll() returned; nothing on the ring: None."""
+    from mlsched.runtime.wire import MIGRATE, STAY
+
+    kp = kernel_path(None, consumer_timeout_ns=0)
+    assert kp.serve_round(lambda b: np.zeros(len(b), np.uint8), timeout_ms=0) is None
+    sent = kp.inject(generate=300, seed=5, gen_ncpus=4, bypass_table=True)
+    assert sent.sent == 300
+    seen = []
+
+    def decide(batch):
+        seen.append(batch["seq"].copy())
+        return np.where(batch["seq"] % 2 == 0, MIGRATE, STAY).astype(np.uint8)
+
+    r = kp.serve_round(decide, timeout_ms=1000, max_records=4096)
+    assert r is not None and r.stored == len(r.batch) == 300
+    assert list(seen[0]) == list(range(sent.first_seq, sent.last_seq + 1))
+    assert r.polled_at <= r.decided_at <= r.answered_at
+    rb = kp.read_decisions(sent.first_seq, 300)
+    assert rb.answered == 300
+    want = [MIGRATE if s % 2 == 0 else STAY for s in range(sent.first_seq, sent.last_seq + 1)]
+    assert list(rb.decision) == want

@@ -39,6 +39,8 @@ import logging
 import mmap
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -167,6 +169,18 @@ class ReadResult:
 
 
 # ---- loading ------------------------------------------------------------------------------
+
+@dataclass
+class Round:
+    """One ``serve_round()``: the batch poll() returned, the decisions written for it, how
+    many answers were stored, and ``perf_counter()`` after each step (poll, decide, answer)."""
+    batch: np.ndarray
+    decisions: np.ndarray
+    stored: int
+    polled_at: float
+    decided_at: float
+    answered_at: float
+
 
 @dataclass
 class LoadOptions:
@@ -502,6 +516,21 @@ class KernelPath:
         return lib.mls_answer_batch(self._handle(), ffi.from_buffer("struct mlsched_request[]",
                                                                     batch), ffi.from_buffer(
                                         "uint8_t[]", d), len(d))
+
+    def serve_round(self, decide: Callable[[np.ndarray], np.ndarray], timeout_ms: int = 100,
+                    max_records: int = 4096, linger_us: int = 0) -> Round | None:
+        """Poll one batch, ``decide(batch)`` for it, answer it: the one step every consumer
+        (the daemon, its stop drain, replay, the bench's consumers) is built of. None when
+        poll() found nothing within ``timeout_ms``. The batch is a view that the next poll()
+        overwrites."""
+        batch = self.poll(timeout_ms=timeout_ms, max_records=max_records, linger_us=linger_us)
+        polled_at = time.perf_counter()
+        if not len(batch):
+            return None
+        decisions = decide(batch)
+        decided_at = time.perf_counter()
+        stored = self.answer(batch, decisions)
+        return Round(batch, decisions, stored, polled_at, decided_at, time.perf_counter())
 
     def write_back(self, seq: np.ndarray, decision: np.ndarray) -> int:
         """Store decision[i] as the answer to seq[i]; returns the number stored (answers for

@@ -84,11 +84,11 @@ class Replayer:
         res = kp.inject(wire, bypass_table=self.bypass_table)
         got = 0
         while got < res.sent:
-            batch = kp.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=4 * CHUNK_ROWS)
-            if not len(batch):
+            r = kp.serve_round(lambda batch: self.engine.decide_wire(batch["f"]),
+                               timeout_ms=POLL_TIMEOUT_MS, max_records=4 * CHUNK_ROWS)
+            if r is None:
                 break
-            kp.answer(batch, self.engine.decide_wire(batch["f"]))
-            got += len(batch)
+            got += len(r.batch)
         d = res.result.copy()
         sent = res.seq != 0
         if sent.any():

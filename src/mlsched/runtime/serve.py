@@ -17,10 +17,11 @@ Role in the request -> decision path::
    out of the process's peak memory), build the engine (for the collector: a table
    derived for this host's CPU count), give the kernel that table, set the CPU
    domains, warm numpy's small-block cache.
-2. **Serve** (``Server.serve``): attach the collector unless told not to; ``poll()``
-   returns a batch of ring records copied by a C callback; the engine decides the
-   whole batch at once; ``answer()`` stores the decisions; every per-batch statistic
-   is a numpy reduction, never a Python loop per record.
+2. **Serve** (``Server.serve``): attach the collector unless told not to; each
+   ``KernelPath.serve_round()`` polls a batch of ring records copied by a C callback,
+   has ``Server.decide`` decide the whole batch at once and stores the decisions
+   (``answer()``); every per-batch statistic is a numpy reduction, never a Python loop
+   per record.
 3. **Report**: one line per interval on stdout; the same counters as a Prometheus
    textfile; ``record`` appends the live features as CSV (recorder.py). No failed write
    ends serving: a line stdout refuses (a closed pipe, a full disk), a textfile or record
@@ -253,19 +254,24 @@ class Server:
         self.kp.close()
 
     # ---- one batch ------------------------------------------------------------------------
-    def handle_batch(self, batch: np.ndarray) -> None:
-        """Decide, answer and account for one batch from poll()."""
-        need = batch["reason"] != self.hit_reason
-        decisions = self.decide(batch, need)
-        stored = self.kp.answer(batch, decisions)
+    def serve_round(self, timeout_ms: int, max_records: int, linger_us: int = 0) -> int:
+        """One batch through ``KernelPath.serve_round``, then its accounting; the records
+        it took (0: none came)."""
+        r = self.kp.serve_round(self.decide, timeout_ms=timeout_ms, max_records=max_records,
+                                linger_us=linger_us)
+        if r is None:
+            return 0
+        need = r.batch["reason"] != self.hit_reason
         w = self.window
-        w.answered += stored
-        w.latency.add((self.now_ns() - batch["ts_ns"][need]).astype(np.int64))
-        self.compare_with_cfs(batch, decisions)
+        w.answered += r.stored
+        w.latency.add((self.now_ns() - r.batch["ts_ns"][need]).astype(np.int64))
+        self.compare_with_cfs(r.batch, r.decisions)
+        return len(r.batch)
 
-    def decide(self, batch: np.ndarray, need: np.ndarray) -> np.ndarray:
+    def decide(self, batch: np.ndarray) -> np.ndarray:
         """Decisions for every record: the engine's where an answer is needed, the kernel's
         own for hit records (shadow mode reports those for the comparison with CFS)."""
+        need = batch["reason"] != self.hit_reason
         e = self.engine
         w = self.window
         w.records += len(batch)
@@ -370,9 +376,7 @@ class Server:
             # no deadline and no interval leave both infinite: wait the longest single wait
             until = min(deadline, next_report, now + POLL_TIMEOUT_MS / 1000)
             wait = max(0, int((until - now) * 1000))
-            batch = kp.poll(timeout_ms=wait, max_records=cfg.batch, linger_us=cfg.max_wait_us)
-            if len(batch):
-                self.handle_batch(batch)
+            self.serve_round(wait, cfg.batch, cfg.max_wait_us)
             now = time.monotonic()
             if now >= next_report:
                 last_kernel, last_t = self.report(now, start, last_kernel, last_t), now
@@ -391,11 +395,10 @@ class Server:
         budget = self.kp.ring_capacity()
         deadline = time.monotonic() + DRAIN_MAX_S
         while budget > 0 and time.monotonic() < deadline:
-            batch = self.kp.poll(timeout_ms=0, max_records=min(self.config.batch, budget))
-            if not len(batch):
+            took = self.serve_round(0, min(self.config.batch, budget))
+            if not took:
                 break
-            self.handle_batch(batch)
-            budget -= len(batch)
+            budget -= took
         self.kp.clear_heartbeat()
 
     def summary(self, seconds: float) -> dict:
