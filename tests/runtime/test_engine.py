@@ -26,7 +26,6 @@ from mlsched.runtime.engine import (
 )
 from mlsched.runtime.features import pad
 from mlsched.runtime.interp import Model, available_backends
-from mlsched.runtime.table import lookup
 from mlsched.runtime.wire import MIGRATE, STAY, UNSURE, from_wire
 from support.scenarios import SCENARIOS, teacher_decisions
 from support.tables import unsure_cell_traffic
@@ -126,7 +125,11 @@ def test_misses_equal_interpreter_exactly(engine, oracle):
 def test_sure_hits_are_table_cells(engine, bundle8):
     x = healthy_traffic(20_000, seed=3)
     r = engine.decide(x)
-    vals, _ = lookup(bundle8.table, *on_wire_grid(x).T)
+    # the cell by hand: loads on the wire's 1/1024 grid, q = floor((10 L + 512) / 1024)
+    w = on_wire_grid(x)
+    q = ((10 * np.rint(w[:, 3:5] * 1024).astype(np.int64) + 512) >> 10)
+    assert (w[:, 1] + w[:, 2] == N).all(), "healthy traffic lies on the grid"
+    vals = bundle8.table[w[:, 0].astype(int), w[:, 1].astype(int), q[:, 0], q[:, 1]]
     hit = r.source == SOURCE_TABLE
     assert ((vals != UNSURE) == hit).all()
     np.testing.assert_array_equal(r.decisions[hit], vals[hit])

@@ -9,8 +9,11 @@ never per row:
    is rounded to the wire's 1/1024 grid, so a float request and the same request
    from the kernel get the same cell and the same model input; padding columns
    5..9 are ignored (the model sees zeros there, as the table does);
-2. **key** — (cpu, idle, q(src), q(dst)) via ``table.lookup``; a key outside the
-   geometry (cpu >= N, idle + busy != N, fractional counts) is a miss;
+2. **key** — (cpu, idle, q(src), q(dst)) via ``table.TwoLevels.lookup``, the reference
+   lookup; a key outside the geometry (cpu >= N, idle + busy != N, fractional counts) is
+   a miss. The daemon's paths (``decide_wire``: ``_wire_keys`` + ``_level2_wire`` for
+   batches, ``_decide_small`` for a few rows) are specialisations of that reference on
+   the flat table, and tests/runtime/test_lookup_reference.py holds them to it;
 3. **hits** — sure cells (STAY/MIGRATE) are the answer (level 1); under an UNSURE
    cell, the table's second level (``level2.py``) answers at the model's own input
    levels of the two loads (level 2), exactly as the kernel's helper does;
@@ -86,6 +89,9 @@ RAW_COLUMNS = 5
 #: Wire batches of at most this many rows take the per-row path (``_decide_small``): a
 #: dozen numpy calls on a one-row array cost more than the same steps in Python integers.
 SMALL_BATCH = 8
+#: Float counts are clipped to this before the integer lookup: far beyond any table's CPUs,
+#: so a huge count stays off the grid instead of wrapping around in the cast.
+COUNT_CLIP = 1 << 31
 
 
 class EngineError(ValueError):
@@ -292,17 +298,18 @@ class Engine:
         # one quantization on every path: loads go where the wire would put them (1/1024)
         f[:, list(LOAD_COLUMNS)] = np.rint(np.clip(loads, 0.0, 1.0) * LOAD_ONE) / LOAD_ONE
         f[invalid] = 0.0
-        with np.errstate(over="ignore"):                     # idle + busy of huge counts
-            vals, in_geometry = table_mod.lookup(self.table, *f.T)
+        # the reference lookup on the wire values these features travel as; a fractional
+        # count is off the table's grid (counts beyond any table are clipped before the cast)
+        counts = f[:, list(COUNT_COLUMNS)]
+        integral = (counts == np.floor(counts)).all(axis=1)
+        ints = np.clip(counts, 0, COUNT_CLIP).astype(np.int64)
+        wire = np.rint(f[:, list(LOAD_COLUMNS)] * LOAD_ONE).astype(np.int64)
+        vals, level, in_geometry = self._levels.lookup(ints[:, 0], ints[:, 1], ints[:, 2],
+                                                       wire[:, 0], wire[:, 1])
+        in_geometry &= integral
+        vals[~in_geometry] = UNSURE
         source = np.where(vals != UNSURE, SOURCE_TABLE, SOURCE_INTERPRETER).astype(np.uint8)
-        refine = in_geometry & (vals == UNSURE) & ~invalid
-        if self.level2 is not None and refine.any():
-            g = f[refine]
-            wire = np.rint(g[:, list(LOAD_COLUMNS)] * LOAD_ONE).astype(np.int64)
-            d, _, _ = self._levels.lookup(g[:, 0].astype(np.int64), g[:, 1].astype(np.int64),
-                                          g[:, 2].astype(np.int64), wire[:, 0], wire[:, 1])
-            vals[refine] = d
-            source[np.flatnonzero(refine)[d != UNSURE]] = SOURCE_LEVEL2
+        source[in_geometry & (level == 2)] = SOURCE_LEVEL2
         hit = (vals != UNSURE) & ~invalid
         miss = ~(hit | invalid)
         decisions = np.where(hit, vals, STAY).astype(np.uint8)
@@ -386,7 +393,8 @@ class Engine:
 
     def _decide_small(self, cols, out: np.ndarray, source: np.ndarray | None) -> None:
         """``decide_wire``'s steps for a few rows, one row at a time in Python integers:
-        the same keys, cells, level-2 bytes, counters and one interpreter call."""
+        the same keys, cells, level-2 bytes, counters and one interpreter call. A
+        specialisation of the reference ``TwoLevels.lookup``."""
         c = self.counters
         n = len(out)
         ncpus, cells = self.ncpus, LOAD_LEVELS * LOAD_LEVELS
@@ -446,7 +454,8 @@ class Engine:
 
     def _wire_keys(self, cpu, idle, busy, src, dst) -> tuple[np.ndarray, np.ndarray]:
         """Flat table index of every row (int64; garbage where the key is off-grid) and
-        whether the key lies in the table's geometry (cpu < N, idle + busy == N)."""
+        whether the key lies in the table's geometry (cpu < N, idle + busy == N): with
+        ``_level2_wire``, the batch specialisation of the reference ``TwoLevels.lookup``."""
         ncpus = self.ncpus
         ok = cpu < ncpus                    # compared in the input's own integer type
         ok &= idle <= ncpus

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .features import DST_LOAD, LOAD_LEVELS, LOAD_STEPS, SRC_LOAD, host_features, load_key
+from .features import DST_LOAD, LOAD_LEVELS, LOAD_STEPS, SRC_LOAD, host_features
 from .level2 import (
     FIRST_MIGRATE,
     INPUT_LEVELS,
@@ -111,24 +111,6 @@ def _cells(lattice: np.ndarray, lo: np.ndarray, probes: int) -> np.ndarray:
     mn, mx = win.min(axis=(2, 3)), win.max(axis=(2, 3))
     centre = lattice[np.ix_(np.arange(LOAD_LEVELS) * probes, np.arange(LOAD_LEVELS) * probes)]
     return np.where(mn == mx, centre, UNSURE).astype(np.uint8)
-
-
-def lookup(table: np.ndarray, cpu, idle, busy, src, dst) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorized table lookup on raw features: (cell values uint8, in_geometry bool).
-
-    Rows whose key falls outside the geometry (cpu >= N, idle + busy != N, negative
-    or non-integral counts) get UNSURE and ``in_geometry`` False.
-    """
-    n = table.shape[0]
-    cpu = np.asarray(cpu, np.float64)
-    idle = np.asarray(idle, np.float64)
-    busy = np.asarray(busy, np.float64)
-    ok = ((cpu >= 0) & (cpu < n) & (idle >= 0) & (idle <= n) & (idle + busy == n)
-          & (cpu == np.floor(cpu)) & (idle == np.floor(idle)))
-    c = np.where(ok, cpu, 0).astype(np.int64)
-    i = np.where(ok, idle, 0).astype(np.int64)
-    vals = table[c, i, load_key(src), load_key(dst)]
-    return np.where(ok, vals, UNSURE).astype(np.uint8), ok
 
 
 def check_centres(table: np.ndarray, decide: Callable[[np.ndarray], np.ndarray],
@@ -327,8 +309,12 @@ class TwoLevels:
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(decisions with UNSURE for misses, level 0/1/2 that answered, in_geometry).
 
-        ``cpu``/``idle``/``busy`` integers; loads in 1/1024, clamped to 1.0 here as in the
-        kernel. The same arithmetic as ``mlsched_lookup()``.
+        The reference lookup in Python: the same arithmetic as the kernel's
+        ``mlsched_lookup()`` and ``mlsched_level2()`` (bpf/mlsched_decide.h), written for
+        reading. ``cpu``/``idle``/``busy`` integers; loads in 1/1024, clamped to 1.0 here as
+        in the kernel. The engine's batch and float paths call it; its wire paths
+        (``Engine._wire_keys``/``_level2_wire``, ``Engine._decide_small``) are faster
+        specialisations that tests/runtime/test_lookup_reference.py holds to it.
         """
         table = self.table
         n = table.shape[0]
@@ -352,4 +338,4 @@ class TwoLevels:
 
 
 __all__ = ["MODES", "Exact", "Level2Error", "build", "build_exact", "check_centres",
-           "input_levels", "lookup", "TwoLevels", "table_bytes", "table_shape"]
+           "input_levels", "TwoLevels", "table_bytes", "table_shape"]
