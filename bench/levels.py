@@ -74,8 +74,8 @@ def measure(cpus: int, records: int, reps: int = 1, log=print) -> dict:
     """Exact fractions, level shares, per-decision times and sizes for one host size."""
     from mlsched.runtime.bundle import Bundle
     from mlsched.runtime.features import pad
+    from mlsched.runtime.injector import Injector
     from mlsched.runtime.interp import Model
-    from mlsched.runtime.kernel import KernelPath
     from mlsched.runtime.wire import ROW_BYTES, from_wire
 
     path = bundle_for(cpus, log)
@@ -90,7 +90,7 @@ def measure(cpus: int, records: int, reps: int = 1, log=print) -> dict:
                                         + (b.level2.kernel_words * 8 if b.level2 else 0)),
                  "convert_seconds": report.get("seconds"),
                  "table_seconds": report.get("table_seconds")}
-    with KernelPath().load(b.table, level2=b.level2, consumer_timeout_ns=0,
+    with Injector().load(b.table, level2=b.level2, consumer_timeout_ns=0,
                            ring_size=1 << 22) as kp:
         for kind in ("uniform", "busy"):
             f = traffic(kind, records, cpus, rng)

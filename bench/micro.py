@@ -20,8 +20,8 @@ import numpy as np
 from bench.common import RingStuck, send_all
 from mlsched.runtime import table as table_mod
 from mlsched.runtime.engine import SOURCE_INTERPRETER, SOURCE_TABLE, Engine
+from mlsched.runtime.injector import Injector
 from mlsched.runtime.interp import BUCKETS, Model, available_backends
-from mlsched.runtime.kernel import KernelPath
 from mlsched.runtime.wire import from_wire
 from support.traffic import generated_features
 
@@ -127,7 +127,7 @@ def kernel_lookup(table: np.ndarray, count: int, reps: int) -> tuple[list[float]
     """ns per decide() in the kernel: the injector's own clock (inject_args.elapsed_ns)
     over ``count`` generated all-hit records, through bpf_prog_test_run."""
     ncpus = int(table.shape[0])
-    with KernelPath().load(table, consumer_timeout_ns=0) as kp:
+    with Injector().load(table, consumer_timeout_ns=0) as kp:
         kp.load_injector()
         kp.inject(generate=min(count, 10000), seed=99, gen_ncpus=ncpus)     # warm
         per = []
@@ -150,7 +150,7 @@ def kernel_lookup(table: np.ndarray, count: int, reps: int) -> tuple[list[float]
 DRAIN_IDLE_MS = 10_000
 
 
-def _drain_into(kp: KernelPath, count: int, got: dict) -> None:
+def _drain_into(kp: Injector, count: int, got: dict) -> None:
     try:
         got["n"] = kp.drain(target=count, idle_timeout_ms=DRAIN_IDLE_MS)
     except Exception as exc:    # reported by the producer, which checks the thread
@@ -166,7 +166,7 @@ def raw_ring(table: np.ndarray, count: int, reps: int, ring_bytes: int
     ncpus = int(table.shape[0])
     chunk = max(1024, min(GENERATE_CHUNK, ring_bytes // RING_RECORD_BYTES // 2))
     per, dropped_total = [], 0
-    with KernelPath().load(table, consumer_timeout_ns=0, ring_size=ring_bytes) as kp:
+    with Injector().load(table, consumer_timeout_ns=0, ring_size=ring_bytes) as kp:
         kp.load_injector()
         for r in range(reps):
             got: dict = {}

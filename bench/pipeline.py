@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import send_all
-from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS, KernelPath
+from mlsched.runtime.injector import Injector
+from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS
 from mlsched.runtime.stats import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +96,7 @@ class Session:
         self.consumer_module = consumer_module
         self.daemon = daemon_command() if use_daemon else None
         self.proc: subprocess.Popen | None = None
-        self.kp: KernelPath | None = None
+        self.kp: Injector | None = None
         self.summary: dict = {}
         self.rss_mb: float | None = None
         self.stderr = ""
@@ -122,7 +123,7 @@ class Session:
             self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
                                          stderr=self._err)
             self._wait_for_pins()
-            self.kp = KernelPath().load(None, pin=True, pin_dir=self.pin_dir, share=True,
+            self.kp = Injector().load(None, pin=True, pin_dir=self.pin_dir, share=True,
                                         ring_size=self.ring_bytes,
                                         consumer_timeout_ns=DEFAULT_CONSUMER_TIMEOUT_NS)
             self.kp.load_injector()

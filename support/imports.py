@@ -28,6 +28,7 @@ FLOORS: list[tuple[str, list[str]]] = [
     ("subcommand support", ["commands.common", "commands.__init__"]),
     ("serving", ["serve", "replay", "api"]),
     ("serving parts", ["stats", "recorder", "featureio", "loadgen"]),
+    ("producers on the kernel path", ["injector"]),
     ("engine / kernel path", ["engine", "kernel"]),
     ("bundle", ["bundle"]),
     ("table, interpreter", ["table", "interp"]),

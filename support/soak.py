@@ -223,10 +223,10 @@ class Soak:
     def attach_producer(self) -> None:
         from mlsched.runtime.bundle import load_bundle
         from mlsched.runtime.engine import Engine
-        from mlsched.runtime.kernel import KernelPath
+        from mlsched.runtime.injector import Injector
 
         self.engine = Engine(load_bundle(None))
-        self.kp = KernelPath().load(None, pin=True, pin_dir=str(self.pin_dir), share=True,
+        self.kp = Injector().load(None, pin=True, pin_dir=str(self.pin_dir), share=True,
                                     ring_size=self.s.ring_size)
         self.wait_serving()
 

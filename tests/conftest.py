@@ -41,12 +41,12 @@ def require_bpf() -> None:
 @pytest.fixture
 def kernel_path(require_bpf):
     """Factory: ``kernel_path(table, **load_kwargs)`` -> loaded KernelPath, closed after the test."""
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
-    opened: list[KernelPath] = []
+    opened: list[Injector] = []
 
-    def load(table=None, **kwargs) -> KernelPath:
-        kp = KernelPath().load(table, **kwargs)
+    def load(table=None, **kwargs) -> Injector:
+        kp = Injector().load(table, **kwargs)
         opened.append(kp)
         return kp
 

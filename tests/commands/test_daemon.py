@@ -22,7 +22,7 @@ def test_daemon_answers_an_external_producer(pin_dir, tmp_path, bundle8):
     """Injector (this process) -> pinned ring -> daemon (another process) -> decisions map:
     what the kernel side reads is what the engine decides, for every request."""
     from mlsched.runtime.engine import Engine
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
     from support.traffic import generated_features
 
     summary, prom = tmp_path / "summary.json", tmp_path / "m.prom"
@@ -33,7 +33,7 @@ def test_daemon_answers_an_external_producer(pin_dir, tmp_path, bundle8):
         wait_for(lambda: (pin_dir / "control").exists() or daemon.poll() is not None,
                  what="the daemon's pinned maps")
         assert daemon.poll() is None, daemon.communicate()
-        kp = KernelPath().load(None, pin=True, pin_dir=str(pin_dir), share=True)
+        kp = Injector().load(None, pin=True, pin_dir=str(pin_dir), share=True)
         # a producer that joins takes the consumer's settings: wait until it polls
         wait_for(lambda: int(kp.control["heartbeat_ns"][0]) != 0, what="the daemon to poll")
         engine = Engine(bundle8)

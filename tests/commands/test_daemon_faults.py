@@ -23,8 +23,8 @@ pytestmark = pytest.mark.bpf
 #: some, however slow this machine is to load the injector), "no answer" if that never came.
 FLOOD = textwrap.dedent("""
     import sys, time
-    from mlsched.runtime.kernel import KernelPath
-    kp = KernelPath().load(None, pin=True, pin_dir=sys.argv[1], share=True).load_injector()
+    from mlsched.runtime.injector import Injector
+    kp = Injector().load(None, pin=True, pin_dir=sys.argv[1], share=True).load_injector()
     end = time.monotonic() + float(sys.argv[2])
     seed, first = 1, 0
     while not (first and kp.read_decisions(first, 1).answered):
@@ -48,7 +48,7 @@ def test_sigterm_ends_the_run_while_requests_keep_coming(pin_dir, tmp_path):
     """The drain at stop is bounded, and the heartbeat is gone once the daemon is: another
     producer on the pinned maps neither keeps the daemon alive nor waits on it."""
     from mlsched.runtime.bundle import load_bundle
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     summary = tmp_path / "summary.json"
     daemon = start("run", "--no-collector", "--pin", "--pin-dir", pin_dir, "--interval", "0",
@@ -82,7 +82,7 @@ def test_sigterm_ends_the_run_while_requests_keep_coming(pin_dir, tmp_path):
     # the fault this guards against was an endless drain: the bound above catches it
     print(f"\nSIGTERM -> exit in {took:.2f} s while another process injected misses")
     assert json.loads(summary.read_text())["records"] > 0
-    with KernelPath() as kp:
+    with Injector() as kp:
         kp.load(load_bundle(None).table, pin=True, pin_dir=str(pin_dir))
         assert int(kp.control["heartbeat_ns"][0]) == 0, "a stopped daemon left its heartbeat"
 

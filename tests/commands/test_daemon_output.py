@@ -24,9 +24,9 @@ HANG_S = 60.0
 
 def heartbeat(pin_dir) -> int:
     """The consumer's last poll as the pinned control map holds it (0: none yet)."""
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
-    with KernelPath() as kp:
+    with Injector() as kp:
         kp.load(None, pin=True, pin_dir=str(pin_dir), share=True)
         return int(kp.control["heartbeat_ns"][0])
 
@@ -43,7 +43,7 @@ def broken_stream(kind: str) -> int:
 @pytest.mark.parametrize("stdout, stderr", [("closed pipe", "pipe"), ("/dev/full", "pipe"),
                                             ("closed pipe", "closed pipe")])
 def test_a_failed_stats_line_does_not_end_serving(pin_dir, tmp_path, stdout, stderr):
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     summary, prom = tmp_path / "summary.json", tmp_path / "m.prom"
     out_fd = broken_stream(stdout)
@@ -67,7 +67,7 @@ def test_a_failed_stats_line_does_not_end_serving(pin_dir, tmp_path, stdout, std
             f"{daemon.stderr.read() if daemon.stderr else ''}")
         wait_for(lambda: daemon.poll() is not None or heartbeat(pin_dir) != 0,
                  timeout=HANG_S, what="the daemon to poll")
-        kp = KernelPath().load(None, pin=True, pin_dir=str(pin_dir), share=True)
+        kp = Injector().load(None, pin=True, pin_dir=str(pin_dir), share=True)
         res = kp.inject(generate=SENT, seed=7, gen_ncpus=8, bypass_table=True)
         assert res.sent == SENT, res
         count = int(res.last_seq - res.first_seq + 1)

@@ -107,7 +107,7 @@ def test_overload_counts_drops_keeps_serving_and_never_misanswers(pin_dir, tmp_p
     daemon: the kernel counts every drop, the daemon reports them and keeps serving, every
     record that got through is answered once with its own decision, the backlog drains, and
     a paced producer afterwards loses nothing."""
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     ring = 16384
     summary, prom = tmp_path / "s.json", tmp_path / "m.prom"
@@ -119,7 +119,7 @@ def test_overload_counts_drops_keeps_serving_and_never_misanswers(pin_dir, tmp_p
     sent = dropped = bad = aliased = checked = 0
     try:
         wait_pinned(daemon, pin_dir)
-        kp = KernelPath().load(None, pin=True, pin_dir=str(pin_dir), ring_size=ring,
+        kp = Injector().load(None, pin=True, pin_dir=str(pin_dir), ring_size=ring,
                                share=True)
         wait_serving(daemon, kp)
         k0 = kp.stats()
@@ -198,7 +198,8 @@ def test_daemon_killed_mid_stream_then_restarted(pin_dir, tmp_path, record_prope
     takes over the same maps: counters and sequence numbers carry on, answers resume."""
     import threading
 
-    from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS, KernelPath
+    from mlsched.runtime.injector import Injector
+    from mlsched.runtime.kernel import DEFAULT_CONSUMER_TIMEOUT_NS
 
     e = engine()
     timeout_s = DEFAULT_CONSUMER_TIMEOUT_NS / 1e9
@@ -208,7 +209,7 @@ def test_daemon_killed_mid_stream_then_restarted(pin_dir, tmp_path, record_prope
     log: list[tuple[float, np.ndarray, object]] = []
     try:
         wait_pinned(daemon, pin_dir)
-        kp = KernelPath().load(None, pin=True, pin_dir=str(pin_dir), share=True)
+        kp = Injector().load(None, pin=True, pin_dir=str(pin_dir), share=True)
         wait_serving(daemon, kp)
         stop = threading.Event()
 

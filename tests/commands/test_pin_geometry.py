@@ -41,7 +41,7 @@ CHANGES = [("--ring-size", 65536, 131072, "requests", 65536, 131072),
                          ids=[c[0] for c in CHANGES])
 def test_pins_nobody_holds_are_replaced_and_served(pin_dir, flag, first, second, name,
                                                    before, after):
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     r = lite(*RUN, "--pin-dir", pin_dir, flag, first, "--duration", "0.2")
     assert r.returncode == 0, r.stderr
@@ -52,7 +52,7 @@ def test_pins_nobody_holds_are_replaced_and_served(pin_dir, flag, first, second,
         wait_for(lambda: daemon.poll() is not None or pinned_entries(pin_dir, name) == after,
                  what="the new pins")
         assert daemon.poll() is None, daemon.communicate()
-        kp = KernelPath().load(None, pin=True, pin_dir=str(pin_dir), share=True)
+        kp = Injector().load(None, pin=True, pin_dir=str(pin_dir), share=True)
         wait_for(lambda: int(kp.control["heartbeat_ns"][0]) != 0, what="the daemon to poll")
         res = kp.inject(generate=1000, seed=3, gen_ncpus=second if flag == "--cpus" else 8,
                         bypass_table=True)
@@ -75,11 +75,11 @@ def test_pins_nobody_holds_are_replaced_and_served(pin_dir, flag, first, second,
 
 
 def test_pins_another_process_holds_are_refused_with_their_own_status(pin_dir):
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     r = lite(*RUN, "--pin-dir", pin_dir, "--ring-size", 65536, "--duration", "0.2")
     assert r.returncode == 0, r.stderr
-    with KernelPath() as producer:          # a producer on the pinned maps, as a balancer
+    with Injector() as producer:          # a producer on the pinned maps, as a balancer
         producer.load(None, pin=True, pin_dir=str(pin_dir), share=True)
         refused = lite(*RUN, "--pin-dir", pin_dir, "--ring-size", 131072, "--duration", "0.2")
         assert pinned_entries(pin_dir, "requests") == 65536, "a held pin was replaced"

@@ -107,8 +107,8 @@ def test_close_leaves_no_program_map_or_link(kernel_path):
 def test_killed_process_leaves_nothing_attached(require_bpf):
     child = textwrap.dedent("""
         import json, sys, time
-        from mlsched.runtime.kernel import KernelPath
-        kp = KernelPath().load(None)
+        from mlsched.runtime.injector import Injector
+        kp = Injector().load(None)
         kp.attach_collector()
         print(json.dumps(kp.ids()), flush=True)
         time.sleep(600)
@@ -125,10 +125,10 @@ def test_killed_process_leaves_nothing_attached(require_bpf):
 
 
 def test_pinned_maps_keep_counters_across_restarts(kernel_path, bpffs):
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     pin_dir = str(bpffs / "mlsched")
-    first = KernelPath().load(None, pin=True, pin_dir=pin_dir, consumer_timeout_ns=0)
+    first = Injector().load(None, pin=True, pin_dir=pin_dir, consumer_timeout_ns=0)
     try:
         res = first.inject(generate=500, seed=1, gen_ncpus=4)
         assert res.sent == 500
@@ -137,7 +137,7 @@ def test_pinned_maps_keep_counters_across_restarts(kernel_path, bpffs):
         first.close()
     assert (bpffs / "mlsched" / "stats").exists() and (bpffs / "mlsched" / "requests").exists()
 
-    second = KernelPath().load(None, pin=True, pin_dir=pin_dir, consumer_timeout_ns=0)
+    second = Injector().load(None, pin=True, pin_dir=pin_dir, consumer_timeout_ns=0)
     try:
         assert second.stats()["produced"] == stats["produced"] == 500
         # the undelivered requests are still in the pinned ring, seqs continue
@@ -150,19 +150,21 @@ def test_pinned_maps_keep_counters_across_restarts(kernel_path, bpffs):
 
 
 def test_pin_outside_bpffs_names_the_fix(kernel_path, tmp_path):
-    from mlsched.runtime.kernel import KernelPath, KernelPathError
+    from mlsched.runtime.injector import Injector
+    from mlsched.runtime.kernel import KernelPathError
 
     with pytest.raises(KernelPathError, match="mount -t bpf"):
-        KernelPath().load(None, pin=True, pin_dir=str(tmp_path / "mlsched"))
+        Injector().load(None, pin=True, pin_dir=str(tmp_path / "mlsched"))
 
 
 def test_unprivileged_user_gets_one_line(require_bpf):
     child = textwrap.dedent("""
         import os, sys
-        from mlsched.runtime.kernel import KernelPath, PrivilegeError
+        from mlsched.runtime.kernel import PrivilegeError
+        from mlsched.runtime.injector import Injector
         os.setgid(65534); os.setuid(65534)     # drops every capability
         try:
-            KernelPath().load(None)
+            Injector().load(None)
         except PrivilegeError as exc:
             print(exc)
             sys.exit(2)

@@ -145,18 +145,18 @@ def test_pinned_maps_of_another_size_are_reused_not_refused(bundle8, pin_dir, re
     """A consumer restarted on pins made for a smaller (or no) level 2 opens them; the
     larger level 2 is refused with one line, and level 1 serves."""
     from mlsched.runtime.bpfenv import KernelPathError
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
-    with KernelPath() as kp:                      # pins made without a level 2
+    with Injector() as kp:                      # pins made without a level 2
         kp.load(bundle8.table, pin=True, pin_dir=str(pin_dir), consumer_timeout_ns=0)
-    with KernelPath() as kp:                      # restart asking for room for one
+    with Injector() as kp:                      # restart asking for room for one
         kp.load(None, pin=True, pin_dir=str(pin_dir), table_capacity=N,
                 level2_capacity=bundle8.level2.kernel_words * 8, consumer_timeout_ns=0)
         with pytest.raises(KernelPathError, match="exceeds"):
             kp.set_table(bundle8.table, bundle8.level2)
         kp.set_table(bundle8.table)
         assert kp.inject(unsure_cell_traffic(bundle8.table, 10, seed=6), ignore_consumer=True).done == 10
-    with KernelPath() as kp:                      # pins with room, a restart without a level 2
+    with Injector() as kp:                      # pins with room, a restart without a level 2
         kp.load(None, pin=True, pin_dir=str(pin_dir), table_capacity=N, consumer_timeout_ns=0)
         kp.set_table(bundle8.table)
 

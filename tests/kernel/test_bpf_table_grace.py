@@ -98,14 +98,14 @@ def test_a_held_reader_never_pairs_a_row_with_a_newer_level2(reader, pin_dir, sw
     Table C says MIGRATE in that cell at level 1 and refines another cell, with a level 2
     that says STAY. A reader that read A's cell and then C's level 2 answers STAY: a
     decision neither table gives."""
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     a = np.full((2, 3, 11, 11), STAY, np.uint8)
     a[0, 1, 5, 5] = UNSURE
     c = np.full((2, 3, 11, 11), MIGRATE, np.uint8)
     c[1, 1, 5, 5] = UNSURE
     key = (0, 1, 1, LOAD, LOAD)
-    with KernelPath() as kp:
+    with Injector() as kp:
         kp.load(a, level2=level2_of(ALL_MIGRATE), pin=True, pin_dir=str(pin_dir),
                 consumer_timeout_ns=0)
         got = held_lookup(reader, pin_dir, STEP_ROW, key,
@@ -123,12 +123,12 @@ def test_a_held_reader_never_reads_new_rows_under_old_geometry(reader, pin_dir, 
     """Table A: 4 CPUs, every cell STAY. Table C: 2 CPUs, every cell MIGRATE. The key
     (cpu 0, idle 1, busy 3) is on A's grid and off C's; C's rows under A's geometry
     answer MIGRATE."""
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     a = np.full((4, 5, 11, 11), STAY, np.uint8)
     c = np.full((2, 3, 11, 11), MIGRATE, np.uint8)
     key = (0, 1, 3, LOAD, LOAD)
-    with KernelPath() as kp:
+    with Injector() as kp:
         kp.load(a, pin=True, pin_dir=str(pin_dir), consumer_timeout_ns=0)
         got = held_lookup(reader, pin_dir, STEP_SELECTED, key,
                           lambda: [kp.set_table(c) for _ in range(swaps)])
@@ -144,17 +144,17 @@ def test_a_change_cut_short_is_closed_by_the_next_consumer(pin_dir):
     """A consumer killed while it published a table leaves the count odd in the pinned
     control map: lookups answer nothing from the table until the next consumer opens the
     maps, and then the table that was published (whole either way) answers again."""
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
     a = np.full((2, 3, 11, 11), MIGRATE, np.uint8)
     key = np.array([[0, 1, 1, LOAD, LOAD]], np.uint32)
-    with KernelPath() as kp:
+    with Injector() as kp:
         kp.load(a, pin=True, pin_dir=str(pin_dir), consumer_timeout_ns=0)
         assert kp.inject(key, ignore_consumer=True).level.tolist() == [1]
         kp.control["table_seq"] = int(kp.control["table_seq"][0]) | 1     # as if cut short
         r = kp.inject(key, ignore_consumer=True)
         assert (r.level.tolist(), r.result.tolist(), r.hits) == ([0], [STAY], 0)
-    with KernelPath() as kp:
+    with Injector() as kp:
         kp.load(None, pin=True, pin_dir=str(pin_dir), table_capacity=2, consumer_timeout_ns=0)
         assert int(kp.control["table_seq"][0]) % 2 == 0
         r = kp.inject(key, ignore_consumer=True)

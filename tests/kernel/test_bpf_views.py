@@ -15,8 +15,8 @@ import pytest
 pytestmark = pytest.mark.bpf
 
 CHILD = textwrap.dedent("""
-    from mlsched.runtime.kernel import KernelPath
-    kp = KernelPath().load(None, table_capacity=4)
+    from mlsched.runtime.injector import Injector
+    kp = Injector().load(None, table_capacity=4)
     ctl = kp.control
     host = kp._view(2)
     table = kp._view(3)
@@ -36,9 +36,9 @@ def test_views_outlive_close(require_bpf):
 
 
 def test_load_after_close_polls(kernel_path):
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
-    kp = KernelPath().load(None, consumer_timeout_ns=0)
+    kp = Injector().load(None, consumer_timeout_ns=0)
     try:
         assert len(kp.poll(timeout_ms=0)) == 0
         kp.close()

@@ -37,9 +37,9 @@ def _bpf_or_skip():
 def ring():
     """One kernel path for every example: 1 MiB ring, no consumer timeout."""
     _bpf_or_skip()
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
-    kp = KernelPath().load(engine().table, consumer_timeout_ns=0)
+    kp = Injector().load(engine().table, consumer_timeout_ns=0)
     yield kp
     kp.close()
 
@@ -127,9 +127,9 @@ def test_live_consumer_is_never_taken_for_gone(require_bpf):
     ``no_consumer`` (a heartbeat newer than the producer's clock reading must not wrap)."""
     import threading
 
-    from mlsched.runtime.kernel import KernelPath
+    from mlsched.runtime.injector import Injector
 
-    with KernelPath() as kp:
+    with Injector() as kp:
         kp.load(engine().table, consumer_timeout_ns=1_000_000_000)
         kp.heartbeat()
         stop = threading.Event()

@@ -18,6 +18,9 @@
     9. make_report          report.json figures, report.png heatmaps
    10. make_manifest        feature spec (input width 5 or 10), normalization, quantization
    11. write_bundle         model, table, report files and manifest with hashes, atomic write
+
+Why one module of this length: it is the conversion's list of steps, one function each, in
+the order ``convert()`` calls them.
 """
 
 from __future__ import annotations

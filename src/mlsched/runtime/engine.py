@@ -47,6 +47,9 @@ counts rows the interpreter evaluated (misses, plus every valid row when
 probabilities were asked for) in ``interpreter_calls`` invokes of the shim.
 
 The engine is not thread-safe: one engine per thread.
+
+Why one module of this length: the float path, the wire batch path and the per-row path are
+three entry points of one object over the same state (flat table, level-2 bases, counters).
 """
 
 from __future__ import annotations

@@ -14,13 +14,13 @@ Role in the request -> decision path::
    ``mlsched.runtime._bpf`` (its generated skeleton), sizes the ring, the decision
    slots and the table, loads the programs, maps the shared maps into memory and
    copies the table in.
-2. ``attach_collector()`` puts the live collector on the scheduler tracepoints;
-   ``inject()`` runs the SEC("syscall") injector instead (tests, replay, bench):
-   a second object, loaded on first use onto the same maps.
+2. ``attach_collector()`` puts the live collector on the scheduler tracepoints (a
+   producer on the same maps, ``injector.Injector``, sends requests instead: replay,
+   tests, benches).
 3. ``poll()`` waits on the ring and returns a batch; Python never sees single
-   records. ``answer()`` writes the batch's decisions back without a syscall.
-4. ``read_decisions()`` reads answers back the way the kernel side does;
-   ``stats()`` sums the per-CPU counters; ``close()`` detaches everything.
+   records. ``answer()`` writes the batch's decisions back without a syscall;
+   ``serve_round()`` is the two with the caller's decision between them.
+4. ``stats()`` sums the per-CPU counters; ``close()`` detaches everything.
 
 Statistics: kernel counters are named once in ``bpf/mlsched.h`` (enum
 mlsched_stat) and appear here lower-cased without the prefix; the consumer's
@@ -30,6 +30,10 @@ kept by the C side of this handle.
 Layouts, constants and the table's kernel layout come from ``wire.py``; CPU domains
 from ``topology.py``; the privilege and BTF checks and the error classes from
 ``bpfenv.py``.
+
+Why one module of this length: ``KernelPath``'s methods map one-to-one onto the C side's
+entry points over one handle (load, views, poll/answer, tables, stats); the producer side
+lives in ``injector.py``.
 """
 
 from __future__ import annotations
@@ -69,7 +73,6 @@ from .wire import (
     MAX_TABLE_CPUS,
     REQUEST_DTYPE,
     UNSURE,
-    as_wire_array,
     dtype_of,
     stat_names,
     table_rows,
@@ -128,44 +131,11 @@ def _verifier_reason(text: str) -> str:
     return "see the log"
 
 
-def _check(rc: int, what: str) -> int:
+def check_call(rc: int, what: str) -> int:
+    """``rc`` when it is not an error (>= 0), else the error naming ``what`` (raised)."""
     if rc < 0:
         _raise(rc, what)
     return rc
-
-
-# ---- results --------------------------------------------------------------------------
-
-@dataclass
-class InjectResult:
-    """What one ``inject()`` did; per-record arrays only for batch (not generated) input."""
-    done: int
-    hits: int
-    sent: int
-    dropped: int
-    no_consumer: int
-    migrate: int
-    first_seq: int
-    last_seq: int
-    elapsed_ns: int
-    result: np.ndarray | None = None    # uint8 decision returned by mlsched_decide()
-    reason: np.ndarray | None = None    # uint8 enum mlsched_reason
-    fate: np.ndarray | None = None      # uint8 enum mlsched_fate
-    seq: np.ndarray | None = None       # uint64 seq sent (0: none)
-    level: np.ndarray | None = None     # uint8 table level that answered (1, 2; 0: none)
-    decide_ns: np.ndarray | None = None  # uint32 per-record time (time_each), else zeros
-
-
-@dataclass
-class ReadResult:
-    """Answers as the kernel side sees them for seqs first_seq .. first_seq + n - 1."""
-    first_seq: int
-    answered: int
-    missing: int
-    overwritten: int
-    migrate: int
-    decision: np.ndarray                 # uint8, STAY where not answered
-    status: np.ndarray                   # uint8 enum mlsched_answer_status
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -327,7 +297,7 @@ class KernelPath:
         if rc == -errno_mod.ETXTBSY:        # mls_open(): pinned maps held elsewhere
             raise PinnedMapsInUse(ffi.string(lib.mls_last_error()).decode(errors="replace"),
                                   errno_mod.ETXTBSY, _take_log())
-        _check(rc, "loading the BPF side")
+        check_call(rc, "loading the BPF side")
         self._k = out[0]
         notice = ffi.string(lib.mls_notice(self._k)).decode(errors="replace")
         if notice:
@@ -426,7 +396,7 @@ class KernelPath:
                 for k, v in enumerate(q.band_start):
                     side.band_start[k] = v
             lines = level2.kernel_image()
-        _check(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), buf.nbytes, n,
+        check_call(lib.mls_set_table(self._handle(), ffi.from_buffer("uint8_t[]", buf), buf.nbytes, n,
                                  ffi.from_buffer("uint8_t[]", lines),
                                  lines.nbytes if level2 is not None else 0, geom),
                "loading the table")
@@ -436,7 +406,7 @@ class KernelPath:
         """The table's CPUs: ``cpus[i]`` is the CPU id of table index i (the kernel keys the
         table and counts idle/busy CPUs by it; other CPUs are off the table)."""
         ids = np.asarray(cpus, dtype=np.uint32)
-        _check(lib.mls_set_cpu_index(self._handle(), ffi.from_buffer("uint32_t[]", ids),
+        check_call(lib.mls_set_cpu_index(self._handle(), ffi.from_buffer("uint32_t[]", ids),
                                      len(ids), len(ids)), "setting the CPU index")
         self.cpu_ids = [int(c) for c in ids]
 
@@ -445,7 +415,7 @@ class KernelPath:
             raise KernelPathError("no CPU domains")
         cpu_domain = topology.cpu_domain_map(domains, lib.MLSCHED_DOMAIN_NONE, np.uint32)
         ncpus = len(cpu_domain)
-        _check(lib.mls_set_domains(self._handle(), ffi.from_buffer("uint32_t[]", cpu_domain),
+        check_call(lib.mls_set_domains(self._handle(), ffi.from_buffer("uint32_t[]", cpu_domain),
                                    len(cpu_domain), ncpus, len(domains)), "setting domains")
         self.domains = [list(d) for d in domains]
 
@@ -480,13 +450,13 @@ class KernelPath:
     def attach_collector(self, report_hits: bool = True) -> None:
         """Attach the tracepoint collector; ``report_hits``: emit kernel hits too (shadow mode)."""
         self.set_flags(report_hits=report_hits)
-        _check(lib.mls_attach_collector(self._handle()), "attaching the collector")
+        check_call(lib.mls_attach_collector(self._handle()), "attaching the collector")
 
     def detach_collector(self) -> None:
         lib.mls_detach_collector(self._handle())
 
     def unpin(self) -> None:
-        _check(lib.mls_unpin(self._handle()), "unpinning")
+        check_call(lib.mls_unpin(self._handle()), "unpinning")
 
     # -- hot path --
 
@@ -501,7 +471,7 @@ class KernelPath:
         if self._batch is None or len(self._batch_view) < max_records:
             self._batch = ffi.new("struct mlsched_request[]", max_records)
             self._batch_view = np.frombuffer(ffi.buffer(self._batch), dtype=self.request_dtype)
-        n = _check(lib.mls_poll(k, self._batch, max_records, timeout_ms, linger_us),
+        n = check_call(lib.mls_poll(k, self._batch, max_records, timeout_ms, linger_us),
                    "polling the request ring")
         return self._batch_view[:n]
 
@@ -547,97 +517,8 @@ class KernelPath:
         """Discard ring records (C consumer, the ring's ceiling) until ``target`` records
         or ``idle_timeout_ms`` without any; returns how many were drained."""
         out = ffi.new("uint64_t *")
-        _check(lib.mls_drain(self._handle(), target, idle_timeout_ms, out), "draining")
+        check_call(lib.mls_drain(self._handle(), target, idle_timeout_ms, out), "draining")
         return int(out[0])
-
-    # -- test-run programs --
-
-    def load_injector(self) -> KernelPath:
-        """Load the injector now rather than on the first ``inject()``: a bench or a test
-        that times injection, or a consumer thread that waits for records, starts only once
-        the injector is ready. Returns ``self``."""
-        _check(lib.mls_load_injector(self._handle()), "loading the injector")
-        return self
-
-    def inject(self, features: np.ndarray | None = None, *, generate: int = 0, seed: int = 1,
-               gen_ncpus: int | None = None, invalid_pct: int = 0, bypass_table: bool = False,
-               pid: int = 0, ignore_consumer: bool = False, bad_version: bool = False,
-               bad_size: bool = False, time_each: bool = False,
-               time_clock_only: bool = False) -> InjectResult:
-        """Run records through mlsched_decide() in the kernel.
-
-        ``features``: [n, 5] integers (cpu, idle, busy, src_load, dst_load; loads in 1/1024)
-        or a structured array with those fields; or ``generate`` > 0 records from ``seed``
-        for a ``gen_ncpus``-CPU host (default: the table's). ``bypass_table`` sends every
-        record to the ring; ``bad_version``/``bad_size`` emit malformed records.
-        ``time_each`` (batch input): each decide() timed between two clock reads, into
-        ``decide_ns``; ``time_clock_only``: the two clock reads alone, no decide().
-        """
-        k = self._handle()
-        flags = ((lib.MLSCHED_INJ_BYPASS_TABLE if bypass_table else 0)
-                 | (lib.MLSCHED_INJ_NO_CONSUMER_CHECK if ignore_consumer else 0)
-                 | (lib.MLSCHED_INJ_BAD_VERSION if bad_version else 0)
-                 | (lib.MLSCHED_INJ_BAD_SIZE if bad_size else 0)
-                 | (lib.MLSCHED_INJ_TIME_EACH if time_each or time_clock_only else 0)
-                 | (lib.MLSCHED_INJ_TIME_CLOCK if time_clock_only else 0))
-        args = ffi.new("struct mlsched_inject_args *")
-        args.pid = pid
-        if generate:
-            args.flags = flags | lib.MLSCHED_INJ_GENERATE
-            args.count = generate
-            args.seed = seed & (2**64 - 1)
-            args.gen_ncpus = gen_ncpus or self.table_ncpus or 1
-            args.gen_invalid_pct = invalid_pct
-            _check(lib.mls_inject(k, args), "injecting")
-            return _inject_result(args)
-        feats = as_wire_array(features)
-        slots = self._view(lib.MLS_MAP_INJECT_BUF)
-        total = InjectResult(0, 0, 0, 0, 0, 0, 0, 0, 0)
-        parts = []
-        for start in range(0, len(feats), len(slots)):
-            chunk = feats[start:start + len(slots)]
-            n = len(chunk)
-            for i, name in enumerate(("cpu", "idle", "busy", "src_load", "dst_load")):
-                slots["f"][name][:n] = chunk[:, i]
-            args.flags, args.count = flags, n
-            _check(lib.mls_inject(k, args), "injecting")
-            r = _inject_result(args)
-            parts.append((slots["result"][:n].copy(), slots["reason"][:n].copy(),
-                          slots["fate"][:n].copy(), slots["seq"][:n].copy(),
-                          slots["level"][:n].copy(), slots["decide_ns"][:n].copy()))
-            for f in ("done", "hits", "sent", "dropped", "no_consumer", "migrate", "elapsed_ns"):
-                setattr(total, f, getattr(total, f) + getattr(r, f))
-            total.first_seq = total.first_seq or r.first_seq
-            total.last_seq = r.last_seq or total.last_seq
-        if parts:
-            (total.result, total.reason, total.fate, total.seq, total.level,
-             total.decide_ns) = (np.concatenate([p[i] for p in parts]) for i in range(6))
-        else:
-            empty = np.zeros(0, np.uint8)
-            (total.result, total.reason, total.fate, total.seq, total.level,
-             total.decide_ns) = (empty, empty, empty, np.zeros(0, np.uint64), empty,
-                                 np.zeros(0, np.uint32))
-        return total
-
-    def read_decisions(self, first_seq: int, count: int) -> ReadResult:
-        """Read the answers to seqs first_seq .. first_seq + count - 1 through the kernel's
-        own check (mlsched_answer()); counts answered/stale in the kernel stats."""
-        k = self._handle()
-        view = self._view(lib.MLS_MAP_READBACK)
-        args = ffi.new("struct mlsched_read_args *")
-        res = ReadResult(first_seq, 0, 0, 0, 0, np.zeros(count, np.uint8),
-                         np.zeros(count, np.uint8))
-        for start in range(0, count, len(view)):
-            n = min(len(view), count - start)
-            args.first_seq, args.count = first_seq + start, n
-            _check(lib.mls_read_decisions(k, args), "reading decisions")
-            res.decision[start:start + n] = view["decision"][:n]
-            res.status[start:start + n] = view["status"][:n]
-            res.answered += args.answered
-            res.missing += args.missing
-            res.overwritten += args.overwritten
-            res.migrate += args.migrate
-        return res
 
     # -- state --
 
@@ -646,7 +527,7 @@ class KernelPath:
         k = self._handle()
         n = lib.MLSCHED_STAT_COUNT
         out = ffi.new("uint64_t[]", n)
-        _check(lib.mls_read_stats(k, out, n), "reading stats")
+        check_call(lib.mls_read_stats(k, out, n), "reading stats")
         result = dict(zip(stat_names(), (int(v) for v in out), strict=True))
         cs = ffi.new("struct mls_consumer_stats *")
         lib.mls_consumer_stats(k, cs)
@@ -667,17 +548,11 @@ class KernelPath:
         """Kernel ids of our programs, maps and links (for leak checks)."""
         k = self._handle()
         buf = ffi.new("uint32_t[]", 64)
-        progs = list(buf[0:_check(lib.mls_prog_ids(k, buf, 64), "ids")])
-        maps = list(buf[0:_check(lib.mls_map_ids(k, buf, 64), "ids")])
-        links = list(buf[0:_check(lib.mls_link_ids(k, buf, 64), "ids")])
+        progs = list(buf[0:check_call(lib.mls_prog_ids(k, buf, 64), "ids")])
+        maps = list(buf[0:check_call(lib.mls_map_ids(k, buf, 64), "ids")])
+        links = list(buf[0:check_call(lib.mls_link_ids(k, buf, 64), "ids")])
         return {"progs": progs, "maps": maps, "links": links}
 
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def _inject_result(a) -> InjectResult:
-    return InjectResult(done=a.done, hits=a.hits, sent=a.sent, dropped=a.dropped,
-                        no_consumer=a.no_consumer, migrate=a.migrate, first_seq=a.first_seq,
-                        last_seq=a.last_seq, elapsed_ns=a.elapsed_ns)

@@ -45,11 +45,11 @@ class Replayer:
     """A loaded kernel side (no collector) answering through ``engine``."""
 
     def __init__(self, engine: Engine, bypass_table: bool = False):
-        from .kernel import KernelPath  # the compiled extension: only when replaying
+        from .injector import Injector  # the compiled extension: only when replaying
 
         self.engine = engine
         self.bypass_table = bypass_table
-        self.kp = KernelPath()
+        self.kp = Injector()
         self.kp.load(engine.table, level2=engine.level2, ring_size=RING_BYTES,
                      consumer_timeout_ns=0)
         self.totals = ReplayTotals()

@@ -32,6 +32,9 @@ grows by a small constant a row.
 Bad input raises ``RecordError`` with one line naming the file and line; so does a
 propensity that is no probability scx_mlsched logs (``MIN_PROPENSITY`` .. 1), since its
 inverse weighs the row.
+
+Why one module of this length: two record formats (the collector's and the exploration's),
+with every column's check beside the one reader that fills both.
 """
 
 from __future__ import annotations
