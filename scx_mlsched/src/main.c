@@ -548,7 +548,28 @@ static double now_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-int main(int argc, char **argv)
+/* What the command line asked for. */
+struct args {
+	struct scx_mlsched_cfg cfg;
+	const char *pin_dir, *domains, *stats_file, *explore_path;
+	long duration;
+	bool list_domains;
+};
+
+/* One run: the loaded scheduler, its explore ring, the counters it is judged by. */
+struct run {
+	struct scx_mlsched *skel;
+	struct bpf_link *link;
+	struct explore_out xo;
+	struct ring_buffer *xring;
+	__u64 sched[SCX_MLSCHED_STAT_COUNT], helper[MLSCHED_STAT_COUNT];
+	__u64 helper_before[MLSCHED_STAT_COUNT];
+	struct user_exit_info ex;
+	double started;
+};
+
+/* The flags into `a`; exits for -h (0) and for a flag it cannot take (2). */
+static void parse_args(int argc, char **argv, struct args *a)
 {
 	static const struct option opts[] = {
 		{ "policy", required_argument, NULL, 'p' },
@@ -568,28 +589,17 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	struct scx_mlsched_cfg cfg = {
+	struct scx_mlsched_cfg *cfg = &a->cfg;
+	int c, i;
+
+	*a = (struct args){ .cfg = {
 		.policy = SCX_MLSCHED_POLICY_MODEL,
 		.levels = 2,
 		.slice_ns = DEFAULT_SLICE_US * 1000ULL,
 		.answer_ttl_ns = DEFAULT_TTL_MS * 1000000ULL,
 		.nudge_interval_ns = DEFAULT_NUDGE_US * 1000ULL,
 		.cold_ns = DEFAULT_COLD_US * 1000ULL,
-	};
-	const char *pin_dir = NULL, *domains = NULL, *stats_file = NULL, *explore_path = NULL;
-	struct explore_out xo = { 0 };
-	struct ring_buffer *xring = NULL;
-	__u64 sched[SCX_MLSCHED_STAT_COUNT], helper[MLSCHED_STAT_COUNT];
-	__u64 helper_before[MLSCHED_STAT_COUNT];
-	struct user_exit_info ex;
-	struct scx_mlsched *skel;
-	struct bpf_link *link;
-	long duration = 0;
-	bool list_domains = false;
-	double started;
-	__u64 err_kind;
-	int c, i;
-
+	} };
 	while ((c = getopt_long(argc, argv, "p:l:P:d:s:t:n:c:D:Lx:X:o:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p':
@@ -597,123 +607,167 @@ int main(int argc, char **argv)
 				;
 			if (i == 3)
 				die("--policy: expected model, stay or migrate, got '%s'", optarg);
-			cfg.policy = i;
+			cfg->policy = i;
 			break;
-		case 'l': cfg.levels = parse_num(optarg, "--levels", 1, 2); break;
-		case 'P': pin_dir = optarg; break;
-		case 'd': domains = optarg; break;
-		case 's': cfg.slice_ns = parse_num(optarg, "--slice-us", 100, 1000000) * 1000ULL; break;
-		case 't': cfg.answer_ttl_ns = parse_num(optarg, "--ttl-ms", 1, 60000) * 1000000ULL; break;
-		case 'n': cfg.nudge_interval_ns = parse_num(optarg, "--nudge-us", 0, 1000000) * 1000ULL;
+		case 'l': cfg->levels = parse_num(optarg, "--levels", 1, 2); break;
+		case 'P': a->pin_dir = optarg; break;
+		case 'd': a->domains = optarg; break;
+		case 's': cfg->slice_ns = parse_num(optarg, "--slice-us", 100, 1000000) * 1000ULL; break;
+		case 't': cfg->answer_ttl_ns = parse_num(optarg, "--ttl-ms", 1, 60000) * 1000000ULL;
 			break;
-		case 'c': cfg.cold_ns = parse_num(optarg, "--cold-us", 0, 1000000) * 1000ULL; break;
-		case 'D': duration = parse_num(optarg, "--duration", 0, 86400 * 365); break;
-		case 'L': list_domains = true; break;
-		case 'x': cfg.explore_permille = parse_num(optarg, "--explore", 0, 1000); break;
-		case 'X': explore_path = optarg; break;
-		case 'o': stats_file = optarg; break;
+		case 'n': cfg->nudge_interval_ns = parse_num(optarg, "--nudge-us", 0, 1000000) * 1000ULL;
+			break;
+		case 'c': cfg->cold_ns = parse_num(optarg, "--cold-us", 0, 1000000) * 1000ULL; break;
+		case 'D': a->duration = parse_num(optarg, "--duration", 0, 86400 * 365); break;
+		case 'L': a->list_domains = true; break;
+		case 'x': cfg->explore_permille = parse_num(optarg, "--explore", 0, 1000); break;
+		case 'X': a->explore_path = optarg; break;
+		case 'o': a->stats_file = optarg; break;
 		case 'v': verbose = 1; break;
 		case 'h': printf(usage, DEFAULT_SLICE_US, DEFAULT_TTL_MS, DEFAULT_NUDGE_US,
-					 DEFAULT_COLD_US); return 0;
+					 DEFAULT_COLD_US); exit(0);
 		default:
 			fprintf(stderr, "Try '" PROG " --help'.\n");
-			return 2;
+			exit(2);
 		}
 	}
 	if (optind < argc)
 		die("unexpected argument '%s'", argv[optind]);
-	cfg.nr_cpus = online_cpus();
-	if (domains)
-		parse_domains(domains, &cfg);
-	else
-		detect_domains(&cfg);
-	if (list_domains) {
-		print_domains(&cfg);
-		return 0;
-	}
-	if (explore_path && !cfg.explore_permille)
+}
+
+/* Flags that only make sense together, and what loading needs of this machine. */
+static void check_can_run(const struct args *a)
+{
+	if (a->explore_path && !a->cfg.explore_permille)
 		die("--explore-out needs --explore N (N > 0)");
-	if (cfg.policy == SCX_MLSCHED_POLICY_MODEL && !pin_dir)
+	if (a->cfg.policy == SCX_MLSCHED_POLICY_MODEL && !a->pin_dir)
 		die("--policy model needs --pin-dir (the maps of `mlsched-lite run --pin`)");
 	if (geteuid() != 0)
 		die("loading a sched_ext scheduler needs root (CAP_SYS_ADMIN and CAP_BPF)");
 	if (access("/sys/kernel/sched_ext/state", R_OK))
 		die("this kernel has no sched_ext (CONFIG_SCHED_CLASS_EXT)");
+}
 
+/* Open, take the pinned maps, load, open the explore file and ring, attach. */
+static void start(struct run *r, const struct args *a)
+{
 	libbpf_set_print(libbpf_log);
-	skel = SCX_OPS_OPEN(mlsched_ops, scx_mlsched);
+	r->skel = SCX_OPS_OPEN(mlsched_ops, scx_mlsched);
 	/* A CPU going on- or offline from here on ends the scheduler (the hotplug_seq
 	 * SCX_OPS_OPEN took); one before it is caught here. */
-	if (online_cpus() != cfg.nr_cpus)
+	if (online_cpus() != a->cfg.nr_cpus)
 		die("the online CPUs changed while starting: start again");
-	if (pin_dir)
-		reuse_pinned_maps(skel, pin_dir);
-	skel->rodata->cfg = cfg;
-	SCX_OPS_LOAD(skel, mlsched_ops, scx_mlsched, uei);
-	if (explore_path) {
-		open_explore_out(&xo, explore_path);
-		xring = ring_buffer__new(bpf_map__fd(skel->maps.explore), on_explore, &xo, NULL);
-		if (!xring) {
+	if (a->pin_dir)
+		reuse_pinned_maps(r->skel, a->pin_dir);
+	r->skel->rodata->cfg = a->cfg;
+	SCX_OPS_LOAD(r->skel, mlsched_ops, scx_mlsched, uei);
+	if (a->explore_path) {
+		open_explore_out(&r->xo, a->explore_path);
+		r->xring = ring_buffer__new(bpf_map__fd(r->skel->maps.explore), on_explore, &r->xo,
+					    NULL);
+		if (!r->xring) {
 			int err = errno;
 
-			explore_file_abandon(&xo.file, explore_path);
+			explore_file_abandon(&r->xo.file, a->explore_path);
 			die("explore ring: %s", strerror(err));
 		}
 	}
 	/* The helper's counters live in maps that outlive us (pinned): report our share. */
-	sum_percpu(skel->maps.stats, MLSCHED_STAT_COUNT, helper_before);
+	sum_percpu(r->skel->maps.stats, MLSCHED_STAT_COUNT, r->helper_before);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	link = SCX_OPS_ATTACH(skel, mlsched_ops, scx_mlsched);
-	started = now_s();
+	r->link = SCX_OPS_ATTACH(r->skel, mlsched_ops, scx_mlsched);
+	r->started = now_s();
 	fprintf(stderr, PROG ": running, policy %s, %u CPUs in %u domains\n",
-		policy_names[cfg.policy], cfg.nr_cpus, cfg.nr_doms);
+		policy_names[a->cfg.policy], a->cfg.nr_cpus, a->cfg.nr_doms);
+}
 
-	while (!stop_requested && !UEI_EXITED(skel, uei) &&
-	       (!duration || now_s() - started < duration)) {
-		if (xring)
-			ring_buffer__poll(xring, 100);
+/* Until a signal, --duration or the scheduler's own exit; explore rows on the way. */
+static void wait_until_done(struct run *r, long duration)
+{
+	while (!stop_requested && !UEI_EXITED(r->skel, uei) &&
+	       (!duration || now_s() - r->started < duration)) {
+		if (r->xring)
+			ring_buffer__poll(r->xring, 100);
 		else
 			usleep(100000);
 	}
+}
 
-	sum_percpu(skel->maps.sched_stats, SCX_MLSCHED_STAT_COUNT, sched);
-	sum_percpu(skel->maps.stats, MLSCHED_STAT_COUNT, helper);
+/* The rest of the explore ring into the file, and what became of the rows. */
+static void finish_explore(struct run *r, const char *path)
+{
+	/* what the scheduler wrote before it left */
+	ring_buffer__consume(r->xring);
+	ring_buffer__free(r->xring);
+	if (explore_file_close(&r->xo.file))
+		fprintf(stderr, PROG ": --explore-out %s: %s\n", path, strerror(errno));
+	fprintf(stderr, PROG ": %llu explored answers written to %s\n", r->xo.file.rows, path);
+	if (r->xo.file.lost)
+		fprintf(stderr, PROG ": %llu explored answers lost to failed writes (%s)\n",
+			r->xo.file.lost, strerror(r->xo.file.first_errno));
+	if (r->xo.bad)
+		fprintf(stderr, PROG ": %llu short explore records skipped\n", r->xo.bad);
+}
+
+/* Counters, detach, the explore file, the exit reason; the scheduler is gone after. */
+static void stop(struct run *r, const struct args *a)
+{
+	int i;
+
+	sum_percpu(r->skel->maps.sched_stats, SCX_MLSCHED_STAT_COUNT, r->sched);
+	sum_percpu(r->skel->maps.stats, MLSCHED_STAT_COUNT, r->helper);
 	for (i = 0; i < MLSCHED_STAT_COUNT; i++)
-		helper[i] -= helper_before[i];
-	bpf_link__destroy(link);
-	if (xring) {
-		/* what the scheduler wrote before it left */
-		ring_buffer__consume(xring);
-		ring_buffer__free(xring);
-		if (explore_file_close(&xo.file))
-			fprintf(stderr, PROG ": --explore-out %s: %s\n", explore_path, strerror(errno));
-		fprintf(stderr, PROG ": %llu explored answers written to %s\n", xo.file.rows,
-			explore_path);
-		if (xo.file.lost)
-			fprintf(stderr, PROG ": %llu explored answers lost to failed writes (%s)\n",
-				xo.file.lost, strerror(xo.file.first_errno));
-		if (xo.bad)
-			fprintf(stderr, PROG ": %llu short explore records skipped\n", xo.bad);
-	}
+		r->helper[i] -= r->helper_before[i];
+	bpf_link__destroy(r->link);
+	if (r->xring)
+		finish_explore(r, a->explore_path);
 	/* ops.exit runs from a kernel worker after the unregistration: wait for it. */
-	for (i = 0; i < 50 && !UEI_EXITED(skel, uei); i++)
+	for (i = 0; i < 50 && !UEI_EXITED(r->skel, uei); i++)
 		usleep(20000);
-	ex = skel->data->uei;
-	fprintf(stderr, PROG ": stopped after %.1f s\n", now_s() - started);
-	if (ex.kind)
-		UEI_REPORT(skel, uei);
+	r->ex = r->skel->data->uei;
+	fprintf(stderr, PROG ": stopped after %.1f s\n", now_s() - r->started);
+	if (r->ex.kind)
+		UEI_REPORT(r->skel, uei);
 	else
 		fprintf(stderr, PROG ": exit not reported\n");
-	scx_mlsched__destroy(skel);
-
+	scx_mlsched__destroy(r->skel);
 	for (i = 0; i < SCX_MLSCHED_STAT_COUNT; i++)
 		fprintf(stderr, "%s%s=%llu", i ? " " : "  ", sched_stat_names[i],
-			(unsigned long long)sched[i]);
+			(unsigned long long)r->sched[i]);
 	fputc('\n', stderr);
-	if (stats_file && write_report(stats_file, &cfg, now_s() - started, sched, helper, &ex))
-		return 1;
+}
+
+/* 0 for a clean unregistration, 1 for a scheduler error or a report that failed. */
+static int exit_status(const struct run *r, const struct args *a)
+{
 	/* enum scx_exit_kind: UNREG* below ERROR, errors from ERROR on (kernel BTF) */
-	err_kind = __COMPAT_ENUM_OR_ZERO("scx_exit_kind", "SCX_EXIT_ERROR");
-	return err_kind && (__u64)ex.kind >= err_kind ? 1 : 0;
+	__u64 err_kind = __COMPAT_ENUM_OR_ZERO("scx_exit_kind", "SCX_EXIT_ERROR");
+
+	if (a->stats_file && write_report(a->stats_file, &a->cfg, now_s() - r->started, r->sched,
+					  r->helper, &r->ex))
+		return 1;
+	return err_kind && (__u64)r->ex.kind >= err_kind ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	static struct args a;
+	static struct run r;
+
+	parse_args(argc, argv, &a);
+	a.cfg.nr_cpus = online_cpus();
+	if (a.domains)
+		parse_domains(a.domains, &a.cfg);
+	else
+		detect_domains(&a.cfg);
+	if (a.list_domains) {
+		print_domains(&a.cfg);
+		return 0;
+	}
+	check_can_run(&a);
+	start(&r, &a);
+	wait_until_done(&r, a.duration);
+	stop(&r, &a);
+	return exit_status(&r, &a);
 }
