@@ -471,7 +471,17 @@ def _batch_rows(res: dict) -> str:
 
 # ---- main -----------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+KERNEL_KEYS = ("kernel_lookup_ns_per_decision", "raw_ring_drain_per_s")
+PIPE_KEYS = ("pipeline_decisions_per_s", "pipeline_miss_decisions_per_s", "latency_p50_us",
+             "latency_p99_us", "latency_1k_p50_us", "latency_1k_p99_us", "daemon_rss_mb")
+ENGINE_KEYS = ("engine_table_ns_per_decision", "engine_miss_ns_per_decision",
+               "engine_wire_table_ns_per_decision", "engine_wire_miss_ns_per_decision")
+LEVEL_KEYS = ("kernel_exact_fraction_uniform", "kernel_exact_fraction_busy",
+              "kernel_lookup_p50_ns", "kernel_lookup_p99_ns", "kernel_lookup_one_state_p50_ns",
+              "kernel_lookup_one_state_p99_ns", "table_kernel_bytes")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
@@ -485,75 +495,74 @@ def main(argv: list[str] | None = None) -> int:
     p = PROFILES[args.profile]
     if args.reps:
         p = Profile(**{**p.__dict__, "reps": args.reps})
+    return args, p
 
-    from mlsched.runtime.bundle import load_bundle
-    from mlsched.runtime.engine import Engine
 
-    start = time.perf_counter()
-    out: dict = {}
-    load_before = load_average()
-    bundle = load_bundle(BUNDLE)
-    engine = Engine(bundle)
-    details: dict = {}
+class Steps:
+    """The figures so far (``out``), each step's details, and ``attempt``: one step run so
+    that its failure becomes a reason beside its keys and never hides the other steps."""
 
-    def attempt(name: str, keys: tuple[str, ...], fn) -> None:
+    def __init__(self):
+        self.out: dict = {}
+        self.details: dict = {}
+
+    def attempt(self, name: str, keys: tuple[str, ...], fn) -> None:
         log(f"{name} ...")
         t0 = time.perf_counter()
         try:
             got = fn()
             if isinstance(got, dict):
-                details[name] = got
+                self.details[name] = got
         except Exception as exc:  # one failing path must not hide the others
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log(f"{name} failed: {reason}")
             if os.environ.get("MLSCHED_BENCH_DEBUG"):
                 traceback.print_exc()
             for k in keys:
-                out.setdefault(k, missing(f"{name} failed: {reason}"))
+                self.out.setdefault(k, missing(f"{name} failed: {reason}"))
         log(f"{name} done in {time.perf_counter() - t0:.1f} s")
 
-    attempt("tensorflow", ("tf_savedmodel_us_per_decision",), lambda: step_tf(p, out))
-    attempt("tflite", ("tflite_single_us_per_decision", "tflite_batched_us_per_decision"),
-            lambda: step_tflite(p, bundle, out))
+    def unavailable(self, keys: tuple[str, ...], reason: str) -> None:
+        for k in keys:
+            self.out[k] = missing(reason)
 
+
+def run_steps(p: Profile, args: argparse.Namespace, steps: Steps) -> None:
+    """Every step in order: TensorFlow, TFLite, the engine, then (with BPF) the kernel, the
+    pipeline and the table levels."""
+    from mlsched.runtime.bundle import load_bundle
+    from mlsched.runtime.engine import Engine
+    from mlsched.runtime.wire import REQUEST_DTYPE
+
+    bundle = load_bundle(BUNDLE)
+    engine = Engine(bundle)
+    out = steps.out
+    steps.attempt("tensorflow", ("tf_savedmodel_us_per_decision",), lambda: step_tf(p, out))
+    steps.attempt("tflite", ("tflite_single_us_per_decision", "tflite_batched_us_per_decision"),
+                  lambda: step_tflite(p, bundle, out))
+    steps.attempt("engine", ENGINE_KEYS, lambda: step_engine(p, engine, REQUEST_DTYPE, out))
     bpf_reason = _bpf_reason()
-    kernel_keys = ("kernel_lookup_ns_per_decision", "raw_ring_drain_per_s")
-    pipe_keys = ("pipeline_decisions_per_s", "pipeline_miss_decisions_per_s",
-                 "latency_p50_us", "latency_p99_us", "latency_1k_p50_us", "latency_1k_p99_us",
-                 "daemon_rss_mb")
-    request_dtype = None
     if bpf_reason is None:
-        from mlsched.runtime.wire import REQUEST_DTYPE as request_dtype
+        steps.attempt("kernel", KERNEL_KEYS, lambda: step_kernel(p, engine, out))
+        steps.attempt("pipeline", PIPE_KEYS,
+                      lambda: step_pipeline(p, engine, out, not args.no_daemon))
+        steps.attempt("levels", LEVEL_KEYS, lambda: step_levels(p, out))
     else:
-        for k in kernel_keys + pipe_keys:
-            out[k] = missing(f"BPF unavailable: {bpf_reason}")
-    if request_dtype is None:
-        request_dtype = _request_dtype_without_bpf()
-    attempt("engine", ("engine_table_ns_per_decision", "engine_miss_ns_per_decision",
-                       "engine_wire_table_ns_per_decision", "engine_wire_miss_ns_per_decision"),
-            lambda: step_engine(p, engine, request_dtype, out))
-    level_keys = ("kernel_exact_fraction_uniform", "kernel_exact_fraction_busy",
-                  "kernel_lookup_p50_ns", "kernel_lookup_p99_ns",
-                  "kernel_lookup_one_state_p50_ns", "kernel_lookup_one_state_p99_ns",
-                  "table_kernel_bytes")
-    if bpf_reason is None:
-        attempt("kernel", kernel_keys, lambda: step_kernel(p, engine, out))
-        attempt("pipeline", pipe_keys, lambda: step_pipeline(p, engine, out,
-                                                             not args.no_daemon))
-        attempt("levels", level_keys, lambda: step_levels(p, out))
-    else:
-        for k in level_keys:
-            out[k] = missing(f"BPF unavailable: {bpf_reason}")
+        steps.unavailable(KERNEL_KEYS + PIPE_KEYS + LEVEL_KEYS, f"BPF unavailable: {bpf_reason}")
     ratios(out)
 
-    figures = {k: out.get(k, missing("not measured")) for k in KEYS}
+
+def result(args: argparse.Namespace, p: Profile, steps: Steps, seconds: float,
+           load_before: list[float]) -> dict:
+    """What results.json holds: the run's settings, the machine, every figure."""
+    figures = {k: steps.out.get(k, missing("not measured")) for k in KEYS}
     conditions = args.conditions or "as found"
-    res = {
+    return {
         "schema": 1,
         "profile": args.profile,
         "reps": p.reps,
         "profile_sizes": p.__dict__,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(seconds, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "load_average_before_after": [load_before, load_average()],
@@ -562,10 +571,18 @@ def main(argv: list[str] | None = None) -> int:
         **{k: figures[k].get("median") if "median" in figures[k] else
            {b: f.get("median") for b, f in figures[k].items()} for k in KEYS},
         "figures": figures,
-        "details": details,
+        "details": steps.details,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, p = parse_args(argv)
+    start, load_before = time.perf_counter(), load_average()
+    steps = Steps()
+    run_steps(p, args, steps)
+    res = result(args, p, steps, time.perf_counter() - start, load_before)
     write_json_atomic(args.out, res)
-    print(table(figures))
+    print(table(res["figures"]))
     print(f"\n{res['machine']['cpu_model']}, {res['machine']['cores']} cores, Linux "
           f"{res['machine']['kernel']}; {res['seconds']:.0f} s; written to {args.out}")
     if args.markdown:
@@ -579,19 +596,6 @@ def _bpf_reason() -> str | None:
     except ImportError as exc:
         return str(exc)
     return kernel.unavailable_reason()
-
-
-def _request_dtype_without_bpf():
-    """The ring record layout when the extension cannot load BPF (the engine figures still run)."""
-    import numpy as np
-
-    from mlsched.runtime.wire import FEATURE_FIELDS
-
-    f = np.dtype([(n, np.uint32) for n in FEATURE_FIELDS])
-    return np.dtype([("version", np.uint16), ("size", np.uint16), ("source", np.uint8),
-                     ("reason", np.uint8), ("cfs_action", np.uint8),
-                     ("kernel_decision", np.uint8), ("seq", np.uint64), ("ts_ns", np.uint64),
-                     ("pid", np.uint32), ("dst_cpu", np.uint32), ("f", f), ("raw_cpu", np.uint32)])
 
 
 if __name__ == "__main__":
