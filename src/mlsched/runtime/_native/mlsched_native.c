@@ -611,15 +611,11 @@ const char *mls_notice(struct mls_kernel *k)
 	return k->notice;
 }
 
-int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
+/* The options mls_open() can take, before anything is allocated. */
+static int check_open_opts(const struct mls_load_opts *o)
 {
 	long page = sysconf(_SC_PAGESIZE);
-	struct mls_kernel *k;
-	uint32_t rows;
-	int err;
 
-	*out = NULL;
-	libbpf_set_print(capture_print);
 	if (!is_pow2(o->ring_bytes) || o->ring_bytes < (uint32_t)page)
 		return fail(-EINVAL, "ring size %u: must be a power of two >= %ld", o->ring_bytes,
 			    page);
@@ -632,33 +628,33 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	if (o->table2_words > UINT32_MAX / 2)
 		return fail(-E2BIG, "table level 2 of %u words: at most %u", o->table2_words,
 			    UINT32_MAX / 2);
+	return 0;
+}
 
-	k = calloc(1, sizeof(*k));
-	if (!k)
-		return fail(-ENOMEM, "out of memory");
-	k->epoll_fd = -1;
-	k->pin_dir_fd = -1;
-	k->shared = o->flags & MLS_OPEN_SHARE;
-	k->skel = mlsched__open();
-	if (!k->skel) {
-		err = fail(-errno, "cannot open the BPF object: %s", strerror(errno));
-		free(k);
-		return err;
-	}
-	rows = o->table_ncpus ? o->table_ncpus * (o->table_ncpus + 1) : 1;
+/* Map sizes for this load, and the pins to reuse (or replace) when pinning. */
+static int size_and_pin_maps(struct mls_kernel *k, const struct mls_load_opts *o)
+{
+	uint32_t rows = o->table_ncpus ? o->table_ncpus * (o->table_ncpus + 1) : 1;
+	int err;
+
 	if ((err = set_size(k->skel->maps.requests, o->ring_bytes)) ||
 	    (err = set_size(k->skel->maps.decisions, o->decision_slots)) ||
 	    (err = set_size(k->skel->maps.table, 2 * rows)) ||	/* two halves */
 	    (err = set_size(k->skel->maps.table2, 2 * (o->table2_words ? o->table2_words : 1))))
-		goto fail;
+		return err;
 	if (o->pin_dir && *o->pin_dir) {
 		snprintf(k->pin_dir, sizeof(k->pin_dir), "%s", o->pin_dir);
-		if ((err = prepare_pin_dir(k)) || (err = set_pins(k)))
-			goto fail;
-	} else if (k->shared) {
-		err = fail(-EINVAL, "joining another consumer's maps needs its pin directory");
-		goto fail;
+		return prepare_pin_dir(k) ?: set_pins(k);
 	}
+	if (k->shared)
+		return fail(-EINVAL, "joining another consumer's maps needs its pin directory");
+	return 0;
+}
+
+/* Load the production object (the verifier runs here), then replace stale pins. */
+static int load_object(struct mls_kernel *k)
+{
+	int err;
 
 	/* map_refs only counts the holders of stale pins; it is never attached as a collector */
 	bpf_program__set_autoload(k->skel->progs.map_refs, k->nstale > 0);
@@ -666,30 +662,31 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	err = mlsched__load(k->skel);
 	if (err) {
 		if (err == -EPERM || err == -EACCES)
-			fail(err, "loading the BPF object was refused (%s)", strerror(-err));
-		else
-			fail(err, "loading the BPF object failed: %s", strerror(-err));
-		goto fail;
+			return fail(err, "loading the BPF object was refused (%s)", strerror(-err));
+		return fail(err, "loading the BPF object failed: %s", strerror(-err));
 	}
-	if (k->nstale && (err = replace_stale(k)))
-		goto fail;
+	return k->nstale ? replace_stale(k) : 0;
+}
+
+/* The decision slots and the control map, mapped; capacities; the marker of reused pins. */
+static int map_shared_views(struct mls_kernel *k)
+{
 	k->slots = map_mm(k, MLS_MAP_DECISIONS);
 	k->ctl = map_mm(k, MLS_MAP_CONTROL);
-	if (!k->slots || !k->ctl) {
-		err = -ENOMEM;
-		goto fail;
-	}
+	if (!k->slots || !k->ctl)
+		return -ENOMEM;
 	k->slot_mask = bpf_map__max_entries(k->skel->maps.decisions) - 1;
 	k->table_capacity = bpf_map__max_entries(k->skel->maps.table) / 2;
 	k->table2_capacity = bpf_map__max_entries(k->skel->maps.table2) / 2;
-	if (k->reused && k->ctl->magic != MLSCHED_CTL_MAGIC) {
-		err = fail(-EEXIST, "%s: the pinned maps were not created by mlsched (no marker in"
-			   " `control`): remove them or choose another --pin-dir", k->pin_dir);
-		goto fail;
-	}
-	if (k->shared)		/* the consumer's settings stay as it made them */
-		goto rings;
+	if (k->reused && k->ctl->magic != MLSCHED_CTL_MAGIC)
+		return fail(-EEXIST, "%s: the pinned maps were not created by mlsched (no marker in"
+			    " `control`): remove them or choose another --pin-dir", k->pin_dir);
+	return 0;
+}
 
+/* The consumer's settings in `control` (a joining producer leaves them as they are). */
+static void init_control(struct mls_kernel *k, const struct mls_load_opts *o)
+{
 	k->ctl->abi_version = MLSCHED_ABI_VERSION;
 	k->ctl->magic = MLSCHED_CTL_MAGIC;
 	k->ctl->decision_slots = o->decision_slots;
@@ -706,18 +703,52 @@ int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
 	k->ctl->consumer_timeout_ns = o->consumer_timeout_ns;
 	if (!k->ctl->stale_after_ns)
 		k->ctl->stale_after_ns = 10 * 1000 * 1000;
-rings:
+}
+
+/* The request ring's consumer side. */
+static int open_ring(struct mls_kernel *k)
+{
 	k->rb = ring_buffer__new(bpf_map__fd(k->skel->maps.requests), on_record, k, NULL);
-	if (!k->rb) {
-		err = fail(-errno, "cannot map the request ring: %s", strerror(errno));
-		goto fail;
-	}
+	if (!k->rb)
+		return fail(-errno, "cannot map the request ring: %s", strerror(errno));
 	k->epoll_fd = ring_buffer__epoll_fd(k->rb);
+	return 0;
+}
+
+int mls_open(const struct mls_load_opts *o, struct mls_kernel **out)
+{
+	struct mls_kernel *k;
+	int err;
+
+	*out = NULL;
+	libbpf_set_print(capture_print);
+	if ((err = check_open_opts(o)))
+		return err;
+	k = calloc(1, sizeof(*k));
+	if (!k)
+		return fail(-ENOMEM, "out of memory");
+	k->epoll_fd = -1;
+	k->pin_dir_fd = -1;
+	k->shared = o->flags & MLS_OPEN_SHARE;
+	k->skel = mlsched__open();
+	if (!k->skel) {
+		err = fail(-errno, "cannot open the BPF object: %s", strerror(errno));
+		free(k);
+		return err;
+	}
+	if ((err = size_and_pin_maps(k, o)) || (err = load_object(k)) ||
+	    (err = map_shared_views(k))) {
+		mls_close(k);
+		return err;
+	}
+	if (!k->shared)
+		init_control(k, o);
+	if ((err = open_ring(k))) {
+		mls_close(k);
+		return err;
+	}
 	*out = k;
 	return 0;
-fail:
-	mls_close(k);
-	return err;
 }
 
 void mls_close(struct mls_kernel *k)
