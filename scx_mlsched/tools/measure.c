@@ -137,24 +137,140 @@ static int print_moves(FILE *out, struct measure_bpf *skel, int ncpus)
 	return 0;
 }
 
-int main(int argc, char **argv)
-{
-	const char *out_path = NULL;
-	int c, go[2], mig_fd, cs_fd, status, code, ncpus;
+/* What one measured run holds: where it reports, the BPF counter, the child and its gate. */
+struct measure {
+	const char *out_path;
+	FILE *out;
 	struct measure_bpf *skel;
+	int ncpus, go[2], mig_fd, cs_fd;
+	pid_t pid;
+};
+
+/* Exit 2 with one line, leaving no report file behind. */
+static int give_up(struct measure *m, const char *what)
+{
+	fprintf(stderr, PROG ": %s: %s\n", what, strerror(errno));
+	if (m->out_path) {
+		if (m->out && m->out != stdout)
+			fclose(m->out);
+		unlink(m->out_path);
+	}
+	return 2;
+}
+
+/* The report's destination and the BPF move counter. */
+static int prepare(struct measure *m)
+{
+	if (m->out_path && !(m->out = fopen(m->out_path, "w"))) {
+		fprintf(stderr, PROG ": %s: %s\n", m->out_path, strerror(errno));
+		return 2;
+	}
+	m->ncpus = libbpf_num_possible_cpus();
+	if (m->ncpus < 1 || m->ncpus > MEASURE_MAX_CPUS) {
+		fprintf(stderr, PROG ": %d possible CPUs: the moves matrix holds 1 to %d\n",
+			m->ncpus, MEASURE_MAX_CPUS);
+		return 2;
+	}
+	libbpf_set_print(libbpf_log);
+	m->skel = measure_bpf__open_and_load();
+	if (!m->skel || measure_bpf__attach(m->skel))
+		return give_up(m, "loading the BPF move counter (needs root and "
+				  "/sys/kernel/btf/vmlinux)");
+	return 0;
+}
+
+/* Fork the command, held at a gate until its counters are in place. */
+static int fork_gated(struct measure *m, char **cmd)
+{
+	char byte = 0;
+
+	if (pipe2(m->go, O_CLOEXEC) < 0)
+		return give_up(m, "pipe");
+	m->pid = fork();
+	if (m->pid < 0)
+		return give_up(m, "fork");
+	if (m->pid == 0) {
+		close(m->go[1]);
+		if (read(m->go[0], &byte, 1) != 1)
+			_exit(EXEC_FAILED);	/* the parent gave up */
+		execvp(cmd[0], cmd);
+		fprintf(stderr, PROG ": %s: %s\n", cmd[0], strerror(errno));
+		_exit(EXEC_FAILED);
+	}
+	close(m->go[0]);
+	return 0;
+}
+
+/* The perf counters on the child and the child in the BPF tree, before it runs. */
+static int count_child(struct measure *m)
+{
+	__u32 root = m->pid;
+	__u8 one = 1;
+
+	m->mig_fd = sw_counter(m->pid, PERF_COUNT_SW_CPU_MIGRATIONS);
+	m->cs_fd = sw_counter(m->pid, PERF_COUNT_SW_CONTEXT_SWITCHES);
+	if (bpf_map_update_elem(bpf_map__fd(m->skel->maps.tree), &root, &one, BPF_ANY) < 0 ||
+	    m->mig_fd < 0 || m->cs_fd < 0) {
+		int err = errno;
+
+		kill(m->pid, SIGKILL);
+		waitpid(m->pid, NULL, 0);
+		errno = err;
+		return give_up(m, m->mig_fd < 0 || m->cs_fd < 0 ? "perf_event_open" :
+			       "adding the command to the BPF tree");
+	}
+	return 0;
+}
+
+/* Open the gate, wait for the command; its wall time and exit status. */
+static int run_child(struct measure *m, double *wall, int *code)
+{
+	char byte = 0;
+	double t0 = now_s();
+	int status;
+
+	if (write(m->go[1], &byte, 1) != 1)
+		return give_up(m, "releasing the child");
+	close(m->go[1]);
+	while (waitpid(m->pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return give_up(m, "waitpid");
+	*wall = now_s() - t0;
+	*code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return 0;
+}
+
+/* One JSON line: wall time, the perf counts, the BPF move matrix, the status. */
+static int report(struct measure *m, double wall, int code)
+{
 	char *moves = NULL;
 	size_t moves_len = 0;
-	FILE *mv;
-	__u8 one = 1;
-	__u32 root;
-	double t0, t1;
-	char byte = 0;
-	FILE *out = stdout;
-	pid_t pid;
+	FILE *mv = open_memstream(&moves, &moves_len);
+
+	if (!mv || print_moves(mv, m->skel, m->ncpus) < 0 || fclose(mv) != 0)
+		return give_up(m, "reading the BPF move counts");
+	measure_bpf__destroy(m->skel);
+	fprintf(m->out, "{\"wall_s\": %.4f, \"migrations\": %lld, \"context_switches\": %lld, "
+		"%s\"status\": %d}\n", wall, read_counter(m->mig_fd), read_counter(m->cs_fd),
+		moves, code);
+	free(moves);
+	if (fclose(m->out) != 0) {
+		fprintf(stderr, PROG ": %s: %s\n", m->out_path ? m->out_path : "stdout",
+			strerror(errno));
+		return 2;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct measure m = { .out = stdout, .go = { -1, -1 }, .mig_fd = -1, .cs_fd = -1 };
+	double wall = 0;
+	int c, code = 0, err;
 
 	while ((c = getopt(argc, argv, "+o:h")) != -1) {
 		switch (c) {
-		case 'o': out_path = optarg; break;
+		case 'o': m.out_path = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -163,87 +279,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, PROG ": no command given (" PROG " -h)\n");
 		return 2;
 	}
-	if (out_path && !(out = fopen(out_path, "w"))) {
-		fprintf(stderr, PROG ": %s: %s\n", out_path, strerror(errno));
-		return 2;
-	}
-	ncpus = libbpf_num_possible_cpus();
-	if (ncpus < 1 || ncpus > MEASURE_MAX_CPUS) {
-		fprintf(stderr, PROG ": %d possible CPUs: the moves matrix holds 1 to %d\n",
-			ncpus, MEASURE_MAX_CPUS);
-		return 2;
-	}
-	libbpf_set_print(libbpf_log);
-	skel = measure_bpf__open_and_load();
-	if (!skel || measure_bpf__attach(skel)) {
-		fprintf(stderr, PROG ": loading the BPF move counter: %s (needs root and "
-			"/sys/kernel/btf/vmlinux)\n", strerror(errno));
-		if (out_path)
-			unlink(out_path);
-		return 2;
-	}
-	if (pipe2(go, O_CLOEXEC) < 0) {
-		fprintf(stderr, PROG ": pipe: %s\n", strerror(errno));
-		return 2;
-	}
-	pid = fork();
-	if (pid < 0) {
-		fprintf(stderr, PROG ": fork: %s\n", strerror(errno));
-		return 2;
-	}
-	if (pid == 0) {
-		close(go[1]);
-		if (read(go[0], &byte, 1) != 1)
-			_exit(EXEC_FAILED);	/* the parent gave up */
-		execvp(argv[optind], argv + optind);
-		fprintf(stderr, PROG ": %s: %s\n", argv[optind], strerror(errno));
-		_exit(EXEC_FAILED);
-	}
-	close(go[0]);
-	root = pid;
-	mig_fd = sw_counter(pid, PERF_COUNT_SW_CPU_MIGRATIONS);
-	cs_fd = sw_counter(pid, PERF_COUNT_SW_CONTEXT_SWITCHES);
-	if (bpf_map_update_elem(bpf_map__fd(skel->maps.tree), &root, &one, BPF_ANY) < 0 ||
-	    mig_fd < 0 || cs_fd < 0) {
-		fprintf(stderr, PROG ": %s: %s\n", mig_fd < 0 || cs_fd < 0 ? "perf_event_open" :
-			"adding the command to the BPF tree", strerror(errno));
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
-		if (out_path)
-			unlink(out_path);
-		return 2;
-	}
-	t0 = now_s();
-	if (write(go[1], &byte, 1) != 1) {
-		fprintf(stderr, PROG ": releasing the child: %s\n", strerror(errno));
-		return 2;
-	}
-	close(go[1]);
-	while (waitpid(pid, &status, 0) < 0) {
-		if (errno != EINTR) {
-			fprintf(stderr, PROG ": waitpid: %s\n", strerror(errno));
-			return 2;
-		}
-	}
-	t1 = now_s();
-	code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-
-	mv = open_memstream(&moves, &moves_len);
-	if (!mv || print_moves(mv, skel, ncpus) < 0 || fclose(mv) != 0) {
-		fprintf(stderr, PROG ": reading the BPF move counts: %s\n", strerror(errno));
-		if (out_path) {
-			fclose(out);
-			unlink(out_path);
-		}
-		return 2;
-	}
-	measure_bpf__destroy(skel);
-	fprintf(out, "{\"wall_s\": %.4f, \"migrations\": %lld, \"context_switches\": %lld, "
-		"%s\"status\": %d}\n", t1 - t0, read_counter(mig_fd), read_counter(cs_fd), moves,
-		code);
-	if (fclose(out) != 0) {
-		fprintf(stderr, PROG ": %s: %s\n", out_path ? out_path : "stdout", strerror(errno));
-		return 2;
-	}
+	if ((err = prepare(&m)) || (err = fork_gated(&m, argv + optind)) ||
+	    (err = count_child(&m)) || (err = run_child(&m, &wall, &code)) ||
+	    (err = report(&m, wall, code)))
+		return err;
 	return code;
 }
