@@ -1,7 +1,7 @@
 """``make bench``: every performance figure of mlsched side by side, from one run.
 
     python -m bench.run [--profile full|tiny] [--reps N] [--out bench/results.json]
-                        [--markdown bench/PERFORMANCE.md] [--no-daemon]
+                        [--markdown FILE] [--no-daemon]
 
 Order of work (each step's figure is the median over ``--reps`` repetitions, with min/max):
 
@@ -457,7 +457,7 @@ How each figure is taken:
   double buffer), with level 1, level 2 and the conversion time beside them.
 
 Rerun: `make bench` (a few minutes; root for the BPF parts). Figures land in
-`bench/results.json`; `python -m bench.run --markdown bench/PERFORMANCE.md` rewrites this
+`bench/results.json`; `python -m bench.run --markdown FILE` writes this
 section. On a shared machine run it as `nice -n -5 make bench`.
 """
 
