@@ -25,26 +25,16 @@ from typing import TextIO
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[TextIO]:
-    """A text file that replaces ``path`` when the block ends without an exception."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        sync_directory(target.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """A text file that replaces ``path`` when the block ends without an exception; its data
+    reach the disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through atomic_writer(), creating its directory."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as f:
         f.write(text)
 
