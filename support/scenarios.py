@@ -1,5 +1,5 @@
 """The three reference scenarios of an 8-CPU host and an expectation that does not come from
-the code under test: the documented rule the default model learns (convert/teacher.py)."""
+the code under test: the documented rule the default model learns (src/mlsched/train/teacher.py)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
  * cpus.h - the CPUs scx_mlsched schedules: the online ones, from a sysfs CPU list.
  *
  * mlsched-lite's table has a row per online CPU and the kernel side's features count
- * idle + busy == N over them (runtime/topology.py cpu_count()); a CPU the host could
+ * idle + busy == N over them (src/mlsched/runtime/topology.py cpu_count()); a CPU the host could
  * have but has not online (hot-pluggable, offlined, an SMT sibling under nosmt) is no
  * CPU to the table. The scheduler numbers its CPUs 0..nr_cpus-1 (a DSQ per CPU, id ==
  * CPU, and its idle/busy counts run over those ids), so the online CPUs must be exactly

@@ -157,7 +157,7 @@ static long parse_num(const char *s, const char *what, long lo, long hi)
 }
 
 /*
- * --domains, the syntax mlsched-lite's --domains takes (runtime/topology.py): domains
+ * --domains, the syntax mlsched-lite's --domains takes (src/mlsched/runtime/topology.py): domains
  * separated by ',', each a CPU list whose ranges ("N" or "N-M") '+' joins, blanks
  * around a domain allowed. "0-1+4-5,2-3+6-7" -> cpu_dom[], dom_ncpus[].
  */

@@ -1,4 +1,4 @@
-"""The Python owner of the wire contract (runtime/wire.py) against bpf/mlsched.h itself.
+"""The Python owner of the wire contract (src/mlsched/runtime/wire.py) against bpf/mlsched.h itself.
 
 Expected values come from the header's text and from exact rational arithmetic, not
 from the code under test.

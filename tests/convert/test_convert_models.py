@@ -1,6 +1,6 @@
 """mlsched-convert on every common way a migration model is saved, and the refusals.
 
-Each style is built here, small and deterministic: the teacher policy (convert/teacher.py)
+Each style is built here, small and deterministic: the teacher policy (src/mlsched/train/teacher.py)
 for an 8-CPU host written as a hand-set two-layer network (``teacher_net``), so the float
 model's decisions are known without the converter, saved the way users save models.
 """

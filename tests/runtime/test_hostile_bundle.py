@@ -24,7 +24,7 @@ from support.hostile import (  # noqa: F401 - report_runs: the autouse fixture
     run_cli,
 )
 
-# ---- bundles: what tests/test_bundle.py does not already cover -----------------------------
+# ---- bundles: what tests/runtime/test_bundle*.py do not already cover -----------------------------
 json_value = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10**20), max_value=10**20),
               st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6),

@@ -14,7 +14,7 @@
     6. quantize             full-int8 TFLite (int8 input and output), calibrated on step 2
     7. measure_agreement    int8 vs the original's decisions on held-out samples; below
                             --min-agreement: refuse (exit 3) unless --force
-    8. build_table          decision table from the int8 interpreter (runtime/table.py)
+    8. build_table          decision table from the int8 interpreter (runtime/table.py, under src/mlsched/)
     9. make_report          report.json figures, report.png heatmaps
    10. make_manifest        feature spec (input width 5 or 10), normalization, quantization
    11. write_bundle         model, table, report files and manifest with hashes, atomic write

@@ -11,7 +11,7 @@ Steps, one function each::
 
 The SavedModel is what ``mlsched-convert OUTDIR/saved_model -o BUNDLE`` reads, exactly
 like models/default/saved_model. The model builder and the scale folding are
-convert/train.py's.
+train/train.py's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Train the default migration model from the teacher policy (convert/teacher.py).
+"""Train the default migration model from the teacher policy (train/teacher.py).
 
 One command, fixed seeds, same result on the same software::
 
