@@ -212,12 +212,16 @@ def test_daemon_killed_mid_stream_then_restarted(pin_dir, tmp_path, record_prope
         kp = Injector().load(None, pin=True, pin_dir=str(pin_dir), share=True)
         wait_serving(daemon, kp)
         stop = threading.Event()
+        one_at_a_time = threading.Lock()    # inject() fills one shared batch buffer
+
+        def send(feats):
+            with one_at_a_time:
+                log.append((time.monotonic(), feats, kp.inject(feats)))
 
         def flow():
             i = 0
             while not stop.is_set():
-                feats = hostile_wire(500, 20_000 + i)
-                log.append((time.monotonic(), feats, kp.inject(feats)))
+                send(hostile_wire(500, 20_000 + i))
                 i += 1
                 time.sleep(0.005)
 
@@ -233,8 +237,7 @@ def test_daemon_killed_mid_stream_then_restarted(pin_dir, tmp_path, record_prope
         daemon.kill()                                   # SIGKILL: no clean-up at all
         daemon.wait()
         # at once, while the heartbeat is still young: these go to the ring and go stale
-        feats = hostile_wire(500, 19_999)
-        log.append((time.monotonic(), feats, kp.inject(feats)))
+        send(hostile_wire(500, 19_999))
         # until the flow has run well past the heartbeat's timeout
         wait_for(lambda: log[-1][0] > killed_at + timeout_s + 0.5, timeout=HANG_S,
                  what="the flow to pass the consumer timeout")

@@ -14,6 +14,9 @@ programs through ``bpf_prog_test_run`` on the same maps (bpf/mlsched_inject.bpf.
 The daemon's ``KernelPath`` carries none of this: a process that never injects never loads
 the injector object. ``mlsched-lite replay`` (replay.py), the tests, the soak and the bench
 use ``Injector``.
+
+One thread at a time: a batch ``inject()`` fills the injector's one shared batch buffer and
+``read_decisions()`` its one readback buffer, so threads that share an ``Injector`` take turns.
 """
 
 from __future__ import annotations

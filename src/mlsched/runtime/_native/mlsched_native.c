@@ -48,6 +48,10 @@
 #include "mlsched.skel.h"
 #include "mlsched_inject.skel.h"
 
+/* How long a joining producer waits for a starting consumer's marker, and how often it looks. */
+#define MARKER_WAIT_MS	10000
+#define MARKER_POLL_MS	10
+
 #define ERR_LEN		512
 #define LOG_CAP		(1u << 20)	/* libbpf log kept: last 1 MiB */
 #define NSEC_PER_SEC	1000000000ull
@@ -668,6 +672,23 @@ static int load_object(struct mls_kernel *k)
 	return k->nstale ? replace_stale(k) : 0;
 }
 
+/*
+ * Whether `control` carries mlsched's marker. A consumer writes it just after its load has
+ * pinned the maps, so a producer joining in that moment finds the pins without it: a
+ * joining producer waits for the marker (MARKER_WAIT_MS at most) before it calls the maps
+ * another program's; the consumer itself decides at once.
+ */
+static bool has_marker(struct mls_kernel *k)
+{
+	for (int waited = 0; ; waited += MARKER_POLL_MS) {
+		if (__atomic_load_n(&k->ctl->magic, __ATOMIC_ACQUIRE) == MLSCHED_CTL_MAGIC)
+			return true;
+		if (!k->shared || waited >= MARKER_WAIT_MS)
+			return false;
+		usleep(MARKER_POLL_MS * 1000);
+	}
+}
+
 /* The decision slots and the control map, mapped; capacities; the marker of reused pins. */
 static int map_shared_views(struct mls_kernel *k)
 {
@@ -678,7 +699,7 @@ static int map_shared_views(struct mls_kernel *k)
 	k->slot_mask = bpf_map__max_entries(k->skel->maps.decisions) - 1;
 	k->table_capacity = bpf_map__max_entries(k->skel->maps.table) / 2;
 	k->table2_capacity = bpf_map__max_entries(k->skel->maps.table2) / 2;
-	if (k->reused && k->ctl->magic != MLSCHED_CTL_MAGIC)
+	if (k->reused && !has_marker(k))
 		return fail(-EEXIST, "%s: the pinned maps were not created by mlsched (no marker in"
 			    " `control`): remove them or choose another --pin-dir", k->pin_dir);
 	return 0;
