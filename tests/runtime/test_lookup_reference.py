@@ -77,22 +77,23 @@ def check_against_reference(engine: Engine, wire: np.ndarray, out: np.ndarray,
     assert (vals[~answered] == UNSURE).all()
 
 
-@SETTINGS
-@given(seed=st.integers(0, 2**31), n=st.integers(SMALL_BATCH + 1, 600))
-def test_wire_batch_path_is_the_reference(engine, seed, n):
+def check_wire_path(engine: Engine, seed: int, n: int) -> None:
     wire = traffic(engine, n, seed)
     src = np.empty(n, np.uint8)
     out = engine.decide_wire(wire, source=src)
     check_against_reference(engine, wire, out, src)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31), n=st.integers(SMALL_BATCH + 1, 600))
+def test_wire_batch_path_is_the_reference(engine, seed, n):
+    check_wire_path(engine, seed, n)
 
 
 @SETTINGS
 @given(seed=st.integers(0, 2**31), n=st.integers(1, SMALL_BATCH))
 def test_small_batch_path_is_the_reference(engine, seed, n):
-    wire = traffic(engine, n, seed)
-    src = np.empty(n, np.uint8)
-    out = engine.decide_wire(wire, source=src)
-    check_against_reference(engine, wire, out, src)
+    check_wire_path(engine, seed, n)
 
 
 @SETTINGS
