@@ -21,7 +21,10 @@
  *
  * Prints one JSON object (on stdout, or into FILE with -o: the command's own
  * stdout stays its own): wall time from exec to exit, the two counts, the
- * moves as a matrix [from][to] over the possible CPUs, what the moves missed
+ * moves as a matrix [from][to] over the possible CPUs, the tree's run-queue
+ * delays (after a wake-up and after a preemption: count, mean, p50, p90, p99
+ * and max in µs, from the BPF side's histogram: a percentile is its bucket's
+ * middle, within 5 % of the value), what the moves and delays missed
  * (tasks beyond the tree map, CPUs beyond its matrix, runs of the BPF programs
  * the kernel skipped), the exit status (a signal is reported as 128 + its
  * number). Exits with the command's status, 2 for bad usage or when the
@@ -132,8 +135,76 @@ static int print_moves(FILE *out, struct measure_bpf *skel, int ncpus)
 			return -1;
 		missed += v;
 	}
-	missed += skipped(skel->progs.on_fork) + skipped(skel->progs.on_migrate);
+	missed += skipped(skel->progs.on_fork) + skipped(skel->progs.on_migrate) +
+		  skipped(skel->progs.on_wakeup) + skipped(skel->progs.on_wakeup_new) +
+		  skipped(skel->progs.on_switch);
 	fprintf(out, "], \"moves_missed\": %llu, ", missed);
+	return 0;
+}
+
+/* The lowest delay (ns) bucket b of the histogram holds (measure.h). */
+static double bucket_low(unsigned int b)
+{
+	unsigned int octave, sub;
+
+	if (b < MEASURE_HIST_SUB)
+		return b;
+	octave = b / MEASURE_HIST_SUB - 1 + MEASURE_HIST_SUB_BITS;
+	sub = b % MEASURE_HIST_SUB;
+	return (double)(MEASURE_HIST_SUB + sub) * (double)(1ULL << (octave - MEASURE_HIST_SUB_BITS));
+}
+
+/* The middle of bucket b in µs: what a percentile falling in it reports. */
+static double bucket_mid_us(unsigned int b)
+{
+	return (bucket_low(b) + bucket_low(b + 1)) / 2 / 1e3;
+}
+
+/* One kind's delays: {"n", "mean_us", "p50_us", "p90_us", "p99_us", "max_us"}. */
+static int print_delay(FILE *out, struct measure_bpf *skel, __u32 kind)
+{
+	static const double q[] = { 0.50, 0.90, 0.99 };
+	static const char *const qname[] = { "p50_us", "p90_us", "p99_us" };
+	int fd = bpf_map__fd(skel->maps.delay_hist);
+	__u64 hist[MEASURE_HIST_BUCKETS], n = 0, seen = 0, sum;
+	unsigned int b, i = 0, top = 0;
+
+	for (b = 0; b < MEASURE_HIST_BUCKETS; b++) {
+		__u32 k = kind * MEASURE_HIST_BUCKETS + b;
+
+		if (bpf_map_lookup_elem(fd, &k, &hist[b]))
+			return -1;
+		n += hist[b];
+		if (hist[b])
+			top = b;
+	}
+	if (bpf_map_lookup_elem(bpf_map__fd(skel->maps.delay_sum), &kind, &sum))
+		return -1;
+	fprintf(out, "{\"n\": %llu", (unsigned long long)n);
+	if (!n) {
+		fputc('}', out);
+		return 0;
+	}
+	fprintf(out, ", \"mean_us\": %.3f", sum / 1e3 / n);
+	for (b = 0; b < MEASURE_HIST_BUCKETS && i < 3; b++) {
+		seen += hist[b];
+		while (i < 3 && seen >= q[i] * n)
+			fprintf(out, ", \"%s\": %.3f", qname[i++], bucket_mid_us(b));
+	}
+	fprintf(out, ", \"max_us\": %.3f}", bucket_low(top + 1) / 1e3);
+	return 0;
+}
+
+/* "delay": {"wake": {...}, "preempt": {...}}, what the BPF side saw of the waits. */
+static int print_delays(FILE *out, struct measure_bpf *skel)
+{
+	fputs("\"delay\": {\"wake\": ", out);
+	if (print_delay(out, skel, MEASURE_DELAY_WAKE) < 0)
+		return -1;
+	fputs(", \"preempt\": ", out);
+	if (print_delay(out, skel, MEASURE_DELAY_PREEMPT) < 0)
+		return -1;
+	fputs("}, ", out);
 	return 0;
 }
 
@@ -247,7 +318,8 @@ static int report(struct measure *m, double wall, int code)
 	size_t moves_len = 0;
 	FILE *mv = open_memstream(&moves, &moves_len);
 
-	if (!mv || print_moves(mv, m->skel, m->ncpus) < 0 || fclose(mv) != 0)
+	if (!mv || print_moves(mv, m->skel, m->ncpus) < 0 || print_delays(mv, m->skel) < 0 ||
+	    fclose(mv) != 0)
 		return give_up(m, "reading the BPF move counts");
 	measure_bpf__destroy(m->skel);
 	fprintf(m->out, "{\"wall_s\": %.4f, \"migrations\": %lld, \"context_switches\": %lld, "
