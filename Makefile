@@ -22,7 +22,7 @@ DEFAULT_MODEL  := models/default/saved_model
 DEFAULT_BUNDLE := models/default/bundle
 PYTEST_ARGS  ?=
 
-.PHONY: all setup deb venv build bpf ext contract model bundle run test lint bench soak dist guest-kernel guest-bench guest-bench-2vcpu guest-learn clean distclean
+.PHONY: all setup deb venv build bpf ext contract model bundle run test lint bench soak dist guest-kernel guest-bench guest-bench-4vcpu guest-learn clean distclean
 
 all: build
 
@@ -91,12 +91,14 @@ run: build
 guest-kernel: build
 	$(MAKE) -C guest kernel
 
+# One vCPU per domain, each pinned to a host core; every configuration paired with EEVDF
+# round by round, intervals and the A/A noise floor (guest/README.md).
 guest-bench: build
 	$(MAKE) -C guest bench
 
-# The same with one vCPU per domain (2 vCPUs, a host core each).
-guest-bench-2vcpu: build
-	$(MAKE) -C guest bench-2vcpu
+# The same on 4 vCPUs (two per domain): more vCPUs than this host's 2 cores.
+guest-bench-4vcpu: build
+	$(MAKE) -C guest bench-4vcpu
 
 # Record in the guest, train the learned models, convert, boot again and compare.
 guest-learn: build

@@ -2,11 +2,15 @@
 
     python guest/learn.py --cache OUT --models ../models/learned [--runs N] [--workloads ...]
 
-1. Boots the guest once in mode=record (run.sh): every workload under EEVDF with
-   mlsched-lite's collector recording what EEVDF did, then under scx_mlsched answering
-   every balancer question with a coin and logging what followed. The two files come back
-   as "@mlsched file" records and are kept under OUT/learn/records/ (imitate.csv,
-   explore.csv).
+1. Boots the guest once in mode=record (run.sh), with the bench's workload sizes: every
+   workload under EEVDF with mlsched-lite's collector recording what EEVDF did, then
+   under scx_mlsched answering every balancer question with a coin and logging what
+   followed. The two files come back as "@mlsched file" records and are kept under
+   OUT/learn/records/ (imitate.csv, explore.csv). The recording runs themselves are
+   summarized as the bench's are (exploring against EEVDF, paired by run number, with
+   intervals) into OUT/learn/recording.json and printed: what exploring cost. The two
+   passes run one after the other (the recorder must not see the exploring runs), so
+   the pairs are not interleaved as the bench's rounds are.
 2. Trains `mlsched-train --labels imitate` on the first and `--labels outcome` on the
    second into MODELS/imitate and MODELS/outcome (SavedModel, report.json, report.png).
 
@@ -21,6 +25,7 @@ import argparse
 import base64
 import gzip
 import importlib.util
+import json
 import subprocess
 import sys
 import time
@@ -75,6 +80,25 @@ def records_from(boot: bench.Boot, out: Path) -> dict[str, Path]:
     return files
 
 
+def recording_summary(b: bench.Boot, params: dict) -> dict:
+    """The recording boot's runs as the bench summarizes its own: the exploring pass
+    against the EEVDF pass, paired by run number."""
+    return bench.summarize(b, {**params, "seed": None, "warmup": 0})
+
+
+def recording_table(summary: dict) -> str:
+    """Exploring against EEVDF per workload: speed and wake-up p99 with their intervals."""
+    rows = ["| workload | runs | EEVDF (median) | exploring: speed [95 % interval] | "
+            "exploring: wake-up p99 [95 % interval] |", "|---|---:|---:|---:|---:|"]
+    for wl, w in summary["workloads"].items():
+        e, x = w["configs"].get("eevdf", {}), w["configs"].get("explore", {})
+        n = (x.get("vs_base") or {}).get("n", 0)
+        rows.append(f"| {wl} | {n} | {bench.report.fmt_value(e.get('median'), w['metric']['unit'])}"
+                    f" {w['metric']['unit']} | {bench.report.ci_cell(x.get('vs_base'))} | "
+                    f"{bench.report.ci_cell(x.get('wake_p99_vs_base'))} |")
+    return "\n".join(rows)
+
+
 def train(files: dict[str, Path], models: Path, epochs: int | None) -> None:
     """mlsched-train for each kind, into models/KIND (replaced)."""
     models.mkdir(parents=True, exist_ok=True)
@@ -91,17 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, required=True, help="guest build dir (make kernel)")
     ap.add_argument("--models", type=Path, required=True, help="where the models go")
-    ap.add_argument("--runs", type=int, default=3, help="runs per workload and pass")
+    ap.add_argument("--runs", type=int, default=15, help="runs per workload and pass")
     ap.add_argument("--workloads", default=",".join(bench.WORKLOADS))
     ap.add_argument("--epochs", type=int, help="mlsched-train --epochs")
     ap.add_argument("--records", type=Path,
                     help="train on IMITATE.csv and EXPLORE.csv in this directory, no boot")
     ap.add_argument("--console", type=Path, help="keep the guest console log here")
+    bench.add_size_arguments(ap)
     args = ap.parse_args(argv)
     workloads = args.workloads.split(",")
-    if args.runs < 1 or not set(workloads) <= set(bench.WORKLOADS):
+    if args.runs < 1 or not set(workloads) <= set(bench.KNOWN_WORKLOADS):
         print(f"learn.py: --runs must be >= 1 and --workloads a subset of "
-              f"{','.join(bench.WORKLOADS)}", file=sys.stderr)
+              f"{','.join(bench.KNOWN_WORKLOADS)}", file=sys.stderr)
         return 2
     try:
         if args.records:
@@ -112,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         else:
             params = {"mode": "record", "runs": args.runs, "workloads": ",".join(workloads),
-                      "configs": "eevdf"}
+                      "configs": "eevdf", **bench.sizes_of(args)}
             # the recorder is one more mlsched-lite to start
             timeout = (bench.boot_timeout(workloads, ["eevdf"] * RUNS_PER_PASS, args.runs)
                        + bench.DAEMON_START_S)
@@ -120,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             b = bench.boot(args.cache, params, timeout, args.console)
             print(f"learn.py: recording boot {time.monotonic() - t0:.0f} s")
             files = records_from(b, args.cache / "learn" / "records")
+            summary = recording_summary(b, params)
+            bench.atomic_write(args.cache / "learn" / "recording.json",
+                               json.dumps(summary, indent=1) + "\n")
+            print(recording_table(summary))
         train(files, args.models, args.epochs)
     except bench.GuestError as exc:
         print(f"learn.py: {exc}", file=sys.stderr)

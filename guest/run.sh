@@ -2,11 +2,14 @@
 # Guest scenario, run by /init. Settings come from the kernel command line:
 #   mlsched.mode=bench|test|record   mlsched.runs=N   (test: a short check of each part)
 #   mlsched.workloads=synthetic,hackbench-t2,hackbench-t4,hackbench-p2,hackbench-p4,stressng,build
-#   mlsched.configs=eevdf,eevdf2,simple,central,model,model1,model-NAME,stay,migrate
+#   mlsched.configs=eevdf,eevdf-aa,eevdf2,simple,central,model,model1,model-NAME,stay,migrate
+#   mlsched.seed=N          the configurations' order in each round (see 2. below)
+#   mlsched.warmup=N        discarded EEVDF runs of each workload before its rounds
 #   mlsched.workers= mlsched.units= mlsched.spin= mlsched.sleep=   (synthetic: mlsched-workload)
 #   mlsched.hb_loops=       hackbench messages per sender
 #   mlsched.sng_ops=        stress-ng: bogo ops per cpu stressor (hdd: 10x, on tmpfs)
 #   mlsched.build_jobs=     make -j of the build workload
+#   mlsched.build_units=N   the build compiles the first N library units (0: all units)
 #
 #   1. start one mlsched-lite (run --pin --no-collector) per bundle the configurations
 #      use, each pinning its maps under /sys/fs/bpf/mlsched-NAME: model and model1 use
@@ -14,11 +17,15 @@
 #      bundle's table and answers every request they cannot; model1 asks the kernel
 #      for level 1 only (scx_mlsched --levels 1), so what level 2 would answer travels
 #      the ring instead;
-#   2. for each workload, for each run, for each configuration (order rotated per run):
-#      attach the scheduler (none for eevdf; simple and central are the kernel's
-#      example schedulers scx_simple and scx_central), run the workload under
-#      mlsched-measure (wall time, CPU migrations, context switches and CPU-to-CPU
-#      moves of its whole process tree, exit status), detach;
+#   2. for each workload: `warmup` runs under EEVDF that are reported apart and left
+#      out (they fill TCG's translation cache for the workload's code); then `runs`
+#      rounds, each running every configuration once in a fresh random order (awk's
+#      generator seeded from seed, workload and round: the same seed gives the same
+#      order): attach the scheduler (none for eevdf and for eevdf-aa, a second
+#      EEVDF configuration that measures the noise floor; simple and central are the
+#      kernel's example schedulers scx_simple and scx_central), run the workload under
+#      mlsched-measure (wall time, CPU migrations, context switches, CPU-to-CPU moves
+#      and run-queue delays of its whole process tree, exit status), detach;
 #   3. stop the mlsched-lite instances.
 #
 # mode=record gathers what `mlsched-train` learns from (guest/learn.py): every workload
@@ -30,8 +37,9 @@
 # workload that exits non-zero is a run with "failed": true, the scenario goes on.
 set -u
 mode=bench runs=3 configs=eevdf,model,model1,stay,migrate workloads=synthetic
+seed=1 warmup=1
 workers=8 units=200 spin=200000 sleep=500
-hb_loops=100 sng_ops=50 build_jobs=8
+hb_loops=100 sng_ops=50 build_jobs=8 build_units=0
 for w in $(cat /proc/cmdline); do
     case "$w" in
         mlsched.*=*) k=${w%%=*}; k=${k#mlsched.}; eval "$k=\${w#*=}" ;;
@@ -131,7 +139,7 @@ stop_daemons() {
 start_sched() {
     pin=/sys/fs/bpf/mlsched-$(bundle_of "$1")
     case "$1" in
-        eevdf|eevdf2) ;;
+        eevdf|eevdf-aa|eevdf2) ;;
         simple) scx_simple >/tmp/peer.log 2>&1 & sched_pid=$! ;;
         central) scx_central >/tmp/peer.log 2>&1 & sched_pid=$! ;;
         model|model-*) scx_mlsched --policy model --pin-dir "$pin" -o /tmp/scx.json &
@@ -188,17 +196,39 @@ run_workload() {
             rm -rf /tmp/sng /tmp/sng.yaml ;;
         build)
             rm -rf /tmp/build && cp -a "$OPT/build-src" /tmp/build
+            targets=
+            [ "$build_units" -gt 0 ] && targets=$(cd /tmp/build && ls library/*.c |
+                head -n "$build_units" | sed 's/\.c$/.o/' | tr '\n' ' ')
             $wrap mlsched-measure -o /tmp/measure.json -- \
-                make -s -f "$OPT/build.mk" -C /tmp/build -j"$build_jobs" >/tmp/wl.out 2>&1
+                make -s -f "$OPT/build.mk" -C /tmp/build -j"$build_jobs" $targets >/tmp/wl.out 2>&1
             echo "{\"objects\": $(find /tmp/build -name '*.o' | wc -l), \"jobs\": $build_jobs}"
             rm -rf /tmp/build ;;
         *) fail "unknown workload $1" ;;
     esac
 }
 
-# run_one WORKLOAD CONFIG RUN: one run under CONFIG; emits a "run" line.
+# calibrate: how fast this guest runs a fixed compute loop on one CPU, CALIBRATION_RUNS
+# "calibrate" records; the host runs the same binary and arguments (bench.py): their
+# ratio is the guest's slowdown.
+CALIBRATION_ARGS="-w 1 -u 100 -c 1000000 -s 0"
+calibrate() {
+    for i in 1 2 3; do
+        out=$(taskset -c 0 mlsched-workload $CALIBRATION_ARGS) || fail "calibration run failed"
+        emit calibrate "{\"args\": \"$CALIBRATION_ARGS\", ${out#\{}"
+    done
+}
+
+# shuffled KEY WORD...: the words in a random order that KEY determines.
+shuffled() {
+    key=$1; shift
+    printf '%s\n' "$@" | awk -v key="$key" 'BEGIN { srand(key) } { printf "%.9f %s\n", rand(), $0 }' |
+        sort -n | cut -d' ' -f2 | tr '\n' ' '
+}
+
+# run_one WORKLOAD CONFIG RUN [KIND]: one run under CONFIG; emits a KIND (default "run")
+# line; the position of CONFIG in its round's order is $pos.
 run_one() {
-    wl=$1 cfg=$2 run=$3 sched_pid= scx=null ops=null wrap=
+    wl=$1 cfg=$2 run=$3 kind=${4:-run} sched_pid= scx=null ops=null wrap=
     # eevdf2: EEVDF with the workload on the two CPUs of domain 0 only
     [ "$cfg" = eevdf2 ] && wrap="taskset -c 0-1"
     rm -f /tmp/scx.json /tmp/peer.log /tmp/measure.json
@@ -220,7 +250,7 @@ run_one() {
         scx=$(sched_stats "$cfg")
     fi
     log "$wl run $run: $cfg: $measure $result"
-    emit run "{\"workload\": \"$wl\", \"config\": \"$cfg\", \"run\": $run, \"ops\": $ops, \"failed\": $failed, \"measure\": $measure, \"result\": ${result:-null}, \"scx\": $scx}"
+    emit "$kind" "{\"workload\": \"$wl\", \"config\": \"$cfg\", \"run\": $run, \"position\": ${pos:-0}, \"ops\": $ops, \"failed\": $failed, \"measure\": $measure, \"result\": ${result:-null}, \"scx\": $scx}"
 }
 
 emit boot "{\"cpus\": $NCPUS, \"domains\": \"$(scx_mlsched --list-domains)\", \"uptime_s\": $(cut -d' ' -f1 /proc/uptime), \"kernel\": \"$(uname -r)\", \"sched_ext\": \"$(cat /sys/kernel/sched_ext/state 2>/dev/null || echo missing)\", \"mode\": \"$mode\"}"
@@ -260,12 +290,18 @@ elif [ "$mode" = record ]; then
     emit_file imitate /tmp/imitate.csv
     emit_file explore /tmp/explore.csv
 else
+    calibrate
+    w=0
     for wl in $(echo "$workloads" | tr ',' ' '); do
-        list=$cfg_list r=1
+        w=$((w + 1)) r=1 pos=0
+        while [ $r -le "$warmup" ]; do run_one "$wl" eevdf $r warmup; r=$((r + 1)); done
+        r=1
         while [ $r -le "$runs" ]; do
-            for cfg in $list; do run_one "$wl" "$cfg" $r; done
-            # rotate: first configuration goes last, so none always runs first
-            list="$(echo $list | cut -s -d' ' -f2-) $(echo $list | cut -d' ' -f1)"
+            pos=0
+            for cfg in $(shuffled "$((seed * 1000003 + w * 1009 + r))" $cfg_list); do
+                pos=$((pos + 1))
+                run_one "$wl" "$cfg" $r
+            done
             r=$((r + 1))
         done
     done

@@ -77,13 +77,16 @@ def test_scheduler_in_guest(guest_cache, tmp_path):
     bench = _load_bench()
     console = tmp_path / "console.log"
     b = bench.boot(guest_cache, {"mode": "test", **WORKLOAD, **REAL_WORKLOAD}, BOOT_TIMEOUT_S,
-                   console)
+                   console, vcpus=4)
     tail = "\n".join(b.console.splitlines()[-30:])
     assert not b.timed_out, f"guest did not finish in {BOOT_TIMEOUT_S} s:\n{tail}"
     assert not b.of("error"), f"{b.of('error')[0]['message']}\n{tail}"
 
     boot = b.of("boot")[0]
     assert boot["cpus"] == 4, "the guest must see its 4 vCPUs (ACPI/MADT)"
+    # every vCPU thread held on a host CPU, spread over them
+    host = sorted(os.sched_getaffinity(0))
+    assert b.pinned == {i: host[i % len(host)] for i in range(4)}, b.pinned
     assert boot["sched_ext"] == "disabled", "sched_ext available and idle before we load"
 
     runs = {r["config"]: r for r in b.of("run") if r["workload"] == "synthetic"}
@@ -241,6 +244,30 @@ def test_measure_counts_the_whole_tree(guest_cache, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
+def test_measure_reports_the_trees_run_queue_delays(guest_cache, tmp_path):
+    """Wake-up waits: one per wake-up of a tree task (20 sleeps give at least 20); waits of
+    a preempted task: two spinners on one CPU wait for each other, each wait at least a
+    slice of the other's (EEVDF's base slice is 0.75 ms or more; a busy host only adds).
+    Percentiles in order; a command that never sleeps has (almost) no wake-ups."""
+    measure = str(guest_cache / "mlsched-measure")
+    spin = "timeout 0.5 sh -c 'while :; do :; done'"
+    script = f"for i in $(seq 20); do sleep 0.005; done; {spin} & {spin}; wait"
+    p = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))), measure, "--",
+                        "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout)
+    wake, pre = m["delay"]["wake"], m["delay"]["preempt"]
+    assert wake["n"] >= 20, wake
+    assert pre["n"] >= 2 and pre["p99_us"] >= 500, pre
+    for d in (wake, pre):
+        assert 0 <= d["p50_us"] <= d["p90_us"] <= d["p99_us"] <= d["max_us"], d
+        assert d["mean_us"] <= d["max_us"], d
+    assert m["moves_missed"] == 0
+    # `true` never sleeps: at most its release from the gate and its exit's wake-ups
+    p = subprocess.run([measure, "--", "true"], capture_output=True, text=True, timeout=60)
+    assert json.loads(p.stdout)["delay"]["wake"]["n"] < 5, p.stdout
+
+
 #: Pinned to CPU 0, the shell moves itself to CPU 1 and back three times, then two threads
 #: of a Python process each do the same twice (sched_setaffinity(0) moves the calling
 #: thread only). Nothing else in the tree may change CPU: everything starts pinned to 0.
@@ -277,91 +304,139 @@ def test_measure_counts_each_move_of_the_tree_and_no_other(guest_cache, tmp_path
     assert m["moves"] == want and m["moves_missed"] == 0, m
 
 
-def _run(wl, cfg, result, wall=1.0, failed=False):
-    return {"workload": wl, "config": cfg, "run": 1, "ops": None, "failed": failed,
-            "measure": {"wall_s": wall, "migrations": 10, "context_switches": 100,
-                        "status": 1 if failed else 0}, "result": result, "scx": None}
+def _run(wl, cfg, result, wall=1.0, failed=False, run=1, wake=None):
+    measure = {"wall_s": wall, "migrations": 10, "context_switches": 100,
+               "status": 1 if failed else 0}
+    if wake is not None:
+        measure["delay"] = {"wake": {"n": 50, "p50_us": wake / 10, "p99_us": wake},
+                            "preempt": {"n": 0}}
+    return {"workload": wl, "config": cfg, "run": run, "ops": None, "failed": failed,
+            "measure": measure, "result": result, "scx": None}
 
 
-def test_summary_per_workload_and_config(tmp_path):
+PARAMS = {"runs": 3, "seed": 7, "warmup": 1, "workers": 8, "units": 1, "spin": 1, "sleep": 1,
+          "hb_loops": 30, "sng_ops": 50, "build_jobs": 8, "build_units": 0}
+
+
+def test_summary_pairs_each_configuration_with_eevdf_by_round(tmp_path):
     bench = _load_bench()
-    hb = [_run("hackbench-t2", "eevdf", {"time_s": t}) for t in (2.0, 4.0, 3.0)] + \
-        [_run("hackbench-t2", "simple", {"time_s": t}) for t in (1.5, 2.0)] + \
-        [_run("hackbench-t2", "simple", {"time_s": None}, failed=True)]
-    # stress-ng: geometric mean of each stressor's ops over its own wall time
+    # simple is exactly twice as fast as EEVDF in every round (round 3 failed), the A/A
+    # configuration exactly as fast; round times differ a lot from round to round
+    eevdf = {1: 2.0, 2: 4.0, 3: 3.0}
+    hb = [_run("hackbench-t2", "eevdf", {"time_s": t}, run=r, wake=100.0 * r)
+          for r, t in eevdf.items()]
+    hb += [_run("hackbench-t2", "simple", {"time_s": eevdf[r] / 2}, run=r, wake=300.0 * r)
+           for r in (1, 2)]
+    hb += [_run("hackbench-t2", "simple", {"time_s": None}, failed=True, run=3)]
+    hb += [_run("hackbench-t2", "eevdf-aa", {"time_s": t}, run=r) for r, t in eevdf.items()]
+    # stress-ng: geometric mean of each stressor's ops over its own wall time; more is better
     sng = [_run("stressng", "eevdf", {"stressors": {"cpu": {"bogo_ops": 100, "wall_s": 2.0},
-                                                    "hdd": {"bogo_ops": 800, "wall_s": 2.0}}}),
-           _run("stressng", "simple", {"stressors": {"cpu": {"bogo_ops": 100, "wall_s": 1.0},
-                                                     "hdd": {"bogo_ops": 800, "wall_s": 2.0}}})]
-    build = [_run("build", "eevdf", {}, wall=40.0), _run("build", "simple", {}, wall=50.0)]
-    b = bench.Boot(records=[("run", r) for r in hb + sng + build])
-    params = {"runs": 3, "workers": 8, "units": 1, "spin": 1, "sleep": 1, "hb_loops": 30,
-              "sng_ops": 50, "build_jobs": 8}
-    s = bench.summarize(b, params)
-    e, m = s["workloads"]["hackbench-t2"]["configs"]["eevdf"], \
-        s["workloads"]["hackbench-t2"]["configs"]["simple"]
+                                                    "hdd": {"bogo_ops": 800, "wall_s": 2.0}}},
+                run=r) for r in (1, 2)]
+    sng += [_run("stressng", "simple", {"stressors": {"cpu": {"bogo_ops": 100, "wall_s": 1.0},
+                                                      "hdd": {"bogo_ops": 800, "wall_s": 2.0}}},
+                 run=r) for r in (1, 2)]
+    b = bench.Boot(records=[("run", r) for r in hb + sng])
+    s = bench.summarize(b, PARAMS)
+    cells = s["workloads"]["hackbench-t2"]["configs"]
+    e, m = cells["eevdf"], cells["simple"]
     assert (e["median"], e["min"], e["max"]) == (3.0, 2.0, 4.0)
-    assert m["failed"] == 1 and m["result"] == [1.5, 2.0] and m["median"] == 1.75
-    assert m["speed_vs_eevdf"] == pytest.approx(3.0 / 1.75)
-    assert m["speed_vs_eevdf_range"] == pytest.approx([1.5, 2.0])
+    assert m["failed"] == 1 and m["by_round"] == {1: 1.0, 2: 2.0}
+    assert m["vs_base"]["n"] == 2
+    assert m["vs_base"]["speed"] == pytest.approx(2.0)
+    assert m["vs_base"]["ci"] == pytest.approx([2.0, 2.0])
+    assert m["vs_base"]["call"] == "faster"
+    # wake-up p99: 3x EEVDF's in both rounds -> ratio 3, longer waits
+    assert m["wake_p99_vs_base"]["speed"] == pytest.approx(3.0)
+    assert m["median_wake_p99_us"] == pytest.approx(450.0)
+    noise = s["workloads"]["hackbench-t2"]["noise_floor"]
+    assert noise["speed"] == pytest.approx(1.0) and noise["call"] == "no call"
+    assert s["noise_floor"] == pytest.approx(0.0)
     st = s["workloads"]["stressng"]["configs"]
     assert st["eevdf"]["median"] == pytest.approx(141.4214, rel=1e-5)  # sqrt(50 * 400)
-    assert st["simple"]["median"] == pytest.approx(200.0)   # sqrt(100 * 400)
-    assert st["simple"]["speed_vs_eevdf"] == pytest.approx(1.4142, rel=1e-4)  # more ops/s
-    assert s["workloads"]["build"]["configs"]["simple"]["speed_vs_eevdf"] == 0.8
+    assert st["simple"]["vs_base"]["speed"] == pytest.approx(2 ** 0.5)   # more ops/s
     md = bench.table(s)
-    assert "| hackbench-t2 | hackbench time (s) | 3.00 | +71.4% |" in md
-    assert "| build | wall time (s) | 40.00 | -20.0% |" in md
+    assert "| hackbench-t2 | 2 | 3.00 s | **+0.0 % [+0.0, +0.0]** |" not in md
+    assert "| hackbench-t2 | 2 | 3.00 s | +0.0 % [+0.0, +0.0] | **+100.0 % [+100.0, +100.0]** |" \
+        in md, md
+    assert "Noise floor (A/A, EEVDF against itself): ±0.0 %" in md
+    assert "fresh random order (seed 7), after 1 warm-up run(s)" in md
     png = tmp_path / "g.png"
     bench.plot(s, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [f.name for f in tmp_path.iterdir()] == ["g.png"]
 
 
+def test_move_charge_is_modelled_from_the_measured_cost():
+    """Each cross-domain move costs the host's figure for the workload's working set, times
+    the guest's slowdown, spread over the vCPUs: a time grows by it, a rate shrinks."""
+    bench = _load_bench()
+    report = bench.report
+    charge = report.MoveCharge(cost_ns=lambda ws: {64 << 10: 2000.0, 1 << 20: 8000.0}[ws],
+                               slowdown=5.0, vcpus=2)
+    hb = _run("hackbench-t2", "eevdf", {"time_s": 1.0})
+    # 1000 moves x 2000 ns x 5 / 2 vCPUs = 5 ms
+    assert charge.modelled(hb, 1000) == pytest.approx(1.005)
+    sng = _run("stressng", "eevdf", {"stressors": {"cpu": {"bogo_ops": 100, "wall_s": 1.0}}},
+               wall=2.0)
+    # 100 moves x 8000 ns x 5 / 2 = 2 ms on a 2 s wall time: 100 ops/s -> 100 * 2 / 2.002
+    assert charge.modelled(sng, 100) == pytest.approx(100 * 2 / 2.002)
+    assert charge.modelled(hb, None) is None
+    runs = [_run("hackbench-t2", cfg, {"time_s": 1.0}, run=r) for cfg in ("eevdf", "migrate")
+            for r in (1, 2)]
+    for r in runs:                # migrate moves 1000 times a run, EEVDF never
+        r["measure"]["moves"] = [[0, 1000 if r["config"] == "migrate" else 0], [0, 0]]
+    w = report.summarize(runs, [[0], [1]], charge)["hackbench-t2"]["configs"]
+    assert w["migrate"]["vs_base"]["speed"] == pytest.approx(1.0)            # measured
+    assert w["migrate"]["modelled_vs_base"]["speed"] == pytest.approx(1 / 1.005)
+    assert w["migrate"]["median_charge_s"] == pytest.approx(0.005)
+
+
 def test_cross_domain_moves_from_the_matrix():
     """Only moves between CPUs of different domains count; no matrix or no domains: None."""
     bench = _load_bench()
+    report = bench.report
     moves = [[0, 5, 1, 2],
              [4, 0, 0, 3],
              [7, 0, 0, 6],
              [0, 1, 9, 0]]
     # 0-1 | 2-3: the off-diagonal blocks, 1 + 2 + 0 + 3 + 7 + 0 + 0 + 1
-    assert bench.cross_domain_moves({"moves": moves}, [[0, 1], [2, 3]]) == 14
+    assert report.cross_domain_moves({"moves": moves}, [[0, 1], [2, 3]]) == 14
     # 0+2 | 1+3 (the same matrix, other domains): 5 + 2 + 4 + 0 + 0 + 6 + 0 + 9
-    assert bench.cross_domain_moves({"moves": moves}, [[0, 2], [1, 3]]) == 26
-    assert bench.cross_domain_moves({"moves": moves}, [[0, 1, 2, 3]]) == 0
-    assert bench.cross_domain_moves({}, [[0, 1], [2, 3]]) is None
-    assert bench.cross_domain_moves({"moves": moves}, None) is None
+    assert report.cross_domain_moves({"moves": moves}, [[0, 2], [1, 3]]) == 26
+    assert report.cross_domain_moves({"moves": moves}, [[0, 1, 2, 3]]) == 0
+    assert report.cross_domain_moves({}, [[0, 1], [2, 3]]) is None
+    assert report.cross_domain_moves({"moves": moves}, None) is None
     run = _run("hackbench-t2", "eevdf", {"time_s": 1.0})
     run["measure"]["moves"] = moves
-    s = bench.summarize(bench.Boot(records=[("boot", {"domains": "0-1,2-3"}), ("run", run)]),
-                        {"runs": 1, "workers": 8, "units": 1, "spin": 1, "sleep": 1,
-                         "hb_loops": 30, "sng_ops": 50, "build_jobs": 8})
+    s = bench.summarize(bench.Boot(records=[("boot", {"cpus": 4, "domains": "0-1,2-3"}),
+                                            ("run", run)]), PARAMS)
     cell = s["workloads"]["hackbench-t2"]["configs"]["eevdf"]
     assert cell["cross_domain_moves"] == [14] and cell["median_cross_domain_moves"] == 14
-    assert "| hackbench-t2 | EEVDF (kernel default) | 1.00 [1.00–1.00] | 10 | 14 | 100 |" \
+    assert "| hackbench-t2 | EEVDF (kernel default) | 1.00 [1.00–1.00] | – | – / – | 10 | 14 |" \
         in bench.table(s)
     # a 2-vCPU boot (one CPU a domain): every move crosses; the footer says what ran
     run["measure"]["moves"] = [[0, 3], [2, 0]]
     s = bench.summarize(bench.Boot(records=[("boot", {"cpus": 2, "domains": "0,1"}),
-                                            ("run", run)]), s["params"])
+                                            ("run", run)], pinned={0: 0, 1: 1}), s["params"])
     assert s["guest"]["vcpus"] == 2
     assert s["workloads"]["hackbench-t2"]["configs"]["eevdf"]["cross_domain_moves"] == [5]
     md = bench.table(s)
-    assert "2 vCPUs in 2 sockets" in md and "--cpu 2 --cpu-ops" in md
+    assert "2 vCPUs in 2 sockets = 2 domains, each vCPU thread pinned" in md
+    assert "--cpu 2 --cpu-ops" in md and "make guest-bench`" in md
 
 
 def test_readme_tables_per_guest_size(tmp_path):
     """Each guest size has its own markers: writing one table leaves the other alone."""
     bench = _load_bench()
     md = tmp_path / "R.md"
-    md.write_text("intro\n<!-- guest-bench:begin -->\nold 4\n<!-- guest-bench:end -->\nend\n")
-    bench.update_readme(md, "new 2", vcpus=2)
-    bench.update_readme(md, "new 2, again", vcpus=2)
+    md.write_text("intro\n<!-- guest-bench:begin -->\nold 2\n<!-- guest-bench:end -->\nend\n")
     bench.update_readme(md, "new 4", vcpus=4)
-    assert md.read_text() == ("intro\n<!-- guest-bench:begin -->\nnew 4\n<!-- guest-bench:end -->"
-                              "\nend\n\n<!-- guest-bench-2vcpu:begin -->\nnew 2, again\n"
-                              "<!-- guest-bench-2vcpu:end -->\n")
+    bench.update_readme(md, "new 4, again", vcpus=4)
+    bench.update_readme(md, "new 2", vcpus=2)
+    assert md.read_text() == ("intro\n<!-- guest-bench:begin -->\nnew 2\n<!-- guest-bench:end -->"
+                              "\nend\n\n<!-- guest-bench-4vcpu:begin -->\nnew 4, again\n"
+                              "<!-- guest-bench-4vcpu:end -->\n")
 
 
 def test_bench_refuses_bad_plans(tmp_path, capsys):
@@ -369,7 +444,8 @@ def test_bench_refuses_bad_plans(tmp_path, capsys):
     for bad in (["--workloads", "hackbench-x9"], ["--configs", "eevdf,eevdf"],
                 ["--configs", "model-Bad"], ["--runs", "0"], ["--hb-loops", "0"],
                 ["--vcpus", "3"], ["--vcpus", "0"], ["--vcpus", "6"],
-                ["--vcpus", "2", "--configs", "eevdf,eevdf2"]):
+                ["--vcpus", "2", "--configs", "eevdf,eevdf2"], ["--warmup", "-1"],
+                ["--build-units", "-3"]):
         assert bench.main(["--cache", str(tmp_path), "--out", str(tmp_path / "o.json"),
                            *bad]) == 2, bad
         err = capsys.readouterr().err
@@ -432,3 +508,19 @@ def test_learn_takes_the_files_the_guest_sent(tmp_path):
                 ok[:2]):
         with pytest.raises(bench.GuestError):
             learn.records_from(bench.Boot(records=bad), tmp_path / "bad")
+
+
+def test_recording_boot_is_summarized_like_the_bench():
+    """learn.py: the exploring pass against the EEVDF pass, paired by run number."""
+    learn = _load_learn()
+    runs = [_run("hackbench-t2", "eevdf", {"time_s": t}, run=r, wake=100.0)
+            for r, t in ((1, 2.0), (2, 3.0), (3, 4.0))]
+    runs += [_run("hackbench-t2", "explore", {"time_s": t * 1.25}, run=r, wake=200.0)
+             for r, t in ((1, 2.0), (2, 3.0), (3, 4.0))]
+    s = learn.recording_summary(learn.bench.Boot(records=[("run", r) for r in runs]),
+                                {"mode": "record", "runs": 3, **learn.bench.SIZES})
+    x = s["workloads"]["hackbench-t2"]["configs"]["explore"]
+    assert x["vs_base"]["speed"] == pytest.approx(0.8) and x["vs_base"]["call"] == "slower"
+    md = learn.recording_table(s)
+    assert "| hackbench-t2 | 3 | 3.00 s | **-20.0 % [-20.0, -20.0]** | " \
+           "**+100.0 % [+100.0, +100.0]** |" in md, md
