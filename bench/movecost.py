@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOOL = ROOT / "build" / "movecost"
 DEFAULT_OUT = ROOT / "bench" / "movecost.json"
 KIB, MIB = 1 << 10, 1 << 20
-#: 16 KiB (a third of L1d here) to 64 MiB (far past a core's 2 MiB L2), doubling.
+#: From inside a core's L1d to far past its L2 (and the TLB's reach), doubling.
 DEFAULT_SIZES = tuple(16 * KIB << k for k in range(13))
 DEFAULT_PAIRS = 51
 DEFAULT_WARM = 3

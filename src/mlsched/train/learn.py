@@ -65,8 +65,8 @@ LEARNING_RATE = 3e-3
 MIN_BATCH, MAX_BATCH = 32, 1024
 #: Points per axis of the decision map in report.png.
 MAP_STEPS = 101
-#: The working set charged with --move-cost when --working-set is not given: half of this
-#: host's per-core L2 (2 MiB), a task whose data its core's private caches hold, so that a
+#: The working set charged with --move-cost when --working-set is not given: half a core's
+#: L2 on the development host, a task whose data its core's private caches hold, so that a
 #: move loses them. The records carry no column that tells a task's working set.
 DEFAULT_WORKING_SET = 1 << 20
 
