@@ -78,10 +78,18 @@ def test_the_report_names_the_measured_cost_and_its_figures(tmp_path):
     assert rep["cost_ci95_ns"] == pytest.approx([190_000, 315_000])
     assert rep["charged_us"] == pytest.approx(250)
     assert rep["cpu_model"] == "Test CPU" and rep["measured"] == "2026-12-04T00:00:00Z"
-    assert rep["outside_measured_sizes"] is False
+    assert rep["outside_measured_sizes"] is False and rep["quick_run"] is False
     flat = move_cost.flat_charge(120.0, explicit=True)
     assert flat.us == 120.0 and flat.report == {"model": "flat", "charged_us": 120.0,
                                                 "from": "--migration-cost-us"}
+
+
+def test_a_quick_runs_curve_is_said_to_be_one(tmp_path):
+    obj = json.loads(json.dumps(CURVE)) | {"method": {"quick": True}}
+    curve = move_cost.MoveCostCurve.load(write(tmp_path, "m.json", json.dumps(obj)))
+    charge = move_cost.measured_charge(curve, 64 * KIB)
+    assert charge.us == pytest.approx(400) and charge.report["quick_run"] is True
+    assert "--quick" in charge.note
 
 
 def test_a_measured_cost_below_zero_is_charged_as_zero(tmp_path):

@@ -60,6 +60,7 @@ class MoveCostCurve:
     high: np.ndarray
     host: dict = field(default_factory=dict)
     measured: str | None = None
+    quick: bool = False        # a `--quick` run: the shape of a measurement, not its figures
 
     @classmethod
     def load(cls, path: str | Path) -> MoveCostCurve:
@@ -111,8 +112,10 @@ class MoveCostCurve:
             rows.append((w, float(cost), float(ci[0]), float(ci[1])))
         w, cost, low, high = (np.array(col, dtype=np.float64) for col in zip(*rows, strict=True))
         measured = obj.get("measured")
+        method = obj.get("method")
+        quick = isinstance(method, dict) and method.get("quick") is True
         return cls(path, sha256, w, cost, low, high, host,
-                   measured if isinstance(measured, str) else None)
+                   measured if isinstance(measured, str) else None, quick)
 
     @property
     def sizes_bytes(self) -> list[int]:
@@ -177,18 +180,22 @@ def measured_charge(curve: MoveCostCurve, working_set: int) -> Charge:
     low, high = curve.interval_ns(working_set)
     outside = curve.outside(working_set)
     us = max(cost, 0.0) / NS_PER_US
-    cpu = curve.host.get("cpu_model") or "an unnamed CPU"
+    on = ", ".join(str(v) for v in (curve.host.get("cpu_model"),
+                                    curve.host.get("kernel") and f"Linux {curve.host['kernel']}",
+                                    curve.measured) if v)
     where = (f"outside the measured {curve.sizes_bytes[0]}..{curve.sizes_bytes[-1]} bytes:"
              " the nearest size's cost" if outside
              else "interpolated between the measured sizes")
-    note = (f"migration cost {us:g} us: measured on this host ({cpu}"
-            + (f", {curve.measured}" if curve.measured else "")
-            + f") by `make movecost` ({curve.path}) for a working set of {working_set} bytes,"
-            f" {where}; 95 % interval {low:.4g}..{high:.4g} ns"
-            + ("; the cost measured below 0 is charged as 0" if cost < 0 else ""))
+    note = (f"migration cost {us:.4g} us: measured by `make movecost` on the host's own cores"
+            + (f" ({on})" if on else "") + f", {curve.path}, for a working set of"
+            f" {working_set} bytes, {where}; 95 % interval {low / NS_PER_US:.4g}.."
+            f"{high / NS_PER_US:.4g} us"
+            + ("; the cost measured below 0 is charged as 0" if cost < 0 else "")
+            + ("; a --quick run, whose figures mean little" if curve.quick else ""))
     report = {"model": "measured", "file": curve.path, "sha256": curve.sha256,
               "cpu_model": curve.host.get("cpu_model"), "kernel": curve.host.get("kernel"),
               "measured": curve.measured, "working_set_bytes": working_set,
               "cost_ns": cost, "cost_ci95_ns": [low, high], "charged_us": us,
-              "outside_measured_sizes": outside, "measured_sizes_bytes": curve.sizes_bytes}
+              "outside_measured_sizes": outside, "measured_sizes_bytes": curve.sizes_bytes,
+              "quick_run": curve.quick}
     return Charge(us, note, report)
