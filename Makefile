@@ -20,9 +20,11 @@ EXT_INPUTS   := cffi_build.py bpf/mlsched.h src/mlsched/runtime/_native/mlsched_
                 src/mlsched/runtime/_native/mlsched_native.h bpf/mlsched.skel.h bpf/mlsched_inject.skel.h
 DEFAULT_MODEL  := models/default/saved_model
 DEFAULT_BUNDLE := models/default/bundle
+# The host tool that measures what a move between two cores costs (bench/movecost.c).
+MOVECOST     := build/movecost
 PYTEST_ARGS  ?=
 
-.PHONY: all setup deb venv build bpf ext contract model bundle run test lint bench soak dist guest-kernel guest-bench guest-bench-4vcpu guest-learn clean distclean
+.PHONY: all setup deb venv build bpf ext contract model bundle run test lint bench movecost soak dist guest-kernel guest-bench guest-bench-4vcpu guest-learn clean distclean
 
 all: build
 
@@ -109,6 +111,16 @@ test: build
 
 bench: build
 	$(PY) -m bench.run
+
+# What a move to the other core costs a task, by working set, on this host's own cores
+# (the guest's emulated CPUs have no caches to lose): bench/movecost.json and a table.
+# Timing-sensitive: run it on a quiet machine.
+movecost: venv $(MOVECOST)
+	$(PY) -m bench.movecost --tool $(MOVECOST)
+
+$(MOVECOST): bench/movecost.c
+	@mkdir -p $(@D)
+	$(CC) -O2 -Wall -Wextra -o $@.tmp $< && mv $@.tmp $@
 
 # 10 minutes at 1 M requests/s through the real ring into the real daemon (root: it mounts
 # a private BPF filesystem); make test runs a 30-second version.

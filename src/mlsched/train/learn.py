@@ -3,7 +3,8 @@
 Steps, one function each::
 
     record files ─► read (records.py: kind from the header, rows checked, loads clamped)
-                 ─► label: imitate (what CFS did between domains) or outcome (explored costs)
+                 ─► label: imitate (what CFS did between domains) or outcome (explored costs, a move
+              charged a flat cost or the one measured on this host: move_cost.py)
                  ─► split: a random held-out part, the same for the same --seed
                  ─► fit: counts scaled to the host's CPUs, the scale folded into the first layer
                  ─► evaluate on the held-out rows (accuracy, MIGRATE rate, IPS cost table)
@@ -33,6 +34,14 @@ from mlsched.runtime.features import FEATURE_NAMES, THRESHOLD, host_features, pa
 from mlsched.runtime.files import atomic_directory
 
 from . import records as rec_mod
+from .move_cost import (
+    Charge,
+    MoveCostCurve,
+    MoveCostError,
+    flat_charge,
+    measured_charge,
+    parse_bytes,
+)
 from .records import (
     COLLECTOR,
     DEFAULT_MIGRATION_COST_US,
@@ -56,6 +65,10 @@ LEARNING_RATE = 3e-3
 MIN_BATCH, MAX_BATCH = 32, 1024
 #: Points per axis of the decision map in report.png.
 MAP_STEPS = 101
+#: The working set charged with --move-cost when --working-set is not given: half a core's
+#: L2 on the development host, a task whose data its core's private caches hold, so that a
+#: move loses them. The records carry no column that tells a task's working set.
+DEFAULT_WORKING_SET = 1 << 20
 
 DESCRIPTION = ("Train the reference design, the 10->64->64->1 TensorFlow MLP, from the kernel"
                " side's record files; write a SavedModel mlsched-convert reads, and a report.")
@@ -68,10 +81,14 @@ examples:
 
   scx_mlsched --explore 100 --explore-out x.csv       # explore, log outcomes
   {PROG} x.csv -o learned --labels outcome --migration-cost-us 500
+  {PROG} x.csv -o learned --move-cost bench/movecost.json --working-set 1M
 
 Labels: imitate = MIGRATE iff CFS moved the task to another domain (collector
 records); outcome = the cheaper action by wait until the task ran plus the
-migration cost, weighted by |advantage| / propensity (exploration records).
+migration cost, weighted by |advantage| / propensity (exploration records). The
+migration cost is flat (--migration-cost-us, default the kernel's 500 us) or,
+with --move-cost, what `make movecost` measured a move costs on this host for a
+task of --working-set bytes (default {DEFAULT_WORKING_SET >> 20} MiB).
 exit status: 0 done, 2 bad input (nothing written).
 """
 
@@ -88,9 +105,9 @@ class Labelled:
     outcome: rec_mod.Outcome | None = None
 
 
-def label(records: Records, labels: str, train_rows: np.ndarray,
-          migration_cost_us: float) -> Labelled:
-    """Labels and weights of every row; outcome baselines from ``train_rows`` only."""
+def label(records: Records, labels: str, train_rows: np.ndarray, charge: Charge) -> Labelled:
+    """Labels and weights of every row; outcome baselines from ``train_rows`` only, each
+    MIGRATE row charged ``charge.us``."""
     x = pad(records.features)
     notes: list[str] = []
     taken = records.columns["cfs_action" if labels == IMITATE else "action"]
@@ -102,9 +119,8 @@ def label(records: Records, labels: str, train_rows: np.ndarray,
                              " as MIGRATE, also one inside a domain")
         y = rec_mod.label_imitate(records)
         return Labelled(x, y, np.ones(len(y), dtype=np.float32), before, notes)
-    out = rec_mod.label_outcome(records, migration_cost_us, fit=train_rows)
-    notes.append(f"migration cost {migration_cost_us:g} us: the kernel's default"
-                 " sched_migration_cost, the age under which CFS treats a task as cache-hot")
+    out = rec_mod.label_outcome(records, charge.us, fit=train_rows)
+    notes.append(charge.note)
     notes.append(f"{out.cells_fallen_back} (kind, load cell) groups had fewer than"
                  f" {rec_mod.MIN_CELL_ROWS} training rows and took their kind's mean cost as"
                  " baseline")
@@ -258,13 +274,16 @@ def write_output(out: Path, force: bool, model, report: dict, history: dict,
 
 def learn(paths: list[str], out: Path, labels: str | None = None, epochs: int = EPOCHS,
           seed: int = SEED, migration_cost_us: float = DEFAULT_MIGRATION_COST_US,
-          holdout: float = HOLDOUT, force: bool = False, verbose: bool = False) -> dict:
-    """The whole pipeline (see the module doc); returns the report."""
+          holdout: float = HOLDOUT, force: bool = False, verbose: bool = False,
+          charge: Charge | None = None) -> dict:
+    """The whole pipeline (see the module doc); returns the report. A MIGRATE row of
+    outcome labels is charged ``charge`` (a flat ``migration_cost_us`` when None)."""
+    charge = charge or flat_charge(migration_cost_us, explicit=False)
     records = rec_mod.read(paths, labels)
     labels = labels or LABELS_OF[records.kind]
     check_rows(records)
     train_rows = split(len(records), holdout, seed)
-    d = label(records, labels, train_rows, migration_cost_us)
+    d = label(records, labels, train_rows, charge)
     check_classes(d, train_rows)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -292,7 +311,8 @@ def learn(paths: list[str], out: Path, labels: str | None = None, epochs: int = 
         "notes": d.notes,
         "held_out": {"fraction": holdout,
                      **evaluate(model, records, d, train_rows)},
-        **({"migration_cost_us": migration_cost_us} if labels == OUTCOME else {}),
+        **({"migration_cost_us": charge.us, "move_cost": charge.report}
+           if labels == OUTCOME else {}),
         "features": list(FEATURE_NAMES), "count_scale_folded": cpus,
         "epochs": epochs, "batch": batch, "seed": seed, "train_seconds": round(seconds, 1),
         "tensorflow": tf.__version__, "history": history,
@@ -312,9 +332,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                     help="default: imitate for collector records, outcome for exploration ones")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="default %(default)s")
     ap.add_argument("--seed", type=int, default=SEED, help="default %(default)s")
-    ap.add_argument("--migration-cost-us", type=float, default=DEFAULT_MIGRATION_COST_US,
-                    metavar="U", help="cost of a migration for outcome labels (default"
-                    " %(default)g: the kernel's default sched_migration_cost)")
+    ap.add_argument("--migration-cost-us", type=float, metavar="U",
+                    help="flat cost of a migration for outcome labels (default"
+                    f" {DEFAULT_MIGRATION_COST_US:g}: the kernel's default sched_migration_cost)")
+    ap.add_argument("--move-cost", type=Path, metavar="FILE",
+                    help="charge instead what `make movecost` measured a move costs on this"
+                    " host (bench/movecost.json), at the task's --working-set")
+    ap.add_argument("--working-set", metavar="BYTES",
+                    help="the working set (bytes, or with K/M/G) whose measured cost"
+                    f" --move-cost charges (default {DEFAULT_WORKING_SET >> 20} MiB)")
     ap.add_argument("--holdout", type=float, default=HOLDOUT, metavar="F",
                     help="fraction of rows held out for evaluation (default %(default)s)")
     ap.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
@@ -322,17 +348,41 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _check_args(a: argparse.Namespace) -> None:
+def _check_args(a: argparse.Namespace) -> Charge:
+    """The arguments checked; what a MIGRATE row of outcome labels is charged."""
     if a.epochs < 1:
         raise ConvertError(f"--epochs {a.epochs}: at least 1")
     if not 0 < a.holdout < 1:
         raise ConvertError(f"--holdout {a.holdout:g}: a fraction between 0 and 1")
-    if not (np.isfinite(a.migration_cost_us) and a.migration_cost_us >= 0):
+    if a.migration_cost_us is not None and not (np.isfinite(a.migration_cost_us)
+                                                and a.migration_cost_us >= 0):
         raise ConvertError(f"--migration-cost-us {a.migration_cost_us:g}: a cost >= 0")
+    charge = _charge(a)
     if a.output.exists() and not a.force:
         raise ConvertError(f"{a.output} exists: pass --force to replace it")
     if not a.output.parent.is_dir():
         raise ConvertError(f"{a.output}: directory {a.output.parent} does not exist")
+    return charge
+
+
+def _charge(a: argparse.Namespace) -> Charge:
+    if a.move_cost is None:
+        if a.working_set is not None:
+            raise ConvertError("--working-set picks a point of the measured curve: it needs"
+                               " --move-cost FILE")
+        if a.migration_cost_us is None:
+            return flat_charge(DEFAULT_MIGRATION_COST_US, explicit=False)
+        return flat_charge(a.migration_cost_us, explicit=True)
+    if a.migration_cost_us is not None:
+        raise ConvertError("--move-cost and --migration-cost-us are two costs for the same"
+                           " move: give one")
+    working_set = DEFAULT_WORKING_SET
+    if a.working_set is not None:
+        try:
+            working_set = parse_bytes(a.working_set)
+        except MoveCostError as e:
+            raise ConvertError(f"--working-set: {e}") from None
+    return measured_charge(MoveCostCurve.load(a.move_cost), working_set)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,9 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format=f"{PROG}: %(message)s")
     try:
-        _check_args(a)
-        report = learn(a.records, a.output, a.labels, a.epochs, a.seed, a.migration_cost_us,
-                       a.holdout, a.force, a.verbose)
+        charge = _check_args(a)
+        report = learn(a.records, a.output, a.labels, a.epochs, a.seed, charge.us, a.holdout,
+                       a.force, a.verbose, charge)
     except ConvertError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return e.code

@@ -486,7 +486,7 @@ def _label_outcome(rec: Records, migration_cost_us: float, fit: np.ndarray | Non
     if not (np.isfinite(mean) and np.isfinite(weights).all()):
         raise RecordError(f"inverse-propensity weights are not finite: costs past the float"
                           f" range (wait_ns up to {rec.columns['wait_ns'].max():g} ns,"
-                          f" --migration-cost-us {migration_cost_us:g})")
+                          f" migration cost {migration_cost_us:g} us)")
     if not mean > 0:
         raise RecordError("every logged decision cost exactly its baseline: nothing to learn")
     return Outcome(cost, baseline, advantage, labels, weights / mean, fallen)
