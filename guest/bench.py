@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -68,15 +69,15 @@ KNOWN_WORKLOADS = WORKLOADS + ("hackbench-t4", "hackbench-p4")
 #: Rough seconds one run takes under TCG on this 2-core host at the default sizes (each
 #: sized to last 2 s or more), attach and detach included; the boot's time limit is their
 #: sum over the plan, times a margin.
-RUN_ESTIMATE_S = {"synthetic": 5, "hackbench-t2": 5, "hackbench-t4": 8, "hackbench-p2": 5,
-                  "hackbench-p4": 8, "stressng": 5, "build": 6}
+RUN_ESTIMATE_S = {"synthetic": 5, "hackbench-t2": 6, "hackbench-t4": 10, "hackbench-p2": 4,
+                  "hackbench-p4": 7, "stressng": 4, "build": 4}
 BOOT_BASE_S = 120
 DAEMON_START_S = 200
 TIMEOUT_MARGIN = 2.0
 #: Workload sizes (run.sh parameters): each run lasts 2 s or more in the 2-vCPU guest, so
 #: that a run is long against the guest's timer tick and the host's scheduling noise.
-SIZES = {"workers": 8, "units": 200, "spin": 1000000, "sleep": 500, "hb_loops": 1500,
-         "sng_ops": 160, "build_jobs": 4, "build_units": 30}
+SIZES = {"workers": 8, "units": 150, "spin": 1000000, "sleep": 500, "hb_loops": 1500,
+         "sng_ops": 280, "build_jobs": 4, "build_units": 24}
 #: The guest's and the host's calibration runs (mlsched-workload, one worker, no sleep).
 CALIBRATION_RUNS = 3
 MAKE_TARGET = report.MAKE_TARGET
@@ -97,6 +98,7 @@ class Boot:
     seconds: float = 0.0
     timed_out: bool = False
     pinned: dict[int, int] = field(default_factory=dict)   # vCPU -> host CPU
+    host: dict[str, float] = field(default_factory=dict)    # host_cpu_seconds() deltas
 
     def of(self, kind: str) -> list[dict]:
         return [r for k, r in self.records if k == kind]
@@ -193,6 +195,36 @@ def _tgid(tid: int) -> int | None:
     return None
 
 
+#: /proc/stat's cpu columns that are busy time (user nice system irq softirq steal), and
+#: steal alone: time the hypervisor gave this host's vCPUs to someone else.
+_BUSY_COLUMNS, _STEAL_COLUMN = (0, 1, 2, 5, 6, 7), 7
+
+
+def host_cpu_seconds() -> dict[str, float]:
+    """This host's busy and stolen CPU seconds so far (all CPUs), and the CPU seconds of
+    the children this process has waited for (qemu, through `timeout`)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        cols = [int(x) for x in f.readline().split()[1:]]
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"busy_s": sum(cols[i] for i in _BUSY_COLUMNS) / ticks,
+            "steal_s": cols[_STEAL_COLUMN] / ticks,
+            "children_s": ru.ru_utime + ru.ru_stime}
+
+
+def host_load(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict:
+    """What else ran on the host during a boot: CPU seconds not qemu's (busy minus the
+    waited-for children's), stolen seconds, and both as a share of the host's capacity."""
+    cap = wall_s * len(os.sched_getaffinity(0))
+    qemu = after["children_s"] - before["children_s"]
+    other = max(0.0, after["busy_s"] - before["busy_s"] - qemu)
+    steal = after["steal_s"] - before["steal_s"]
+    return {"qemu_cpu_s": round(qemu, 1), "other_cpu_s": round(other, 1),
+            "steal_s": round(steal, 1),
+            "other_share": round(other / cap, 4) if cap else None,
+            "steal_share": round(steal / cap, 4) if cap else None}
+
+
 def boot(cache: Path, params: dict[str, object], timeout: float,
          console_log: Path | None = None, vcpus: int = VCPUS, pin: bool = True,
          icount: int | None = None) -> Boot:
@@ -224,7 +256,7 @@ def boot(cache: Path, params: dict[str, object], timeout: float,
                "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
                "-serial", f"file:{con}", "-serial", f"file:{res}",
                "-qmp", f"unix:{sock},server=on,wait=off"]
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), host_cpu_seconds()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         placed: dict[int, int] = {}
@@ -236,8 +268,10 @@ def boot(cache: Path, params: dict[str, object], timeout: float,
             proc.communicate()
             raise GuestError(f"pinning the vCPU threads: {exc}") from None
         _, stderr = proc.communicate()
-        b = Boot(returncode=proc.returncode, seconds=time.monotonic() - t0,
-                 timed_out=proc.returncode in (124, 137), pinned=placed)
+        wall = time.monotonic() - t0
+        b = Boot(returncode=proc.returncode, seconds=wall,
+                 timed_out=proc.returncode in (124, 137), pinned=placed,
+                 host=host_load(cpu0, host_cpu_seconds(), wall))
         b.console = con.read_text(errors="replace") if con.exists() else ""
         if console_log:
             console_log.write_text(b.console)
@@ -249,33 +283,51 @@ def boot(cache: Path, params: dict[str, object], timeout: float,
 
 # ---- summary ---------------------------------------------------------------------------
 
-def host_slowdown(cache: Path, guest: list[dict]) -> float | None:
-    """How many times slower the guest ran mlsched-workload's calibration than this host
-    runs the same static binary, same arguments, on one core (median of CALIBRATION_RUNS
-    each); None without the guest's calibration records."""
-    times = [r["makespan_s"] for r in guest if r.get("makespan_s")]
-    if not times:
-        return None
-    args = guest[0]["args"]
-    host = []
+#: mlsched-workload's calibration arguments, on the host and in the guest (run.sh's
+#: CALIBRATION_ARGS, which it sends back with each result: they must be the same).
+CALIBRATION_ARGS = "-w 1 -u 100 -c 1000000 -s 0"
+
+
+def host_calibration(cache: Path) -> float:
+    """Seconds this host takes for mlsched-workload's calibration on one core, the same
+    static binary the guest runs (median of CALIBRATION_RUNS)."""
+    times = []
     for _ in range(CALIBRATION_RUNS):
         p = subprocess.run(["taskset", "-c", str(min(os.sched_getaffinity(0))),
-                            str(Path(cache) / "mlsched-workload"), *args.split()],
+                            str(Path(cache) / "mlsched-workload"), *CALIBRATION_ARGS.split()],
                            capture_output=True, text=True, timeout=600)
         if p.returncode != 0:
             raise GuestError(f"calibration on the host failed: {p.stderr.strip()[-200:]}")
-        host.append(json.loads(p.stdout)["makespan_s"])
-    return statistics.median(times) / statistics.median(host)
+        times.append(json.loads(p.stdout)["makespan_s"])
+    return statistics.median(times)
 
 
-def move_charge(cost_file: Path | None, slowdown: float | None, vcpus: int):
-    """The MoveCharge of this boot, or None (no move-cost curve, or no calibration)."""
-    if cost_file is None or slowdown is None or not Path(cost_file).exists():
+def guest_slowdown(guest: list[dict], host_s: float | None) -> float | None:
+    """How many times slower the guest ran the calibration than the host (medians); None
+    without the guest's calibration records or the host's time."""
+    times = [r["makespan_s"] for r in guest
+             if r.get("makespan_s") and r.get("args") == CALIBRATION_ARGS]
+    if not times or not host_s:
+        return None
+    return statistics.median(times) / host_s
+
+
+def load_curve(cost_file: Path | None):
+    """This host's measured move-cost curve, or None when there is no file."""
+    if cost_file is None or not Path(cost_file).exists():
         return None
     from mlsched.train.move_cost import MoveCostCurve
 
-    curve = MoveCostCurve.load(cost_file)
-    return report.MoveCharge(cost_ns=curve.cost_ns, slowdown=slowdown, vcpus=vcpus)
+    return MoveCostCurve.load(cost_file)
+
+
+def move_charge(curve, slowdown: float | None, vcpus: int,
+                in_guest: tuple[str, ...] = ()) -> report.MoveCharge | None:
+    """The MoveCharge of this boot, or None (no move-cost curve, or no calibration)."""
+    if curve is None or slowdown is None:
+        return None
+    return report.MoveCharge(cost_ns=curve.cost_ns, slowdown=slowdown, vcpus=vcpus,
+                             in_guest=frozenset(in_guest))
 
 
 def summarize(b: Boot, params: dict, charge: report.MoveCharge | None = None) -> dict:
@@ -297,12 +349,13 @@ def summarize(b: Boot, params: dict, charge: report.MoveCharge | None = None) ->
                   "oversubscribed": vcpus > len(os.sched_getaffinity(0)),
                   "boot_to_init_s": boot_rec.get("uptime_s"),
                   "daemon_ready_s": ready.get("uptime_s"),
-                  "wall_s": round(b.seconds, 1)},
+                  "wall_s": round(b.seconds, 1), "host_load": b.host},
         "params": params,
         "runs_per_config": int(params["runs"]),
         "noise_floor": report.noise_floor(workloads),
         "move_charge": ({"slowdown": charge.slowdown, "vcpus": charge.vcpus,
-                         "cost_ns": {wl: charge.cost_ns(report.working_set_of(wl))
+                         "in_guest": sorted(charge.in_guest),
+                         "cost_ns": {wl: float(charge.cost_ns(report.working_set_of(wl)))
                                      for wl in workloads}} if charge else None),
         "workloads": workloads,
         "daemons": b.of("daemon"),
@@ -426,6 +479,19 @@ def main(argv: list[str] | None = None) -> int:
               "workloads": args.workloads, "configs": args.configs, **sizes_of(args)}
     timeout = args.timeout or boot_timeout(workloads, configs, args.runs, args.warmup)
     try:
+        curve = load_curve(args.move_cost)
+        host_s = host_calibration(args.cache) if curve else None
+    except (GuestError, ValueError, OSError) as exc:
+        print(f"bench.py: {exc}", file=sys.stderr)
+        return 1
+    if curve:
+        # the synthetic workload pays for its moves in the guest: each worker has a working
+        # set, and every change of CPU spins what the host measured for it, scaled by the
+        # guest's slowdown (run.sh: move_ns x its calibration / host_cal_us)
+        params.update(ws=report.WORKING_SET["synthetic"],
+                      move_ns=round(float(curve.cost_ns(report.WORKING_SET["synthetic"]))),
+                      host_cal_us=round(host_s * 1e6))
+    try:
         b = boot(args.cache, params, timeout, args.console, args.vcpus, args.pin, args.icount)
     except GuestError as exc:
         print(f"bench.py: {exc}", file=sys.stderr)
@@ -440,12 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.py: guest run failed: {why}; console tail:\n" +
               "\n".join(b.console.splitlines()[-25:]), file=sys.stderr)
         return 1
-    try:
-        charge = move_charge(args.move_cost, host_slowdown(args.cache, b.of("calibrate")),
-                             args.vcpus)
-    except (GuestError, ValueError, OSError) as exc:
-        print(f"bench.py: no modelled move cost: {exc}", file=sys.stderr)
-        charge = None
+    charge = move_charge(curve, guest_slowdown(b.of("calibrate"), host_s), args.vcpus,
+                         ("synthetic",) if curve else ())
     summary = summarize(b, params, charge)
     atomic_write(args.out, json.dumps(summary, indent=1) + "\n")
     md = table(summary)

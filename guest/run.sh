@@ -10,6 +10,10 @@
 #   mlsched.sng_ops=        stress-ng: bogo ops per cpu stressor (hdd: 10x, on tmpfs)
 #   mlsched.build_jobs=     make -j of the build workload
 #   mlsched.build_units=N   the build compiles the first N library units (0: all units)
+#   mlsched.ws= mlsched.move_ns= mlsched.host_cal_us=   synthetic: each worker's working
+#                           set (bytes), the host's measured cost of moving it (ns) and the
+#                           host's time for the calibration (µs); with them every change of
+#                           CPU of a worker costs move_ns x (guest's calibration / host's)
 #
 #   1. start one mlsched-lite (run --pin --no-collector) per bundle the configurations
 #      use, each pinning its maps under /sys/fs/bpf/mlsched-NAME: model and model1 use
@@ -40,6 +44,7 @@ mode=bench runs=3 configs=eevdf,model,model1,stay,migrate workloads=synthetic
 seed=1 warmup=1
 workers=8 units=200 spin=200000 sleep=500
 hb_loops=100 sng_ops=50 build_jobs=8 build_units=0
+ws=0 move_ns=0 host_cal_us=0 charge_ns=0
 for w in $(cat /proc/cmdline); do
     case "$w" in
         mlsched.*=*) k=${w%%=*}; k=${k#mlsched.}; eval "$k=\${w#*=}" ;;
@@ -173,7 +178,8 @@ run_workload() {
     case "$1" in
         synthetic)
             $wrap mlsched-measure -o /tmp/measure.json -- \
-                mlsched-workload -w "$workers" -u "$units" -c "$spin" -s "$sleep" ;;
+                mlsched-workload -w "$workers" -u "$units" -c "$spin" -s "$sleep" \
+                    -W "$ws" -M "$charge_ns" ;;
         hackbench-[tp][0-9]*)
             kind=$(echo "$1" | cut -c11) groups=${1#hackbench-?}
             [ "$kind" = t ] && flag=-T || flag=-P
@@ -207,15 +213,22 @@ run_workload() {
     esac
 }
 
-# calibrate: how fast this guest runs a fixed compute loop on one CPU, CALIBRATION_RUNS
-# "calibrate" records; the host runs the same binary and arguments (bench.py): their
-# ratio is the guest's slowdown.
+# calibrate: how fast this guest runs a fixed compute loop on one CPU: 3 "calibrate"
+# records; the host runs the same binary with the same arguments (bench.py's
+# CALIBRATION_ARGS, which must equal these): their ratio is the guest's slowdown.
 CALIBRATION_ARGS="-w 1 -u 100 -c 1000000 -s 0"
 calibrate() {
+    times=
     for i in 1 2 3; do
         out=$(taskset -c 0 mlsched-workload $CALIBRATION_ARGS) || fail "calibration run failed"
         emit calibrate "{\"args\": \"$CALIBRATION_ARGS\", ${out#\{}"
+        times="$times $(echo "$out" | sed -n 's/.*"makespan_s": *\([0-9.]*\).*/\1/p')"
     done
+    if [ "$move_ns" -gt 0 ] && [ "$host_cal_us" -gt 0 ]; then
+        charge_ns=$(echo $times | tr ' ' '\n' | sort -n | sed -n 2p |
+            awk -v m="$move_ns" -v h="$host_cal_us" '{ printf "%d", m * $1 * 1e6 / h }')
+        log "a synthetic worker's move costs $charge_ns ns here ($move_ns ns on the host)"
+    fi
 }
 
 # shuffled KEY WORD...: the words in a random order that KEY determines.

@@ -382,6 +382,10 @@ def test_move_charge_is_modelled_from_the_measured_cost():
     # 100 moves x 8000 ns x 5 / 2 = 2 ms on a 2 s wall time: 100 ops/s -> 100 * 2 / 2.002
     assert charge.modelled(sng, 100) == pytest.approx(100 * 2 / 2.002)
     assert charge.modelled(hb, None) is None
+    # a workload that paid in the guest already is charged nothing more
+    paid = report.MoveCharge(cost_ns=charge.cost_ns, slowdown=5.0, vcpus=2,
+                             in_guest=frozenset({"hackbench"}))
+    assert paid.seconds("hackbench-t2", 1000) == 0.0 and paid.modelled(hb, 1000) == 1.0
     runs = [_run("hackbench-t2", cfg, {"time_s": 1.0}, run=r) for cfg in ("eevdf", "migrate")
             for r in (1, 2)]
     for r in runs:                # migrate moves 1000 times a run, EEVDF never
@@ -524,3 +528,30 @@ def test_recording_boot_is_summarized_like_the_bench():
     md = learn.recording_table(s)
     assert "| hackbench-t2 | 3 | 3.00 s | **-20.0 % [-20.0, -20.0]** | " \
            "**+100.0 % [+100.0, +100.0]** |" in md, md
+
+
+def test_guest_slowdown_is_the_ratio_of_calibration_medians():
+    """Only calibration records made with the host's arguments count; the median of the
+    guest's over the host's time."""
+    bench = _load_bench()
+    args = bench.CALIBRATION_ARGS
+    recs = [{"args": args, "makespan_s": t} for t in (0.3, 0.5, 0.4)]
+    recs.append({"args": "-w 9", "makespan_s": 90.0})
+    assert bench.guest_slowdown(recs, 0.1) == pytest.approx(4.0)
+    assert bench.guest_slowdown([{"args": "-w 9", "makespan_s": 1.0}], 0.1) is None
+    assert bench.guest_slowdown(recs, None) is None
+    # the guest's scenario calibrates with the very same arguments
+    assert f'CALIBRATION_ARGS="{args}"' in (GUEST / "run.sh").read_text()
+
+
+def test_host_load_is_what_ran_besides_qemu():
+    """Busy seconds of the host minus the waited-for qemu's own, and the stolen ones, as
+    shares of the host's capacity over the boot."""
+    bench = _load_bench()
+    before = {"busy_s": 100.0, "steal_s": 1.0, "children_s": 10.0}
+    after = {"busy_s": 190.0, "steal_s": 3.0, "children_s": 90.0}
+    cap = 50.0 * len(os.sched_getaffinity(0))
+    h = bench.host_load(before, after, 50.0)
+    assert (h["qemu_cpu_s"], h["other_cpu_s"], h["steal_s"]) == (80.0, 10.0, 2.0)
+    assert h["other_share"] == pytest.approx(round(10.0 / cap, 4))
+    assert h["steal_share"] == pytest.approx(round(2.0 / cap, 4))
