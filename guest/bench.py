@@ -416,6 +416,21 @@ def sizes_of(args: argparse.Namespace) -> dict[str, int]:
     return {k: getattr(args, k) for k in SIZES}
 
 
+def render(summary_path: Path, readme: Path | None, png: Path | None) -> int:
+    """The tables and plot of a summary written before, as a bench run renders them."""
+    try:
+        summary = json.loads(Path(summary_path).read_text())
+        md = table(summary)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _bad(f"{summary_path}: not a guest bench summary ({exc})")
+    if readme:
+        update_readme(readme, md, summary["guest"]["vcpus"])
+    if png:
+        plot(summary, png)
+    print(md)
+    return 0
+
+
 def _bad(msg: str) -> int:
     print(f"bench.py: {msg}", file=sys.stderr)
     return 2
@@ -427,8 +442,11 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="example: bench.py --cache CACHE/guest --out g.json "
                                         "--workloads hackbench-t2,build --configs "
                                         "eevdf,simple,model --runs 3")
-    ap.add_argument("--cache", type=Path, required=True, help="guest build dir (make kernel)")
-    ap.add_argument("--out", type=Path, required=True, help="JSON summary to write")
+    ap.add_argument("--cache", type=Path, help="guest build dir (make kernel)")
+    ap.add_argument("--out", type=Path, help="JSON summary to write")
+    ap.add_argument("--from-summary", type=Path, metavar="JSON",
+                    help="no boot: render the tables (--readme) and plot (--plot) of a "
+                         "summary an earlier run wrote")
     ap.add_argument("--readme", type=Path, help="markdown file whose tables to replace")
     ap.add_argument("--plot", type=Path, help="PNG of the results relative to EEVDF")
     ap.add_argument("--runs", type=int, default=15,
@@ -459,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds for the whole boot (default: from the plan's size)")
     ap.add_argument("--console", type=Path, help="keep the guest console log here")
     args = ap.parse_args(argv)
+    if args.from_summary:
+        return render(args.from_summary, args.readme, args.plot)
+    if not (args.cache and args.out):
+        return _bad("--cache and --out are needed to boot (or --from-summary)")
     workloads, configs = args.workloads.split(","), args.configs.split(",")
     if args.runs < 1:
         return _bad("--runs must be >= 1")

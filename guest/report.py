@@ -309,13 +309,16 @@ def table(summary: dict) -> str:
                             lambda w, b: f"{w['working_set'] >> 10} KiB", "working set (assumed)")
     rows += ["", "Per configuration, medians over the runs; p: signed-rank p-value of the "
              "result against EEVDF:", "",
-             "| workload | scheduler | result [min–max] | p | wake p50 / p99 (µs) | "
+             "| workload | scheduler | result [min–max] | p | wake-up p50 / p99 | "
              "CPU migrations | cross-domain moves | move charge (ms, modelled) | "
              "balancer moves | answers: level 1 / level 2 / ring (in time) | failed |",
              "|---|---|---|---:|---|---:|---:|---:|---:|---|---:|"]
+    order = _configs(wls)
+    paid = set((summary.get("move_charge") or {}).get("in_guest") or ())
     for wl, w in wls.items():
         unit = w["metric"]["unit"]
-        for cfg, e in w["configs"].items():
+        for cfg in sorted(w["configs"], key=order.index):
+            e = w["configs"][cfg]
             s = e.get("scheduler")
             moves = f"{s['moved_wake'] + s['moved_pull']:.0f}" if s else "–"
             answers = (f"{s['from_table'] - s.get('from_level2', 0):.0f} /"
@@ -326,10 +329,12 @@ def table(summary: dict) -> str:
             pv = f"{e['vs_base']['p']:.3f}" if e.get("vs_base") and cfg != BASE else "–"
             lat = (f"{fmt_us(e['median_wake_p50_us'])} / {fmt_us(e['median_wake_p99_us'])}")
             charge = e.get("median_charge_s")
+            charge_text = ("in the result" if wl.split("-")[0] in paid else
+                           "–" if charge is None else f"{charge * 1e3:.1f}")
             counts = (e["median_migrations"], e.get("median_cross_domain_moves"))
             rows.append(f"| {wl} | {name(cfg)} | {res} | {pv} | {lat} | "
                         + " | ".join("–" if v is None else f"{v:.0f}" for v in counts)
-                        + f" | {'–' if charge is None else f'{charge * 1e3:.1f}'}"
+                        + f" | {charge_text}"
                         + f" | {moves} | {answers} | {e['failed']} |")
     build_what = (f"the first {p['build_units']} units of Mbed TLS" if p.get("build_units")
                   else "Mbed TLS")
@@ -364,9 +369,10 @@ def _host_load(guest: dict) -> str:
 
 
 def fmt_us(v: float | None) -> str:
+    """A latency given in µs, in µs or (from 10 ms) ms, with its unit."""
     if v is None:
         return "–"
-    return f"{v / 1e3:.1f} ms" if v >= 10_000 else f"{v:.0f}"
+    return f"{v / 1e3:.1f} ms" if v >= 10_000 else f"{v:.0f} µs"
 
 
 def plot(summary: dict, path: Path, atomic_path) -> None:

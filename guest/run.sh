@@ -68,11 +68,41 @@ wait_for() {
     done
 }
 state_is() { [ "$(cat /sys/kernel/sched_ext/state)" = "$1" ]; }
-# attached PID: the scheduler is enabled; gives up at once when the loader died.
+# attached PID: the scheduler is enabled (0), still starting (1), or its loader died (2).
 attached() {
     state_is enabled && return 0
-    kill -0 "$1" 2>/dev/null || { wait "$1"; fail "scheduler exited before attaching ($?)"; }
-    return 1
+    kill -0 "$1" 2>/dev/null && return 1
+    return 2
+}
+
+# attach CONFIG: start the scheduler of CONFIG and wait until sched_ext runs it (sched_pid
+# empty for EEVDF). scx_central initializes only when the kernel runs its enabling on the
+# central CPU, which this kernel does not promise: it refuses with "init from non-central
+# CPU" otherwise, so it is started again, up to ATTACH_TRIES times; attach_tries says how
+# many it took. Any other scheduler that exits before attaching ends the scenario.
+ATTACH_TRIES=8
+attach() {
+    attach_tries=0
+    while :; do
+        start_sched "$1"
+        [ -n "$sched_pid" ] || return 0
+        attach_tries=$((attach_tries + 1))
+        limit=600
+        while :; do
+            attached "$sched_pid"
+            case $? in
+                0) return 0 ;;
+                2) wait "$sched_pid"; rc=$?
+                   [ "$1" = central ] && [ $attach_tries -lt $ATTACH_TRIES ] ||
+                       fail "$1: scheduler exited before attaching ($rc)"
+                   wait_for 60 state_is disabled || fail "$1: sched_ext stuck after a refusal"
+                   log "$1: refused to attach ($rc), starting it again"
+                   break ;;
+            esac
+            limit=$((limit - 1)); [ $limit -gt 0 ] || fail "$1: scheduler did not attach"
+            sleep 0.2
+        done
+    done
 }
 
 # bundle_of CONFIG: the bundle a configuration uses, none for the others.
@@ -245,11 +275,8 @@ run_one() {
     # eevdf2: EEVDF with the workload on the two CPUs of domain 0 only
     [ "$cfg" = eevdf2 ] && wrap="taskset -c 0-1"
     rm -f /tmp/scx.json /tmp/peer.log /tmp/measure.json
-    start_sched "$cfg"
-    if [ -n "$sched_pid" ]; then
-        wait_for 120 attached "$sched_pid" || fail "$cfg: scheduler did not attach"
-        ops="\"$(cat /sys/kernel/sched_ext/root/ops)\""
-    fi
+    attach "$cfg"
+    [ -n "$sched_pid" ] && ops="\"$(cat /sys/kernel/sched_ext/root/ops)\""
     log "$wl run $run: $cfg (ops $ops)"
     result=$(run_workload "$wl")
     measure=$(cat /tmp/measure.json 2>/dev/null) || fail "$wl: mlsched-measure failed"
@@ -263,12 +290,12 @@ run_one() {
         scx=$(sched_stats "$cfg")
     fi
     log "$wl run $run: $cfg: $measure $result"
-    emit "$kind" "{\"workload\": \"$wl\", \"config\": \"$cfg\", \"run\": $run, \"position\": ${pos:-0}, \"ops\": $ops, \"failed\": $failed, \"measure\": $measure, \"result\": ${result:-null}, \"scx\": $scx}"
+    emit "$kind" "{\"workload\": \"$wl\", \"config\": \"$cfg\", \"run\": $run, \"position\": ${pos:-0}, \"attach_tries\": ${attach_tries:-0}, \"ops\": $ops, \"failed\": $failed, \"measure\": $measure, \"result\": ${result:-null}, \"scx\": $scx}"
 }
 
 emit boot "{\"cpus\": $NCPUS, \"domains\": \"$(scx_mlsched --list-domains)\", \"uptime_s\": $(cut -d' ' -f1 /proc/uptime), \"kernel\": \"$(uname -r)\", \"sched_ext\": \"$(cat /sys/kernel/sched_ext/state 2>/dev/null || echo missing)\", \"mode\": \"$mode\"}"
 case "$mode" in
-    test) plan="synthetic:model synthetic:model1 synthetic:explore $(echo "$workloads" | tr ',' '\n' |
+    test) plan="synthetic:model synthetic:model1 synthetic:explore synthetic:central $(echo "$workloads" | tr ',' '\n' |
               grep -v '^synthetic$' | sed 's/$/:model/' | tr '\n' ' ')" ;;
     bench|record) plan= ;;
     *) fail "unknown mode $mode" ;;
