@@ -76,14 +76,18 @@ attached() {
 }
 
 # attach CONFIG: start the scheduler of CONFIG and wait until sched_ext runs it (sched_pid
-# empty for EEVDF). scx_central initializes only when the kernel runs its enabling on the
-# central CPU, which this kernel does not promise: it refuses with "init from non-central
-# CPU" otherwise, so it is started again, up to ATTACH_TRIES times; attach_tries says how
-# many it took. Any other scheduler that exits before attaching ends the scenario.
+# empty for EEVDF). Any scheduler that exits before attaching ends the scenario, except
+# scx_central: its init refuses to run anywhere but on its central CPU 0 ("init from
+# non-central CPU"), and this kernel runs every scheduler's init in one real-time kernel
+# thread (scx_ops_enable_helper) that stays on whichever CPU it last ran. Before
+# scx_central starts, that thread is held on CPU 0 (it exists once any scheduler was
+# enabled); a refusal is retried up to ATTACH_TRIES times. attach_tries says how many
+# starts it took.
 ATTACH_TRIES=8
 attach() {
     attach_tries=0
     while :; do
+        [ "$1" = central ] && hold_enable_helper_on_cpu0
         start_sched "$1"
         [ -n "$sched_pid" ] || return 0
         attach_tries=$((attach_tries + 1))
@@ -102,6 +106,13 @@ attach() {
             limit=$((limit - 1)); [ $limit -gt 0 ] || fail "$1: scheduler did not attach"
             sleep 0.2
         done
+    done
+}
+hold_enable_helper_on_cpu0() {
+    for d in /proc/[0-9]*; do
+        case "$(cat "$d/comm" 2>/dev/null)" in
+            scx_ops_enable*) taskset -p 1 "${d#/proc/}" >/dev/null ;;
+        esac
     done
 }
 
