@@ -99,14 +99,19 @@ def recording_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def train(files: dict[str, Path], models: Path, epochs: int | None) -> None:
-    """mlsched-train for each kind, into models/KIND (replaced)."""
+def train(files: dict[str, Path], models: Path, epochs: int | None,
+          move_cost: Path | None = None) -> None:
+    """mlsched-train for each kind, into models/KIND (replaced). With ``move_cost`` (this
+    host's measured curve) the outcome labels charge a move what it measured, not the
+    kernel's flat sched_migration_cost."""
     models.mkdir(parents=True, exist_ok=True)
     for name, (source, labels) in KINDS.items():
         cmd = [sys.executable, "-m", "mlsched.train.learn", str(files[source]),
                "-o", str(models / name), "--labels", labels, "--force"]
         if epochs:
             cmd += ["--epochs", str(epochs)]
+        if move_cost and labels == "outcome":
+            cmd += ["--move-cost", str(move_cost)]
         print("learn.py: " + " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True)
 
@@ -121,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=Path,
                     help="train on IMITATE.csv and EXPLORE.csv in this directory, no boot")
     ap.add_argument("--console", type=Path, help="keep the guest console log here")
+    ap.add_argument("--move-cost", type=Path,
+                    default=Path(__file__).resolve().parent.parent / "bench" / "movecost.json",
+                    help="the outcome labels charge a move this host's measured cost "
+                         "(make movecost; default %(default)s, when present)")
     bench.add_size_arguments(ap)
     args = ap.parse_args(argv)
     workloads = args.workloads.split(",")
@@ -149,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.atomic_write(args.cache / "learn" / "recording.json",
                                json.dumps(summary, indent=1) + "\n")
             print(recording_table(summary))
-        train(files, args.models, args.epochs)
+        train(files, args.models, args.epochs,
+              args.move_cost if args.move_cost and args.move_cost.exists() else None)
     except bench.GuestError as exc:
         print(f"learn.py: {exc}", file=sys.stderr)
         return 1

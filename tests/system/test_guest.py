@@ -581,3 +581,20 @@ def test_host_load_is_what_ran_besides_qemu():
     assert (h["qemu_cpu_s"], h["other_cpu_s"], h["steal_s"]) == (80.0, 10.0, 2.0)
     assert h["other_share"] == pytest.approx(round(10.0 / cap, 4))
     assert h["steal_share"] == pytest.approx(round(2.0 / cap, 4))
+
+
+def test_learn_charges_outcomes_the_measured_move_cost(tmp_path, monkeypatch):
+    """The outcome model's labels charge what this host measured a move costs; the
+    imitation model has no cost to charge."""
+    learn = _load_learn()
+    ran = []
+    monkeypatch.setattr(learn.subprocess, "run", lambda cmd, check: ran.append(cmd))
+    files = {"imitate": tmp_path / "i.csv", "explore": tmp_path / "x.csv"}
+    curve = tmp_path / "movecost.json"
+    learn.train(files, tmp_path / "m", None, curve)
+    by_labels = {c[c.index("--labels") + 1]: c for c in ran}
+    assert by_labels["outcome"][-2:] == ["--move-cost", str(curve)]
+    assert "--move-cost" not in by_labels["imitate"]
+    ran.clear()
+    learn.train(files, tmp_path / "m", None, None)
+    assert all("--move-cost" not in c for c in ran)
