@@ -165,6 +165,7 @@ def summarize_cell(mine: list[dict], domains: list[list[int]] | None = None,
     values = _by_round(ok, result_value)
     entry = {
         "runs": len(mine), "failed": len(mine) - len(ok),
+        "ejected": sorted({r["ejected"] for r in mine if r.get("ejected")}),
         "by_round": values,
         "result": list(values.values()),
         "median": _median(values.values()),

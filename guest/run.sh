@@ -293,15 +293,27 @@ run_one() {
     measure=$(cat /tmp/measure.json 2>/dev/null) || fail "$wl: mlsched-measure failed"
     status=$(echo "$measure" | sed -n 's/.*"status": *\([0-9]*\).*/\1/p')
     [ "$status" = 0 ] && failed=false || { failed=true; tail -5 /tmp/wl.out; }
+    ejected=null
     if [ -n "$sched_pid" ]; then
-        state_is enabled || fail "$cfg: scheduler left during the run: $(cat /sys/kernel/sched_ext/state)"
-        kill -INT "$sched_pid"
-        wait "$sched_pid" || fail "$cfg: scheduler exited with an error"
+        if state_is enabled; then
+            kill -INT "$sched_pid"
+            wait "$sched_pid" || fail "$cfg: scheduler exited with an error"
+        else
+            # the kernel ejected the scheduler mid-run (its runtime error is the last
+            # sched_ext line of the kernel log): a failed run of that configuration for a
+            # kernel example; for scx_mlsched, a defect that ends the scenario
+            ejected="\"$(dmesg | grep 'sched_ext: ' | tail -1 | sed 's/^\[[^]]*\] //; s/["\\]/ /g')\""
+            case "$cfg" in
+                simple|central) failed=true; wait "$sched_pid"
+                    log "$cfg: ejected during the run: $ejected" ;;
+                *) fail "$cfg: scheduler left during the run: $ejected" ;;
+            esac
+        fi
         wait_for 60 state_is disabled || fail "$cfg: sched_ext still $(cat /sys/kernel/sched_ext/state)"
         scx=$(sched_stats "$cfg")
     fi
     log "$wl run $run: $cfg: $measure $result"
-    emit "$kind" "{\"workload\": \"$wl\", \"config\": \"$cfg\", \"run\": $run, \"position\": ${pos:-0}, \"attach_tries\": ${attach_tries:-0}, \"ops\": $ops, \"failed\": $failed, \"measure\": $measure, \"result\": ${result:-null}, \"scx\": $scx}"
+    emit "$kind" "{\"workload\": \"$wl\", \"config\": \"$cfg\", \"run\": $run, \"position\": ${pos:-0}, \"attach_tries\": ${attach_tries:-0}, \"ops\": $ops, \"failed\": $failed, \"ejected\": $ejected, \"measure\": $measure, \"result\": ${result:-null}, \"scx\": $scx}"
 }
 
 emit boot "{\"cpus\": $NCPUS, \"domains\": \"$(scx_mlsched --list-domains)\", \"uptime_s\": $(cut -d' ' -f1 /proc/uptime), \"kernel\": \"$(uname -r)\", \"sched_ext\": \"$(cat /sys/kernel/sched_ext/state 2>/dev/null || echo missing)\", \"mode\": \"$mode\"}"
