@@ -82,7 +82,7 @@ def inspect(path: Path, signature: str | None = None, output: str | None = None,
             g, norm, scaling = scale_inputs(m, PROBE_CPUS, True, probe)
             _, layers = equalizable(g, model_input(m.inputs, norm, probe), 1.0)
         choice = loader.Choice(source, sig, inp, out)
-        default = boundary_for(m.kind, None, None)
+        kind_default = boundary_for(m.kind, None, None)
         quartiles = ", ".join(f"{v:.4g}" for v in np.percentile(raw, [25, 50, 75]))
         lines += [
             f"  width       {m.width}: " + ("one input per --features name" if named
@@ -99,7 +99,8 @@ def inspect(path: Path, signature: str | None = None, output: str | None = None,
             f" {PROBE_ROWS} rows of a {PROBE_CPUS}-CPU host",
             f"  boundary    {m.boundary.describe()}: {_share(m.boundary, raw)} of those rows"
             " MIGRATE" + ("" if not m.boundary.explicit else
-                          f"; the default, {default.describe()}, gives {_share(default, raw)}"),
+                          f"; the default, {kind_default.describe()}, gives"
+                          f" {_share(kind_default, raw)}"),
         ]
     if default is None:
         lines.append(f"converts      nothing as asked: {why}")
