@@ -16,10 +16,16 @@ over uniform traffic, whose keys are spread over the whole table (every call a l
 miss once the table outgrows the caches), and over one host state (cpu and idle fixed,
 loads uniform: the rows a balancer asks about while the host's idle count holds);
 ``clock_pair_ns`` is the two clock reads alone, included in both.
+
+Any bundle the same way (its own host size; ``ring`` is the share of in-geometry
+requests that leave the kernel for the interpreter)::
+
+    python -m bench.levels --bundle DIR [--records N]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -70,20 +76,21 @@ def traffic(kind: str, n: int, cpus: int, rng: np.random.Generator) -> np.ndarra
     return np.column_stack([rng.integers(0, cpus, n), idle, cpus - idle, loads]).astype(np.uint32)
 
 
-def measure(cpus: int, records: int, reps: int = 1, log=print) -> dict:
-    """Exact fractions, level shares, per-decision times and sizes for one host size."""
+def measure(cpus: int, records: int, reps: int = 1, log=print, path: Path | None = None) -> dict:
+    """Exact fractions, level shares, per-decision times and sizes for one host size (the
+    default model's bundle for it, or ``path``'s bundle and its own host size)."""
     from mlsched.runtime.bundle import Bundle
-    from mlsched.runtime.features import pad
     from mlsched.runtime.injector import Injector
     from mlsched.runtime.interp import Model
     from mlsched.runtime.wire import ROW_BYTES, from_wire
 
-    path = bundle_for(cpus, log)
+    path = bundle_for(cpus, log) if path is None else path
     b = Bundle.load(path, allow_insecure=True)
+    cpus = b.cpus
     report = json.loads((path / "report.json").read_text())
     model = Model(b.model_bytes, width=b.width)
     rng = np.random.default_rng(cpus)
-    out: dict = {"bundle": str(path.relative_to(ROOT)),
+    out: dict = {"bundle": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                  "level1_bytes": int(b.table.nbytes),
                  "level2_bytes": b.level2.nbytes if b.level2 is not None else 0,
                  "kernel_table_bytes": (b.cpus * (b.cpus + 1) * ROW_BYTES
@@ -95,7 +102,7 @@ def measure(cpus: int, records: int, reps: int = 1, log=print) -> dict:
         for kind in ("uniform", "busy"):
             f = traffic(kind, records, cpus, rng)
             r = kp.inject(f, ignore_consumer=True)
-            ref = model.decide(b.normalization.apply(pad(from_wire(f), model.width)))
+            ref = model.decide(b.normalization.apply(b.inputs.select(from_wire(f))))
             inside = r.level > 0
             out[kind] = {
                 "kernel_exact_fraction": float(np.mean(inside & (r.result == ref))),
@@ -142,5 +149,20 @@ def run(cpus_list: tuple[int, ...], records: int, reps: int, log=print) -> dict:
     return got
 
 
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.levels", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, metavar="DIR",
+                    help="measure this bundle (default: the default model for 8 CPUs)")
+    ap.add_argument("--records", type=int, default=20000, help="requests of each traffic kind")
+    a = ap.parse_args(argv)
+    if a.bundle is None:
+        got = run((8,), a.records, 1)
+    else:
+        got = {"bundle": measure(0, a.records, 1, path=a.bundle.resolve())}
+    print(json.dumps(got, indent=1, default=str))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(run((8,), 20000, 1), indent=1, default=str))
+    sys.exit(main())

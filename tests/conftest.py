@@ -107,7 +107,7 @@ def bundle_copy(bundle8_path, tmp_path) -> Path:
 #: Modules that import TensorFlow in the test process. TensorFlow carries its own copy of the
 #: TFLite runtime; once it is loaded, tflite_runtime's interpreter in the same process fails
 #: (std::bad_alloc / vector::reserve in GetSignatureDefs). Those modules run last.
-TENSORFLOW_MODULES = {"test_convert.py", "test_convert_models.py"}
+TENSORFLOW_MODULES = {"test_convert.py", "test_convert_models.py", "test_convert_byom.py"}
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -402,13 +402,16 @@ def refused(tmp_path_factory) -> Path:
     return root
 
 
-def test_unfoldable_input_scaling_warns_and_stays_raw(refused, tmp_path, capfd, caplog):
+def test_unfoldable_input_scaling_is_rescaled(refused, tmp_path, capfd, caplog):
+    """Squares of sliced loads: nothing to fold into, so the scale goes behind the slices
+    (loads keep factor 1) and the runtime still divides the counts by N."""
     code, err = run(capfd, refused / "square_first", "-o", tmp_path / "b", "--cpus", 4, "--force")
     assert code == 0, err
-    assert "cannot fold the input scaling into the model (the input feeds 2 ops)" in caplog.text
+    assert "features stay raw" not in caplog.text
     rep = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert not rep["normalization_folded"]
-    assert Bundle.load(tmp_path / "b").normalization.is_identity
+    assert not rep["normalization_folded"] and rep["input_scaling"]["how"] == "rescaled"
+    assert "(cannot fold: the input feeds 2 ops)" in rep["input_scaling"]["text"]
+    assert list(Bundle.load(tmp_path / "b").normalization.scale) == [4, 4, 4, 1, 1]
 
 
 @pytest.mark.parametrize("case,needle", [

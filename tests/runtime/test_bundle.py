@@ -91,7 +91,7 @@ def test_manifest_edit_of_a_hash_is_caught(capfd, bundle_copy):
 
 
 BAD_MANIFESTS = {
-    "unknown version": (lambda m: m.update(format_version=2), "format version 2"),
+    "unknown version": (lambda m: m.update(format_version=3), "format version 3"),
     "version as text": (lambda m: m.update(format_version="1"), "format_version"),
     "foreign format": (lambda m: m.update(format="tflite"), "not an mlsched-bundle"),
     "cpus as text": (lambda m: m.update(cpus="8"), "cpus must be"),

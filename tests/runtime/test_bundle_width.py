@@ -1,5 +1,5 @@
-"""The model's input width in the manifest: absent means 10, 5 or 10 accepted, the rest refused,
-and the runtime feeds the model exactly the width it records (no TensorFlow here)."""
+"""The model's input width in a version-1 manifest: absent means 10, 5 or 10 accepted, the rest
+refused, and the runtime feeds the model exactly the width it records (no TensorFlow here)."""
 
 from __future__ import annotations
 
@@ -88,5 +88,6 @@ def test_pad_and_normalization_take_a_width():
     n5 = Normalization.for_host(8, 5)
     assert n5.width == 5 and list(n5.scale) == [8, 8, 8, 1, 1]
     assert Normalization.for_host(8).width == 10
-    with pytest.raises(ValueError, match="7 columns"):
-        Normalization(np.ones(7))
+    assert Normalization(np.ones(7)).width == 7       # a width --features names
+    with pytest.raises(ValueError, match="65 columns"):
+        Normalization(np.ones(65))

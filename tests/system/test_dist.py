@@ -29,6 +29,7 @@ import pytest
 
 from mlsched import __version__
 from support.paths import DEFAULT_BUNDLE, ROOT
+from support.remap import SWAPPED_LOADS, remapped
 from support.scenarios import SCENARIOS, teacher_decisions
 
 MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -190,6 +191,25 @@ def test_bundle_made_elsewhere(dist):
         (bundle / "table.bin").write_bytes(b"\0" * 16)
         p = dist.run("bundle", "verify", str(bundle))
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    finally:
+        shutil.rmtree(bundle)
+
+
+def test_bundle_with_its_own_feature_mapping(dist):
+    """A bundle whose model reads the loads swapped (format version 2): the tarball's
+    runtime feeds the model by the manifest's mapping, as the library does."""
+    bundle = remapped(DEFAULT_BUNDLE, SWAPPED_LOADS, dist.work / "stats" / "swapped")
+    try:
+        p = dist.run("bundle", "verify", str(bundle))
+        assert p.returncode == 0 and p.stdout.rstrip().endswith("OK"), p.stdout + p.stderr
+        assert "inputs        cpu, cpu_idle, cpu_not_idle, dst_dom_load, src_dom_load" in p.stdout
+        got = []
+        for src, dst in ((0.2, 0.9), (0.9, 0.2)):
+            p = dist.run("decide", "--bundle", str(bundle), "--cpu", "4", "--idle", "2",
+                         "--busy", "6", "--src-load", str(src), "--dst-load", str(dst))
+            assert p.returncode == 0, p.stderr
+            got.append(p.stdout.strip())
+        assert got == ["MIGRATE", "STAY"]     # the default model's MIGRATE at src .9, dst .2
     finally:
         shutil.rmtree(bundle)
 

@@ -22,12 +22,24 @@ examples:
         list every signature and what the converter would do with it; writes nothing
   mlsched-convert model.h5 -o bundle/ --model-output migrate --output-kind logit
         convert the output named 'migrate', a logit (> 0 is MIGRATE)
+  mlsched-convert stress.h5 -o bundle/ --features cpu_idle,cpu_not_idle,src_dom_load,dst_dom_load
+                  --output-kind linear --migrate-above 0.5
+        a model of four inputs, in that order, whose linear output means MIGRATE near 1
+  mlsched-convert --inspect stress.h5 --features src_dom_load,dst_dom_load,cpu_idle,cpu_not_idle
+        what it would do, and the output's range and boundary on an 8-CPU host's features
 
 models: a SavedModel (Keras export(), tf.saved_model.save of a Keras model or of a
 tf.Module) or a .keras/.h5 file; one input [n, 5] (the five features) or [n, 10]
-(five features, five zero pads), float16/32/64; one output per row ([n, 1] or [n]):
-a probability, a logit or a 0/1 label (--output-kind auto tells them by the op that
-makes the output: Sigmoid, a comparison or Round, anything else = logit)
+(five features, five zero pads), or any width with --features naming what each input
+reads, float16/32/64; one output per row ([n, 1] or [n]): a probability, a logit, a
+linear score or a 0/1 label (--output-kind auto tells them by the op that makes the
+output: Sigmoid, a comparison or Round, anything else = logit)
+
+features: cpu, cpu_idle, cpu_not_idle (counts, 0..N), src_dom_load, dst_dom_load (0..1);
+pad for an input that reads zero
+
+where MIGRATE starts: probability > 0.5, logit > 0, linear > 0, label = 1, unless
+--migrate-above X (output > X) or --migrate-at-least X (output >= X)
 
 exit status: 0 done, 2 bad input (nothing written), 3 int8 agreement below
 --min-agreement (nothing written; --force accepts it)
@@ -52,9 +64,20 @@ def parse_args(argv):
     ap.add_argument("--signature", help="SavedModel signature (default: serving_default, else the only one)")
     ap.add_argument("--model-output", metavar="NAME",
                     help="the model output to convert, when the signature has several")
-    ap.add_argument("--output-kind", choices=("auto", "probability", "logit", "label"), default="auto",
-                    help="what the output is: probability (> 0.5 MIGRATE), logit (> 0), label (0/1);"
+    ap.add_argument("--output-kind", choices=("auto", "probability", "logit", "linear", "label"),
+                    default="auto",
+                    help="what the output is: probability (> 0.5 MIGRATE), logit (> 0), linear"
+                         " (a score, > 0 unless --migrate-above), label (0/1);"
                          " auto: from the op that makes it (default)")
+    ap.add_argument("--features", metavar="NAME,...",
+                    help="which feature each model input reads, in the model's order: any of"
+                         " cpu, cpu_idle, cpu_not_idle, src_dom_load, dst_dom_load (each once),"
+                         " pad for a zero input (default: the five in order, then zero pads)")
+    ap.add_argument("--migrate-above", type=float, metavar="X",
+                    help="MIGRATE where the model's output is above X (default: the output"
+                         " kind's boundary)")
+    ap.add_argument("--migrate-at-least", type=float, metavar="X",
+                    help="MIGRATE where the model's output is X or more")
     ap.add_argument("--min-agreement", type=float, default=0.99, metavar="F",
                     help="refuse when int8 and float decisions agree on fewer held-out samples (default %(default)s)")
     ap.add_argument("--table-levels", type=int, choices=(1, 2), default=2,
@@ -71,16 +94,30 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def options(a: argparse.Namespace, progress: bool = True):
+    """The converter's Options from parsed arguments."""
+    from .converter import Options
+
+    return Options(model=a.model, output=a.output, cpus=a.cpus, calibration=a.calibration,
+                   signature=a.signature, model_output=a.model_output, output_kind=a.output_kind,
+                   min_agreement=a.min_agreement, table_mode=a.table_mode,
+                   table_levels=a.table_levels, force=a.force, progress=progress,
+                   normalize=a.normalize, features=a.features, migrate_above=a.migrate_above,
+                   migrate_at_least=a.migrate_at_least)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
                         format="mlsched-convert: %(message)s")
-    from .converter import ConvertError, Options, convert
+    from .converter import ConvertError, convert
     from .inspection import inspect
 
     if a.inspect:
         try:
-            print(inspect(a.model, a.signature, a.model_output, a.output_kind, verbose=a.verbose))
+            print(inspect(a.model, a.signature, a.model_output, a.output_kind, verbose=a.verbose,
+                          features=a.features, migrate_above=a.migrate_above,
+                          migrate_at_least=a.migrate_at_least))
         except ConvertError as e:
             print(f"mlsched-convert: {e}", file=sys.stderr)
             return e.code
@@ -88,21 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.output is None:
         print("mlsched-convert: -o BUNDLE_DIR is required (or --inspect to look only)", file=sys.stderr)
         return 2
-    opt = Options(model=a.model, output=a.output, cpus=a.cpus, calibration=a.calibration,
-                  signature=a.signature, model_output=a.model_output, output_kind=a.output_kind,
-                  min_agreement=a.min_agreement, table_mode=a.table_mode,
-                  table_levels=a.table_levels,
-                  force=a.force, progress=True, normalize=a.normalize)
     try:
-        report = convert(opt, verbose=a.verbose)
+        report = convert(options(a), verbose=a.verbose)
     except ConvertError as e:
         print(f"mlsched-convert: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         print("mlsched-convert: interrupted, nothing written", file=sys.stderr)
         return 130
-    keys = ("cpus", "table_mode", "model", "int8_vs_float_agreement", "table_vs_int8_agreement",
-            "table_hit_rate", "unsure_fraction", "tflite_bytes", "table_bytes", "seconds")
+    keys = ("cpus", "table_mode", "model", "decision", "input_scaling", "int8_vs_float_agreement",
+            "table_vs_int8_agreement", "table_hit_rate", "unsure_fraction", "tflite_bytes",
+            "table_bytes", "seconds")
     print(json.dumps({"bundle": str(a.output), **{k: report[k] for k in keys}}, indent=2))
     return 0
 

@@ -12,8 +12,9 @@ of output tensors::
 
 ``choose`` then picks the signature (``--signature``, else ``serving_default``, else the
 only one), its single input and the output (``--model-output``, else the only one), and
-checks what the rest of the converter relies on: input rank 2, width 5 or 10, a float
-dtype; output numeric with one value per row. A refusal is a ``ConvertError`` whose
+checks what the rest of the converter relies on: input rank 2, width 5 or 10 (or, with
+``--features``, one input per name given), a float dtype; output numeric with one value
+per row. A refusal is a ``ConvertError`` whose
 message is one line that names the problem.
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlsched.runtime.features import FEATURE_NAMES, FEATURE_WIDTH, FEATURE_WIDTHS
+from mlsched.runtime.features import FEATURE_NAMES, FEATURE_WIDTH, FEATURE_WIDTHS, InputMap
 
 from .errors import ConvertError, first_line
 from .lazy_tf import tensorflow
@@ -81,6 +82,11 @@ class Choice:
     def padding(self) -> str:
         pads = self.width - len(FEATURE_NAMES)
         return f"{pads} zero pads after the five features" if pads else "none (the five features)"
+
+    def inputs(self, named: InputMap | None) -> InputMap:
+        """Which feature each input reads: ``named`` (``--features``), else the five in
+        order and zero pads."""
+        return named if named is not None else InputMap.default(self.width)
 
     def describe(self) -> str:
         return f"{self.source.style}:{self.source.path.name}[{self.signature.name}]"
@@ -183,11 +189,13 @@ def _info(name: str, spec) -> TensorInfo:
     return TensorInfo(name, spec.dtype.name, shape)
 
 
-def choose(source: Source, signature: str | None = None, output: str | None = None) -> Choice:
-    """The signature, input and output to convert; refusals name what is wrong (module doc)."""
+def choose(source: Source, signature: str | None = None, output: str | None = None,
+           named: InputMap | None = None) -> Choice:
+    """The signature, input and output to convert; refusals name what is wrong (module doc).
+    ``named``: the ``--features`` mapping the input must have one column per name of."""
     sig = pick_signature(source, signature)
     where = f"{source.path}: signature {sig.name!r}"
-    return Choice(source, sig, check_input(sig, where), pick_output(sig, output, where))
+    return Choice(source, sig, check_input(sig, where, named), pick_output(sig, output, where))
 
 
 def pick_signature(source: Source, signature: str | None) -> Signature:
@@ -206,8 +214,9 @@ def pick_signature(source: Source, signature: str | None) -> Signature:
     raise ConvertError(f"{path}: several signatures ({', '.join(sorted(sigs))}): choose one with --signature")
 
 
-def check_input(sig: Signature, where: str) -> TensorInfo:
-    want = f"one [n, {len(FEATURE_NAMES)}] or [n, {FEATURE_WIDTH}] float matrix"
+def check_input(sig: Signature, where: str, named: InputMap | None = None) -> TensorInfo:
+    want = (f"one [n, {named.width}] float matrix (--features names {named.width})" if named
+            else f"one [n, {len(FEATURE_NAMES)}] or [n, {FEATURE_WIDTH}] float matrix")
     if len(sig.inputs) != 1:
         names = ", ".join(i.describe() for i in sig.inputs) or "none"
         raise ConvertError(f"{where} takes {len(sig.inputs)} inputs ({names}), expected {want}")
@@ -220,11 +229,15 @@ def check_input(sig: Signature, where: str) -> TensorInfo:
         rank = "unknown" if inp.shape is None else len(inp.shape)
         raise ConvertError(f"{where} input {inp.name!r} is {shape_text(inp.shape)}, rank {rank}:"
                            f" expected rank 2, {want}")
-    if inp.shape[1] not in FEATURE_WIDTHS:
-        width = "unknown" if inp.shape[1] is None else inp.shape[1]
+    width = "unknown" if inp.shape[1] is None else inp.shape[1]
+    if named is not None and inp.shape[1] != named.width:
+        raise ConvertError(f"{where} input {inp.name!r} has width {width}: --features names"
+                           f" {named.width} ({named.describe()}), one per input")
+    if named is None and inp.shape[1] not in FEATURE_WIDTHS:
         raise ConvertError(f"{where} input {inp.name!r} has width {width}: expected"
                            f" {len(FEATURE_NAMES)} ({', '.join(FEATURE_NAMES)}) or {FEATURE_WIDTH}"
-                           " (the five and five zero pads)")
+                           " (the five and five zero pads), or say which feature each input"
+                           " reads with --features NAME,...")
     return inp
 
 

@@ -8,9 +8,12 @@
                                        src_dom_load=0.9, dst_dom_load=0.2))    # -> True
     s.should_migrate_batch(features)       # [n, 5] or [n, 10] raw features -> bool [n]
     s.stats                                # Counters: requests, hits, misses, invalid, ...
+    s.reads                                # the features the bundle's model reads, in its order
 
 A thin layer over ``Engine`` (engine.py): the bundle is loaded and checked once,
-then every call is a table lookup or, on a miss, one interpreter call. Feature
+then every call is a table lookup or, on a miss, one interpreter call. A request
+always carries the five features; the engine feeds the model the ones its bundle's
+manifest maps to its inputs (``features.InputMap``). Feature
 values are never an error: NaN/±inf or negative counts answer False (STAY) and
 count as ``invalid``; loads outside [0, 1] are clamped.
 """
@@ -59,6 +62,11 @@ class MLScheduler:
     @property
     def backend(self) -> str:
         return self.engine.backend
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The features the bundle's model reads, in the order of its inputs."""
+        return self.bundle.inputs.reads
 
     def decide(self, features: MigrationFeatures, probability: bool = False) -> Decision:
         """The full answer for one request: decision, source, optionally the model probability."""

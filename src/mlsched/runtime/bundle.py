@@ -3,15 +3,25 @@
 ::
 
     bundle/
-      manifest.json   format version, feature spec (input width 5 or 10; absent
-                      means 10) + normalization, table geometry,
-                      sha256 and size of every other file, tool versions, cpus
+      manifest.json   format version, feature spec (the mapping: which feature each
+                      model input reads, ``features.names``; its width) + normalization,
+                      the decision rule, table geometry, sha256 and size of every other
+                      file, tool versions, cpus
       model.tflite    full-int8 model taking normalized features
       table.bin       uint8 decision table [N, N+1, 11, 11] (see table.py)
       level2.bin      the table's second level: line bytes of every UNSURE cell
                       (see level2.py; optional, described under table.level2)
       report.json     fidelity report of the conversion
       report.png      decision heatmaps (optional)
+
+Format versions. Version 2 (what ``write`` makes) names the model's inputs column by
+column, any subset of the known features in any order and zero pads
+(``features.names``, see ``features.InputMap``), and says where the source model's
+output turns into MIGRATE (``decision``: the output kind, ``output > threshold`` or
+``output >= threshold``, and where the threshold came from; the int8 model itself
+always answers MIGRATE above ``model.threshold``, 0.5). Version 1, written before,
+has the five features in order then pads, width 5 or 10 (no width: 10), and no
+``decision``; it reads as it always did.
 
 ``mlsched-convert`` writes bundles with ``write``; everything else reads them with
 ``Bundle.load``, which refuses (``BundleError``, one line) a foreign or newer
@@ -42,6 +52,8 @@ from .features import (
     FEATURE_WIDTHS,
     LOAD_LEVELS,
     LOAD_STEPS,
+    MAX_INPUTS,
+    InputMap,
     Normalization,
 )
 from .files import atomic_directory
@@ -50,7 +62,9 @@ from .table import MODES, table_bytes, table_shape
 from .wire import UNSURE
 
 FORMAT = "mlsched-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this mlsched reads: 1 (the five features in order, no decision rule) and 2.
+READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.tflite"
 TABLE_FILE = "table.bin"
@@ -118,8 +132,25 @@ class Bundle:
 
     @property
     def width(self) -> int:
-        """Columns the model takes: the five features (5) or five more zero pads (10)."""
+        """Columns the model takes (a version-1 manifest without a width: 10)."""
         return int(self.manifest["features"].get("width", FEATURE_WIDTH))
+
+    @property
+    def inputs(self) -> InputMap:
+        """Which feature each model input reads: the manifest's ``features.names``; in a
+        version-1 manifest always the five features in order, then pads."""
+        if self.manifest["format_version"] == 1:
+            return InputMap.default(self.width)
+        return InputMap(self.manifest["features"]["names"])
+
+    @property
+    def decision(self) -> str:
+        """Where the source model's output turns into MIGRATE, as text."""
+        d = self.manifest.get("decision")
+        if not d:
+            return "int8 output > 0.5 (a version-1 bundle does not say more)"
+        op = ">=" if d["migrate_at_least"] else ">"
+        return f"{d['output_kind']} output {op} {d['threshold']:g} ({d['threshold_from']})"
 
     @property
     def table_mode(self) -> str:
@@ -186,7 +217,10 @@ class Bundle:
             f"created       {m.get('created', '?')} by mlsched {m.get('tool_versions', {}).get('mlsched', '?')}",
             f"source model  {m.get('source', {}).get('model', '?')}",
             f"cpus          {self.cpus}",
-            f"input width   {self.width}" + (" (five zero pads)" if self.width > len(FEATURE_NAMES) else ""),
+            f"input width   {self.width}" + (" (five zero pads)" if self.width == FEATURE_WIDTH
+                                               and self.inputs.is_default else ""),
+            f"inputs        {self.inputs.describe()}",
+            f"MIGRATE when  {self.decision}",
             f"table         {self.table_mode}, {self.table.nbytes} bytes,"
             f" {float((self.table == 2).mean()) * 100:.2f}% UNSURE",
             "level 2       " + (f"{self.level2.nbytes} bytes, {self.level2.cells} cells of"
@@ -317,20 +351,31 @@ def _check_manifest(m, where: Path) -> Normalization:
     ver = m.get("format_version")
     if not isinstance(ver, int) or isinstance(ver, bool):
         raise bad("format_version is not an integer")
-    if ver != FORMAT_VERSION:
-        raise bad(f"format version {_quote(ver)}, this mlsched reads {FORMAT_VERSION}: use a"
-                  " matching mlsched")
+    if ver not in READ_VERSIONS:
+        raise bad(f"format version {_quote(ver)}, this mlsched reads"
+                  f" {' and '.join(map(str, READ_VERSIONS))}: use a matching mlsched")
     cpus = m.get("cpus")
     if not _is_int(cpus) or not 1 <= cpus <= MAX_CPUS:
         raise bad(f"cpus must be an integer in 1..{MAX_CPUS}, got {_quote(cpus)}")
     feats = m.get("features")
-    if not isinstance(feats, dict) or not isinstance(feats.get("names"), list) \
-            or feats["names"][:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
+    if not isinstance(feats, dict) or not isinstance(feats.get("names"), list):
+        raise bad("feature spec must list names, one per model input")
+    if ver == 1 and feats["names"][:len(FEATURE_NAMES)] != list(FEATURE_NAMES):
         raise bad(f"feature spec must name {', '.join(FEATURE_NAMES)}")
-    width = feats.get("width", FEATURE_WIDTH)
-    if not _is_int(width) or width not in FEATURE_WIDTHS or len(feats["names"]) != width:
+    width = feats.get("width", FEATURE_WIDTH if ver == 1 else None)
+    widths = FEATURE_WIDTHS if ver == 1 else range(1, MAX_INPUTS + 1)
+    if not _is_int(width) or width not in widths or len(feats["names"]) != width:
         raise bad(f"feature width {_quote(width)} with {len(feats['names'])} names: expected"
-                  f" {len(FEATURE_NAMES)} (the features) or {FEATURE_WIDTH} (padded), one name per column")
+                  + (f" {len(FEATURE_NAMES)} (the features) or {FEATURE_WIDTH} (padded)"
+                     if ver == 1 else f" 1..{MAX_INPUTS}") + ", one name per column")
+    if ver > 1:
+        if not all(isinstance(n, str) for n in feats["names"]):
+            raise bad("feature names must be strings")
+        try:
+            InputMap(feats["names"])
+        except ValueError as e:
+            raise bad(f"feature names: {e}") from None
+        _check_decision(m.get("decision"), bad)
     _check_normalization(feats.get("normalization"), bad)
     try:
         with np.errstate(over="ignore", divide="ignore"):
@@ -426,6 +471,20 @@ def _check_normalization(d, bad) -> None:
             if not _is_finite(v) or abs(float(v)) > FLOAT32_MAX:
                 raise bad(f"bad feature normalization (features.normalization.{key}[{i}] is"
                           f" {_quote(v)}, not a finite float32)")
+
+
+def _check_decision(d, bad) -> None:
+    """The decision rule of a version-2 manifest: what the summary prints, each field checked."""
+    if not isinstance(d, dict):
+        raise bad("decision must be an object {output_kind, threshold, migrate_at_least,"
+                  " threshold_from}")
+    if not isinstance(d.get("output_kind"), str) or not isinstance(d.get("threshold_from"), str):
+        raise bad("decision.output_kind and decision.threshold_from must be text")
+    if not _is_finite(d.get("threshold")):
+        raise bad(f"decision.threshold is {_quote(d.get('threshold'))}, not a finite number")
+    if not isinstance(d.get("migrate_at_least"), bool):
+        raise bad(f"decision.migrate_at_least is {_quote(d.get('migrate_at_least'))}, not true"
+                  " or false")
 
 
 def _check_level2(d: dict, cpus: int, bad) -> None:

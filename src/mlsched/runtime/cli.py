@@ -22,7 +22,7 @@ import sys
 
 from .. import __version__
 from .bpfenv import KernelPathError, VerifierError
-from .bundle import FORMAT_VERSION, BundleError
+from .bundle import READ_VERSIONS, BundleError
 from .commands import bundle, decide, replay, run, unpin
 from .commands.common import PROG, Parser, add_common
 from .engine import EngineError
@@ -74,7 +74,8 @@ def version_text() -> str:
     with quiet_stderr():
         found = available_backends()
     py = ".".join(map(str, sys.version_info[:3]))
-    return (f"{PROG} {__version__} (bundle format {FORMAT_VERSION}, Python {py},"
+    formats = ", ".join(map(str, READ_VERSIONS))
+    return (f"{PROG} {__version__} (bundle formats {formats}, Python {py},"
             f" interpreters: {', '.join(found) or 'none: pip install ai-edge-litert'})")
 
 

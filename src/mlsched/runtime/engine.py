@@ -19,7 +19,8 @@ never per row:
    levels of the two loads (level 2), exactly as the kernel's helper does;
 4. **misses** — what neither level answers (a level-2 line left to user space,
    off-grid keys, a bundle without level 2) goes through ONE ``Model`` call with
-   their exact features, normalized as the bundle's manifest says.
+   their exact features, mapped to the model's inputs and normalized as the bundle's
+   manifest says (``features.InputMap``: which feature each input reads).
 
 ::
 
@@ -64,7 +65,7 @@ import numpy as np
 
 from . import table as table_mod
 from .bundle import Bundle
-from .features import COUNT_COLUMNS, LOAD_COLUMNS, THRESHOLD, pad
+from .features import COUNT_COLUMNS, DST_LOAD, LOAD_COLUMNS, SRC_LOAD, THRESHOLD
 from .interp import Model, table_deciders
 from .level2 import CELL_LEVEL2, WIRE_LOADS, Level2
 from .wire import (
@@ -202,6 +203,8 @@ class Engine:
         self.model = model
         self.backend = self.model.backend
         self.normalization = bundle.normalization
+        self.inputs = bundle.inputs
+        self._load_inputs = (self.inputs.input_of(SRC_LOAD), self.inputs.input_of(DST_LOAD))
         self.mode = bundle.table_mode
         self.derived = False
         if ncpus is None or ncpus == bundle.cpus:
@@ -237,10 +240,13 @@ class Engine:
         self.counters = Counters()
 
     # ---- the table's levels --------------------------------------------------------------
+    def model_input(self, raw) -> np.ndarray:
+        """Raw features [n, >= 5] -> the model's normalized inputs [n, width] (the mapping)."""
+        return self.normalization.apply(self.inputs.select(np.asarray(raw)[:, :RAW_COLUMNS]))
+
     def _quantize(self, raw) -> np.ndarray:
         """Raw features -> the model's input tensor values (int8 for a full-int8 model)."""
-        raw = np.asarray(raw, dtype=np.float64)[:, :RAW_COLUMNS]
-        return self.model.quantize_input(self.normalization.apply(pad(raw, self.model.width)))
+        return self.model.quantize_input(self.model_input(raw))
 
     def _derive(self, ncpus: int) -> tuple[np.ndarray, Level2 | None]:
         """Both levels for an ``ncpus``-CPU host (level 1 alone in nearest mode or for a
@@ -249,14 +255,15 @@ class Engine:
             return table_mod.build(self.interpreter_decide, ncpus, self.mode), None
         # one interpreter, this thread: a worker thread's malloc arena keeps the build's
         # freed memory resident for the daemon's lifetime
-        ex = table_mod.build_exact(ncpus, self._quantize, table_deciders(self.model, workers=1))
+        ex = table_mod.build_exact(ncpus, self._quantize, table_deciders(self.model, workers=1),
+                                   load_inputs=self._load_inputs)
         if ex.reason:
             log.info("no table level 2: %s", ex.reason)
         return ex.table, ex.level2
 
     def _check_level2(self, level2: Level2) -> None:
         """Level 2's integer load quantization must be the model's, for all 1025 wire loads."""
-        src, dst = table_mod.input_levels(self._quantize, self.bundle.cpus)
+        src, dst = table_mod.input_levels(self._quantize, self.bundle.cpus, self._load_inputs)
         if not (np.array_equal(level2.src.levels(WIRE_LOADS), src)
                 and np.array_equal(level2.dst.levels(WIRE_LOADS), dst)):
             raise EngineError(f"bundle {self.bundle.path}: its table level 2 quantizes loads"
@@ -268,16 +275,15 @@ class Engine:
 
         Exactly the function the converter tabulates (and ``table.build`` derives from).
         """
-        raw = np.asarray(raw, dtype=np.float64)[:, :RAW_COLUMNS]
         with np.errstate(over="ignore", invalid="ignore"):
-            return self.model.decide(self.normalization.apply(pad(raw, self.model.width)))
+            return self.model.decide(self.model_input(np.asarray(raw, dtype=np.float64)))
 
     def _interpret(self, raw5: np.ndarray, probabilities: bool) -> np.ndarray:
         """One shim call over raw features [m, 5]: probabilities (float32) or decisions (uint8)."""
         self.counters.interpreter_calls += 1
         self.counters.interpreter_rows += len(raw5)
         with np.errstate(over="ignore", invalid="ignore"):   # huge finite counts saturate int8
-            u = self.normalization.apply(pad(raw5, self.model.width))
+            u = self.model_input(raw5)
             return self.model.probability(u) if probabilities else self.model.decide(u)
 
     # ---- batch API ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ one ``invoke`` per batch, never one per row. Either interpreter package serves:
 is installed. TensorFlow itself is never imported.
 
 The bundle's model is full-int8: the input tensor takes normalized features
-(5 or 10 columns, ``Model.width``, as the manifest records) quantized with the
+(its own columns, ``Model.width``, as the manifest's feature mapping names them) quantized with the
 model's own (scale, zero point), the output is an int8 probability. Quantization
 of the input happens here, in numpy, so every caller (the table builder, the
 engine, the tests) feeds the interpreter identically.
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import FEATURE_WIDTH, FEATURE_WIDTHS, THRESHOLD
+from .features import FEATURE_WIDTH, MAX_INPUTS, THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,9 @@ class Model:
         probe = self._interpreter(1, resize=False)[0]
         inp, out = probe.get_input_details()[0], probe.get_output_details()[0]
         shape = [int(v) for v in inp["shape"]]
-        if len(shape) != 2 or shape[1] not in FEATURE_WIDTHS or list(out["shape"][1:]) != [1]:
+        if len(shape) != 2 or not 1 <= shape[1] <= MAX_INPUTS or list(out["shape"][1:]) != [1]:
             raise ValueError(f"model takes {shape} -> {list(out['shape'])}, expected"
-                             f" [n, {' or '.join(map(str, FEATURE_WIDTHS))}] -> [n, 1]")
+                             f" [n, 1..{MAX_INPUTS}] -> [n, 1]")
         if width is not None and shape[1] != width:
             raise ValueError(f"model takes {shape[1]} features, the manifest says {width}")
         self.width = shape[1]

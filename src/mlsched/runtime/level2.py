@@ -152,13 +152,15 @@ def encode_lines(g: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     A line that flips once at offset t becomes t, with FIRST_MIGRATE when it starts
     MIGRATE; one that never flips, its length (every offset is below it); one that flips
-    more than once, or is not ``valid`` (a padding line), RING.
+    more than once, or is not ``valid`` (a padding line), RING. Lines of one offset (a
+    model that does not read the dst load) never flip.
     """
     g = np.asarray(g)
     first = g[..., 0]
     flip = g[..., 1:] != g[..., :-1]
     nflip = flip.sum(-1)
-    t = np.where(nflip == 0, g.shape[-1], np.argmax(flip, axis=-1) + 1)
+    at = np.argmax(flip, axis=-1) + 1 if flip.shape[-1] else np.zeros(nflip.shape, np.int64)
+    t = np.where(nflip == 0, g.shape[-1], at)
     byte = t | np.where(first == MIGRATE, FIRST_MIGRATE, 0)
     byte = np.where((nflip <= 1) & valid & (t < RING), byte, RING)
     return byte.astype(np.uint8)

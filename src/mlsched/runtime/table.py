@@ -151,12 +151,23 @@ class Exact:
         return self._levels
 
 
-def input_levels(quantize: Callable[[np.ndarray], np.ndarray], ncpus: int
+#: Model input columns of the src and dst load under the default mapping.
+DEFAULT_LOAD_INPUTS = (SRC_LOAD, DST_LOAD)
+
+
+def input_levels(quantize: Callable[[np.ndarray], np.ndarray], ncpus: int,
+                 load_inputs: tuple[int | None, int | None] = DEFAULT_LOAD_INPUTS
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Input levels 0..255 of every wire load 0..1024 in the src and the dst column."""
+    """Input levels 0..255 of every wire load 0..1024 in the src and the dst column.
+
+    ``load_inputs``: the model input that reads each load (``InputMap.input_of``); a load
+    the model does not read has one level for every wire load (0), so its lines are one
+    level wide and the table is constant along it.
+    """
     x = WIRE_LOADS / LOAD_ONE
     q = np.asarray(quantize(host_features(ncpus, 0, 0, x, x)), dtype=np.int64)
-    return q[:, SRC_LOAD] + INPUT_LEVELS // 2, q[:, DST_LOAD] + INPUT_LEVELS // 2
+    return tuple(np.zeros(WIRE_LOADS.size, np.int64) if col is None
+                 else q[:, col] + INPUT_LEVELS // 2 for col in load_inputs)
 
 
 def _bands(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,19 +187,24 @@ def _fill(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def build_exact(ncpus: int, quantize: Callable[[np.ndarray], np.ndarray],
                 deciders: list[Callable[[np.ndarray], np.ndarray]],
-                progress: Callable[[int, int], None] | None = None) -> Exact:
+                progress: Callable[[int, int], None] | None = None,
+                load_inputs: tuple[int | None, int | None] = DEFAULT_LOAD_INPUTS) -> Exact:
     """Both levels from the int8 model's complete picture, row by row.
 
-    ``quantize``: raw features [n, 10] -> the model's int8 input [n, width];
-    ``deciders``: one or more functions int8 input -> 0/1, each its own interpreter: rows
-    are shared out among them, one thread each. For each (cpu, idle) the model is asked
-    about every pair of reachable src and dst input levels; a level-1 cell is sure iff
-    its whole rectangle of levels is one colour, and every other cell gets level-2 lines.
-    Raises Level2Error if the stored levels decode to anything but the picture.
+    ``quantize``: raw features [n, 10] -> the model's int8 input [n, width] (through the
+    bundle's feature mapping); ``load_inputs``: the model inputs that read the src and
+    the dst load (None: not read; ``input_levels``); ``deciders``: one or more functions
+    int8 input -> 0/1, each its own interpreter: rows are shared out among them, one
+    thread each. For each (cpu, idle) the model is asked about every pair of reachable
+    src and dst input levels; a level-1 cell is sure iff its whole rectangle of levels is
+    one colour, and every other cell gets level-2 lines. Rows whose model input is the
+    same (a model that does not read cpu, or reads counts the int8 input cannot tell
+    apart) are asked once. Raises Level2Error if the stored levels decode to anything
+    but the picture.
     """
-    lv_src, lv_dst = input_levels(quantize, ncpus)
+    lv_src, lv_dst = input_levels(quantize, ncpus, load_inputs)
     qsrc, qdst = fit_load_quant(lv_src), fit_load_quant(lv_dst)
-    plan = _Plan(lv_src, lv_dst)
+    plan = _Plan(lv_src, lv_dst, load_inputs)
     reason = None
     if qsrc is None or qdst is None:
         reason = "the model's load input levels have no integer form the kernel can compute"
@@ -197,20 +213,23 @@ def build_exact(ncpus: int, quantize: Callable[[np.ndarray], np.ndarray],
                   f" model, more than {MAX_LINES}")
     table = np.empty(table_shape(ncpus), dtype=np.uint8)
     rows = [(c, i) for c in range(ncpus) for i in range(ncpus + 1)]
-    out: list = [None] * len(rows)
+    cpu, idle = np.array(rows, dtype=np.int64).reshape(-1, 2).T
+    bases = np.asarray(quantize(host_features(ncpus, cpu, idle, 0.0, 0.0)), dtype=np.int8)
+    bases, first, row_of = np.unique(bases, axis=0, return_index=True, return_inverse=True)
+    row_of = row_of.reshape(-1)
+    where = [rows[int(n)] for n in first]
+    out: list = [None] * len(bases)
     done = [0]
     lock = threading.Lock()
 
     def work(k: int) -> None:
         decide = deciders[k]
-        for n in range(k, len(rows), len(deciders)):
-            c, i = rows[n]
-            base = np.asarray(quantize(host_features(ncpus, c, i, 0.0, 0.0)), dtype=np.int8)[0]
-            out[n] = plan.row(base, decide, refine=reason is None, where=(c, i))
+        for n in range(k, len(bases), len(deciders)):
+            out[n] = plan.row(bases[n], decide, refine=reason is None, where=where[n])
             with lock:
                 done[0] += 1
-                if progress and (done[0] % 8 == 0 or done[0] == len(rows)):
-                    progress(done[0], len(rows))
+                if progress and (done[0] % 8 == 0 or done[0] == len(bases)):
+                    progress(done[0], len(bases))
 
     if len(deciders) == 1:
         work(0)
@@ -219,21 +238,25 @@ def build_exact(ncpus: int, quantize: Callable[[np.ndarray], np.ndarray],
             for f in [pool.submit(work, k) for k in range(len(deciders))]:
                 f.result()
     for n, (c, i) in enumerate(rows):
-        table[c, i] = out[n][0]
-    points = len(rows) * plan.reach_s.size * plan.reach_d.size
+        table[c, i] = out[row_of[n]][0]
+    points = len(bases) * plan.reach_s.size * plan.reach_d.size
     if reason is not None:
         return Exact(table, None, reason, points, 0, 0)
-    chunks = [o[1] for o in out if o[1] is not None]
+    per_row = [out[k] for k in row_of]
+    chunks = [o[1] for o in per_row if o[1] is not None]
     data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
     level2 = Level2.from_cells(plan.lines, qsrc, qdst, data)
     level2.check(int((table == UNSURE).sum()))
-    return Exact(table, level2, None, points, sum(o[2] for o in out), sum(o[3] for o in out))
+    return Exact(table, level2, None, points, sum(o[2] for o in per_row),
+                 sum(o[3] for o in per_row))
 
 
 class _Plan:
     """The geometry of one build: input levels of each 0.1 band, and per-row work."""
 
-    def __init__(self, lv_src: np.ndarray, lv_dst: np.ndarray):
+    def __init__(self, lv_src: np.ndarray, lv_dst: np.ndarray,
+                 load_inputs: tuple[int | None, int | None] = DEFAULT_LOAD_INPUTS):
+        self.src_input, self.dst_input = load_inputs
         self.lo_s, self.hi_s = _bands(lv_src)
         self.lo_d, self.hi_d = _bands(lv_dst)
         self.lines = int((self.hi_s - self.lo_s).max()) + 1
@@ -252,8 +275,10 @@ class _Plan:
         whose model input without the loads is ``base``."""
         rs, rd = self.reach_s, self.reach_d
         grid = np.repeat(base[None, :], rs.size * rd.size, axis=0)
-        grid[:, SRC_LOAD] = np.repeat(rs - INPUT_LEVELS // 2, rd.size)
-        grid[:, DST_LOAD] = np.tile(rd - INPUT_LEVELS // 2, rs.size)
+        if self.src_input is not None:
+            grid[:, self.src_input] = np.repeat(rs - INPUT_LEVELS // 2, rd.size)
+        if self.dst_input is not None:
+            grid[:, self.dst_input] = np.tile(rd - INPUT_LEVELS // 2, rs.size)
         small = np.asarray(decide(grid), dtype=np.int64).reshape(rs.size, rd.size)
         pic = small[self.fill_s][:, self.fill_d]                     # [256, 256], 0/1
         pre = np.zeros((INPUT_LEVELS + 1, INPUT_LEVELS + 1), dtype=np.int64)
