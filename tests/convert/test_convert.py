@@ -17,20 +17,6 @@ if importlib.util.find_spec("tensorflow") is None:
     pytest.skip("the convert extra (tensorflow-cpu) is not installed", allow_module_level=True)
 
 
-class _LazyTensorFlow:
-    """TensorFlow, imported on first use rather than at collection: once loaded it breaks
-    tflite_runtime in the same process, so this module runs last (see conftest.py)."""
-
-    def __getattr__(self, name):
-        if name.startswith("_"):  # collection probes attributes (_mock_name, ...)
-            raise AttributeError(name)
-        import tensorflow
-
-        return getattr(tensorflow, name)
-
-
-tf = _LazyTensorFlow()
-
 from mlsched.convert import calibration  # noqa: E402
 from mlsched.convert.cli import main as convert_main  # noqa: E402
 from mlsched.runtime.bundle import Bundle  # noqa: E402
@@ -44,6 +30,7 @@ from mlsched.runtime.features import (  # noqa: E402
 from mlsched.runtime.interp import Model  # noqa: E402
 from mlsched.runtime.wire import UNSURE  # noqa: E402
 from mlsched.train import teacher  # noqa: E402
+from support.lazy_tf import tf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "models" / "default" / "saved_model"

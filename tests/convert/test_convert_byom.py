@@ -30,24 +30,11 @@ if importlib.util.find_spec("tensorflow") is None:
     pytest.skip("the convert extra (tensorflow-cpu) is not installed", allow_module_level=True)
 
 
-class _LazyTensorFlow:
-    """TensorFlow on first use, not at collection: it breaks tflite_runtime in the same
-    process, so this module runs after the runtime tests (see conftest.py)."""
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        import tensorflow
-
-        return getattr(tensorflow, name)
-
-
-tf = _LazyTensorFlow()
-
 from mlsched.convert import calibration  # noqa: E402
 from mlsched.convert.cli import main as convert_main  # noqa: E402
 from mlsched.runtime.bundle import Bundle  # noqa: E402
 from mlsched.train import teacher  # noqa: E402
+from support.lazy_tf import tf  # noqa: E402
 
 N = 8
 #: Logit steepness of the hand-set networks (as in test_convert_models.py).

@@ -20,20 +20,6 @@ if importlib.util.find_spec("tensorflow") is None:
     pytest.skip("the convert extra (tensorflow-cpu) is not installed", allow_module_level=True)
 
 
-class _LazyTensorFlow:
-    """TensorFlow on first use, not at collection: it breaks tflite_runtime in the same
-    process, so this module runs after the runtime tests (see conftest.py)."""
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        import tensorflow
-
-        return getattr(tensorflow, name)
-
-
-tf = _LazyTensorFlow()
-
 from mlsched.convert import calibration  # noqa: E402
 from mlsched.convert.cli import main as convert_main  # noqa: E402
 from mlsched.runtime.bundle import Bundle  # noqa: E402
@@ -46,6 +32,7 @@ from mlsched.runtime.features import (  # noqa: E402
 from mlsched.runtime.interp import Model  # noqa: E402
 from mlsched.runtime.wire import UNSURE  # noqa: E402
 from mlsched.train import teacher  # noqa: E402
+from support.lazy_tf import tf  # noqa: E402
 
 N = 8
 SCENARIOS = [(4, 2, 6, 0.9, 0.2), (2, 4, 4, 0.5, 0.5), (1, 7, 1, 0.1, 0.1)]

@@ -374,14 +374,6 @@ def rescale(g: FloatGraph, scale: np.ndarray) -> tuple[FloatGraph | None, str]:
     picked, front = [], []
     front_mul = None
 
-    def const(name: str, value: np.ndarray) -> str:
-        c = gd.node.add()
-        c.name = name
-        c.op = "Const"
-        c.attr["dtype"].type = tf.float32.as_datatype_enum
-        c.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.asarray(value, np.float32)))
-        return c.name
-
     def mul(name: str, tensor: str, factor: str) -> str:
         m = gd.node.add()
         m.name = name
@@ -401,7 +393,7 @@ def rescale(g: FloatGraph, scale: np.ndarray) -> tuple[FloatGraph | None, str]:
         if factors is None:
             if front_mul is None:
                 front_mul = mul("mlsched_rescale", node.input[k],
-                                const("mlsched_rescale/factor", s))
+                                _new_const(gd, "mlsched_rescale/factor", s))
             node.input[k] = front_mul
             front.append(node.op)
             continue
@@ -412,7 +404,7 @@ def rescale(g: FloatGraph, scale: np.ndarray) -> tuple[FloatGraph | None, str]:
             out = f"{node.name}:{j}"
             users = list(nodes.consumers.get(out, []))
             m = mul(f"{node.name}/mlsched_rescale{j}", out if j else node.name,
-                    const(f"{node.name}/mlsched_rescale{j}/factor", f))
+                    _new_const(gd, f"{node.name}/mlsched_rescale{j}/factor", f))
             for user, i in users:
                 user.input[i] = m
     parts = []
